@@ -1,0 +1,32 @@
+//! Compiles the `.proto` contract with the pure-Rust `protox`, so a fresh machine needs no system `protoc`.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTO_ROOT: &str = "proto";
+const PROTO_FILES: &[&str] = &[
+    "proto/groove/destination/v1/common.proto",
+    "proto/groove/destination/v1/credential.proto",
+    "proto/groove/destination/v1/template.proto",
+    "proto/groove/destination/v1/destination.proto",
+    "proto/groove/destination/v1/delivery.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    let descriptors = protox::compile(PROTO_FILES, [PROTO_ROOT])?;
+
+    // `compile_fds` does not write the descriptor set, and server reflection needs it.
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("groove_destination_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

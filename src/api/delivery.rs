@@ -1,0 +1,197 @@
+//! DeliveryService: streaming delivery and failed records.
+
+use std::pin::Pin;
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::convert::page_request;
+use crate::api::error::ApiError;
+use crate::api::names::DESTINATIONS;
+use crate::api::results::{elapsed, failed_record_to_proto, incoming_record, report_to_proto, summary_to_proto};
+use crate::api::AppState;
+use crate::delivery::{IncomingRecord, StreamEvent};
+use crate::proto::delivery_service_server::DeliveryService;
+use crate::proto::{self, send_records_request, send_records_response};
+
+/// Events buffered towards a client that reads slowly; beyond it, delivery waits for the client.
+const OUTPUT_BUFFER: usize = 256;
+/// Most failed records one RetryFailedRecords call takes on.
+const MAX_RETRY: u32 = 10_000;
+
+pub struct Delivery {
+    state: AppState,
+}
+
+impl Delivery {
+    pub fn new(state: AppState) -> Self {
+        Delivery { state }
+    }
+}
+
+type ResultStream = Pin<Box<dyn Stream<Item = Result<proto::SendRecordsResponse, Status>> + Send>>;
+
+fn event_to_proto(event: StreamEvent) -> proto::SendRecordsResponse {
+    let message = match event {
+        StreamEvent::Report(report) => send_records_response::Message::Result(report_to_proto(report)),
+        StreamEvent::Summary(summary) => send_records_response::Message::Summary(summary_to_proto(&summary)),
+    };
+    proto::SendRecordsResponse {
+        message: Some(message),
+    }
+}
+
+/// The client's record messages as batches of records; ends when the client half-closes or goes away.
+fn record_batches(inbound: Streaming<proto::SendRecordsRequest>) -> impl Stream<Item = Vec<IncomingRecord>> + Send + Unpin {
+    Box::pin(futures::stream::unfold(inbound, |mut inbound| async move {
+        loop {
+            match inbound.message().await {
+                Ok(Some(request)) => match request.message {
+                    Some(send_records_request::Message::Records(batch)) => {
+                        let records = batch.records.into_iter().map(incoming_record).collect();
+                        return Some((records, inbound));
+                    }
+                    Some(send_records_request::Message::Start(_)) => {
+                        tracing::warn!("start sent again in the middle of a stream; ignored");
+                    }
+                    None => {}
+                },
+                Ok(None) => return None,
+                Err(status) => {
+                    tracing::info!(code = ?status.code(), message = status.message(), "record stream ended by the client");
+                    return None;
+                }
+            }
+        }
+    }))
+}
+
+#[tonic::async_trait]
+impl DeliveryService for Delivery {
+    type SendRecordsStream = ResultStream;
+
+    async fn send_records(
+        &self,
+        request: Request<Streaming<proto::SendRecordsRequest>>,
+    ) -> Result<Response<Self::SendRecordsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?;
+        let Some(proto::SendRecordsRequest {
+            message: Some(send_records_request::Message::Start(start)),
+        }) = first
+        else {
+            return Err(ApiError::invalid("start", "the first message must carry start with the destination").into());
+        };
+        let id = DESTINATIONS.parse_name("start.destination", &start.destination)?;
+        let session = self
+            .state
+            .engine
+            .open_session(&id, &start.destination)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(destination = %start.destination, "record stream opened");
+        let (output, events) = mpsc::channel(OUTPUT_BUFFER);
+        let name = start.destination.clone();
+        tokio::spawn(async move {
+            let summary = session.run(record_batches(inbound), output).await;
+            tracing::info!(destination = %name, ?summary, "record stream closed");
+        });
+        let responses = ReceiverStream::new(events).map(|event| Ok(event_to_proto(event)));
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn list_failed_records(
+        &self,
+        request: Request<proto::ListFailedRecordsRequest>,
+    ) -> Result<Response<proto::ListFailedRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let id = DESTINATIONS.parse_name("destination", &request.destination)?;
+        let page = page_request(request.page_size, &request.page_token)?;
+        // A listing for a destination that does not exist is an error, not an empty page.
+        self.state.store.get_destination(&id).await.map_err(ApiError::from)?;
+        let page = self
+            .state
+            .store
+            .list_failed_records(&id, page)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ListFailedRecordsResponse {
+            failed_records: page
+                .items
+                .into_iter()
+                .map(|entry| failed_record_to_proto(&request.destination, entry))
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn retry_failed_records(
+        &self,
+        request: Request<proto::RetryFailedRecordsRequest>,
+    ) -> Result<Response<proto::RetryFailedRecordsResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let id = DESTINATIONS.parse_name("destination", &request.destination)?;
+        if request.all == !request.record_ids.is_empty() {
+            return Err(ApiError::invalid("record_ids", "give record_ids or set all, not both and not neither").into());
+        }
+        let session = self
+            .state
+            .engine
+            .open_session(&id, &request.destination)
+            .await
+            .map_err(ApiError::from)?;
+        let record_ids = if request.all {
+            self.state.store.failed_record_ids(&id, MAX_RETRY).await.map_err(ApiError::from)?
+        } else {
+            request.record_ids.clone()
+        };
+        let entries = self
+            .state
+            .store
+            .get_failed_records(&id, record_ids.clone())
+            .await
+            .map_err(ApiError::from)?;
+        if entries.len() < record_ids.len() {
+            let missing: Vec<&String> = record_ids
+                .iter()
+                .filter(|record_id| !entries.iter().any(|entry| &entry.record_id == *record_id))
+                .collect();
+            return Err(ApiError::NotFound(format!(
+                "no failed record {missing:?} in destination {}",
+                request.destination
+            ))
+            .into());
+        }
+        let records: Vec<IncomingRecord> = entries
+            .into_iter()
+            .map(|entry| IncomingRecord {
+                id: entry.record_id,
+                json: Ok(entry.record_json),
+            })
+            .collect();
+        let (output, mut events) = mpsc::channel(OUTPUT_BUFFER);
+        let run = tokio::spawn(session.run(futures::stream::iter(vec![records]), output));
+        let mut results = Vec::new();
+        let mut summary = None;
+        while let Some(event) = events.recv().await {
+            match event {
+                StreamEvent::Report(report) => results.push(report_to_proto(report)),
+                StreamEvent::Summary(done) => summary = Some(summary_to_proto(&done)),
+            }
+        }
+        if let Err(error) = run.await {
+            tracing::error!(%error, destination = %request.destination, "retry session failed");
+        }
+        tracing::info!(destination = %request.destination, retried = results.len(), "failed records retried");
+        Ok(Response::new(proto::RetryFailedRecordsResponse {
+            results,
+            summary,
+            duration: elapsed(started.elapsed()),
+        }))
+    }
+}

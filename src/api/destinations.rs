@@ -1,0 +1,508 @@
+//! DestinationService: the lifecycle of destinations and the template catalogue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+use url::Url;
+
+use crate::api::convert::{
+    apply_default_grouping, batching_from_proto, check_display_name, config_from_proto, delivery_from_proto,
+    destination_to_proto, duration, endpoint_from_proto, method_from_proto, now_ms, page_request, parse_etag,
+    webhook_from_proto,
+};
+use crate::api::results::{answer_to_proto, groove_response, incoming_record, planned_request};
+use crate::delivery::PlannedCall;
+use crate::domain::batching::{Batch, Batcher};
+use crate::domain::headers::check_header;
+use crate::domain::render::Renderer;
+use crate::domain::url_guard;
+use crate::domain::validation::FieldViolation;
+use crate::groove::{CallError, OutgoingRequest};
+use crate::api::error::ApiError;
+use crate::api::names::{CREDENTIALS, DESTINATIONS};
+use crate::api::templates::template_to_proto;
+use crate::api::AppState;
+use crate::domain::config_validation::validate_config;
+use crate::domain::destination::{Destination, DestinationConfig, DestinationState};
+use crate::domain::templates;
+use crate::domain::validation::Violations;
+use crate::proto::destination_service_server::DestinationService;
+use crate::proto::{self, destination_config, preview_requests_request, test_destination_request};
+
+/// Most sample records one preview takes.
+const MAX_PREVIEW_RECORDS: usize = 1000;
+/// Fields an empty update mask stands for.
+const UPDATABLE_FIELDS: [&str; 3] = ["display_name", "credential", "config"];
+/// How often a state change is retried when a concurrent write got there first.
+const STATE_CHANGE_ATTEMPTS: usize = 3;
+
+pub struct Destinations {
+    state: AppState,
+}
+
+impl Destinations {
+    pub fn new(state: AppState) -> Self {
+        Destinations { state }
+    }
+
+    /// Checks a full config against the domain rules; violations named from `destination.config`.
+    fn validate(&self, config: &DestinationConfig) -> Result<(), ApiError> {
+        validate_config(config, self.state.engine.groove().base_url())
+            .map_err(|violations| ApiError::invalid_under("destination", violations))
+    }
+
+    async fn get(&self, field: &str, name: &str) -> Result<Destination, ApiError> {
+        let id = DESTINATIONS.parse_name(field, name)?;
+        Ok(self.state.store.get_destination(&id).await?)
+    }
+
+    /// Moves a destination to `target`, retrying when a concurrent write changed its revision meanwhile.
+    async fn change_state(&self, name: &str, target: DestinationState) -> Result<Destination, ApiError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self.get("name", name).await?;
+            if current.state == target {
+                return Ok(current);
+            }
+            if target == DestinationState::Paused && current.state == DestinationState::Inactive {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "destination {name} is inactive; activate it before pausing"
+                )));
+            }
+            let changed = Destination {
+                state: target,
+                revision: current.revision + 1,
+                update_time_ms: now_ms(),
+                ..current.clone()
+            };
+            match self.state.store.update_destination(changed, current.revision).await {
+                Ok(saved) => {
+                    tracing::info!(destination = %name, state = saved.state.as_str(), "destination state changed");
+                    return Ok(saved);
+                }
+                Err(crate::store::StoreError::RevisionMismatch { .. }) if attempt < STATE_CHANGE_ATTEMPTS => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// Applies the masked parts of `incoming` to `current`. Sub-parts of `config` are converted on their own, so a
+/// mask of `config.batching` needs nothing else of the config.
+fn apply_update(
+    current: &mut Destination,
+    incoming: proto::Destination,
+    paths: &[String],
+) -> Result<(), ApiError> {
+    let mut violations = Violations::default();
+    let config = incoming.config.unwrap_or_default();
+    let mut grouping_given = true;
+    for path in paths {
+        match path.as_str() {
+            "display_name" => {
+                check_display_name("destination.display_name", &incoming.display_name, &mut violations);
+                current.display_name = incoming.display_name.trim().to_string();
+            }
+            "credential" => {
+                current.credential_id = CREDENTIALS.parse_name("destination.credential", &incoming.credential)?;
+            }
+            "config" => match config_from_proto(config.clone()) {
+                Ok(new_config) => current.config = new_config,
+                Err(found) => violations.0.extend(found.0),
+            },
+            "config.template" | "config.manual" => {
+                let kind_matches = matches!(
+                    (path.as_str(), &config.endpoint),
+                    ("config.template", Some(destination_config::Endpoint::Template(_)))
+                        | ("config.manual", Some(destination_config::Endpoint::Manual(_)))
+                );
+                if !kind_matches {
+                    violations.push(format!("destination.{path}"), format!("{path} is named in update_mask but not set"));
+                } else if let Some(endpoint) = endpoint_from_proto(config.endpoint.clone(), &mut violations) {
+                    current.config.endpoint = endpoint;
+                }
+            }
+            "config.exclude_attributes" => current.config.exclude_attributes = config.exclude_attributes.clone(),
+            "config.batching" => {
+                let (batching, given) = batching_from_proto(config.batching.clone(), &mut violations);
+                current.config.batching = batching;
+                grouping_given = given;
+            }
+            "config.response_webhook" => current.config.response_webhook = webhook_from_proto(config.response_webhook.clone()),
+            "config.delivery" => current.config.delivery = delivery_from_proto(config.delivery.clone(), &mut violations),
+            "name" | "state" | "create_time" | "update_time" | "etag" => {
+                violations.push("update_mask", format!("{path} is output only"));
+            }
+            other => violations.push("update_mask", format!("unknown field {other:?}")),
+        }
+    }
+    if !grouping_given {
+        apply_default_grouping(&mut current.config);
+    }
+    // Violations from config conversion are named from `config`; report them from the request root.
+    violations
+        .into_result()
+        .map_err(|found| {
+            let rooted = found
+                .0
+                .into_iter()
+                .map(|mut violation| {
+                    if violation.field.starts_with("config") {
+                        violation.field = format!("destination.{}", violation.field);
+                    }
+                    violation
+                })
+                .collect();
+            ApiError::InvalidArgument(Violations(rooted))
+        })
+}
+
+#[tonic::async_trait]
+impl DestinationService for Destinations {
+    async fn create_destination(
+        &self,
+        request: Request<proto::CreateDestinationRequest>,
+    ) -> Result<Response<proto::CreateDestinationResponse>, Status> {
+        let request = request.into_inner();
+        let Some(incoming) = request.destination else {
+            return Err(ApiError::invalid("destination", "destination is required").into());
+        };
+        let mut violations = Violations::default();
+        check_display_name("destination.display_name", &incoming.display_name, &mut violations);
+        let credential_id = match CREDENTIALS.parse_name("destination.credential", &incoming.credential) {
+            Ok(id) => Some(id),
+            Err(ApiError::InvalidArgument(found)) => {
+                violations.0.extend(found.0);
+                None
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let config = match incoming.config.map(config_from_proto) {
+            Some(Ok(config)) => Some(config),
+            Some(Err(found)) => {
+                violations.0.extend(found.0.into_iter().map(|mut violation| {
+                    violation.field = format!("destination.{}", violation.field);
+                    violation
+                }));
+                None
+            }
+            None => {
+                violations.push("destination.config", "config is required");
+                None
+            }
+        };
+        if let Some(config) = &config {
+            if let Err(ApiError::InvalidArgument(found)) = self.validate(config) {
+                violations.0.extend(found.0);
+            }
+        }
+        violations.into_result().map_err(ApiError::from)?;
+        let (Some(credential_id), Some(config)) = (credential_id, config) else {
+            return Err(Status::internal("validated destination lost a field"));
+        };
+        let id = DESTINATIONS.new_id("destination_id", &request.destination_id)?;
+        let now = now_ms();
+        let destination = Destination {
+            id,
+            display_name: incoming.display_name.trim().to_string(),
+            credential_id,
+            state: DestinationState::Inactive,
+            config,
+            create_time_ms: now,
+            update_time_ms: now,
+            revision: 1,
+        };
+        let saved = self
+            .state
+            .store
+            .create_destination(destination)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(destination = %DESTINATIONS.name(&saved.id), "destination created");
+        Ok(Response::new(proto::CreateDestinationResponse {
+            destination: Some(destination_to_proto(saved)),
+        }))
+    }
+
+    async fn get_destination(
+        &self,
+        request: Request<proto::GetDestinationRequest>,
+    ) -> Result<Response<proto::GetDestinationResponse>, Status> {
+        let destination = self.get("name", &request.get_ref().name).await?;
+        Ok(Response::new(proto::GetDestinationResponse {
+            destination: Some(destination_to_proto(destination)),
+        }))
+    }
+
+    async fn list_destinations(
+        &self,
+        request: Request<proto::ListDestinationsRequest>,
+    ) -> Result<Response<proto::ListDestinationsResponse>, Status> {
+        let request = request.into_inner();
+        let page = page_request(request.page_size, &request.page_token)?;
+        let page = self.state.store.list_destinations(page).await.map_err(ApiError::from)?;
+        Ok(Response::new(proto::ListDestinationsResponse {
+            destinations: page.items.into_iter().map(destination_to_proto).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_destination(
+        &self,
+        request: Request<proto::UpdateDestinationRequest>,
+    ) -> Result<Response<proto::UpdateDestinationResponse>, Status> {
+        let request = request.into_inner();
+        let Some(incoming) = request.destination else {
+            return Err(ApiError::invalid("destination", "destination is required").into());
+        };
+        let expected = parse_etag("destination.etag", &incoming.etag)?;
+        let current = self.get("destination.name", &incoming.name).await?;
+        if let Some(expected) = expected {
+            if expected != current.revision {
+                return Err(ApiError::Aborted(format!(
+                    "destination {} changed since etag {}; read it again",
+                    incoming.name, incoming.etag
+                ))
+                .into());
+            }
+        }
+        let paths: Vec<String> = match request.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths,
+            _ => UPDATABLE_FIELDS.iter().map(|field| field.to_string()).collect(),
+        };
+        let mut updated = current.clone();
+        apply_update(&mut updated, incoming, &paths)?;
+        self.validate(&updated.config)?;
+        updated.revision = current.revision + 1;
+        updated.update_time_ms = now_ms();
+        let saved = self
+            .state
+            .store
+            .update_destination(updated, current.revision)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(destination = %DESTINATIONS.name(&saved.id), fields = ?paths, "destination updated");
+        Ok(Response::new(proto::UpdateDestinationResponse {
+            destination: Some(destination_to_proto(saved)),
+        }))
+    }
+
+    async fn delete_destination(
+        &self,
+        request: Request<proto::DeleteDestinationRequest>,
+    ) -> Result<Response<proto::DeleteDestinationResponse>, Status> {
+        let request = request.into_inner();
+        let id = DESTINATIONS.parse_name("name", &request.name)?;
+        let expected = parse_etag("etag", &request.etag)?;
+        self.state
+            .store
+            .delete_destination(&id, expected)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(destination = %request.name, "destination deleted");
+        Ok(Response::new(proto::DeleteDestinationResponse {}))
+    }
+
+    async fn activate_destination(
+        &self,
+        request: Request<proto::ActivateDestinationRequest>,
+    ) -> Result<Response<proto::ActivateDestinationResponse>, Status> {
+        let destination = self
+            .change_state(&request.get_ref().name, DestinationState::Active)
+            .await?;
+        Ok(Response::new(proto::ActivateDestinationResponse {
+            destination: Some(destination_to_proto(destination)),
+        }))
+    }
+
+    async fn pause_destination(
+        &self,
+        request: Request<proto::PauseDestinationRequest>,
+    ) -> Result<Response<proto::PauseDestinationResponse>, Status> {
+        let destination = self
+            .change_state(&request.get_ref().name, DestinationState::Paused)
+            .await?;
+        Ok(Response::new(proto::PauseDestinationResponse {
+            destination: Some(destination_to_proto(destination)),
+        }))
+    }
+
+    async fn list_templates(
+        &self,
+        _request: Request<proto::ListTemplatesRequest>,
+    ) -> Result<Response<proto::ListTemplatesResponse>, Status> {
+        Ok(Response::new(proto::ListTemplatesResponse {
+            templates: templates::all().iter().map(template_to_proto).collect(),
+        }))
+    }
+
+    async fn preview_requests(
+        &self,
+        request: Request<proto::PreviewRequestsRequest>,
+    ) -> Result<Response<proto::PreviewRequestsResponse>, Status> {
+        let request = request.into_inner();
+        if request.records.is_empty() || request.records.len() > MAX_PREVIEW_RECORDS {
+            return Err(ApiError::invalid("records", format!("give 1 to {MAX_PREVIEW_RECORDS} sample records")).into());
+        }
+        let config = match request.source {
+            Some(preview_requests_request::Source::Destination(name)) => self.get("destination", &name).await?.config,
+            Some(preview_requests_request::Source::Config(config)) => config_from_proto(config)?,
+            None => return Err(ApiError::invalid("source", "one of destination or config is required").into()),
+        };
+        let renderer = Renderer::new(&config, self.state.engine.groove().base_url())?;
+        Ok(Response::new(preview(&renderer, &config, request.records)))
+    }
+
+    async fn test_destination(
+        &self,
+        request: Request<proto::TestDestinationRequest>,
+    ) -> Result<Response<proto::TestDestinationResponse>, Status> {
+        let request = request.into_inner();
+        let destination = self.get("name", &request.name).await?;
+        let groove = self.state.engine.groove();
+        let (call, record_ids) = match request.payload {
+            Some(test_destination_request::Payload::Record(record)) => {
+                let record_id = record.id.clone();
+                let incoming = incoming_record(record);
+                let json = incoming.json.map_err(|problem| ApiError::invalid("record", problem))?;
+                let renderer = Renderer::new(&destination.config, groove.base_url())
+                    .map_err(|violations| ApiError::FailedPrecondition(format!("destination {} cannot render: {violations}", request.name)))?;
+                let rendered = renderer
+                    .render(&json)
+                    .map_err(|violations| ApiError::invalid_under("record", violations))?;
+                let Some(call) = rendered.calls.into_iter().next() else {
+                    return Err(ApiError::invalid("record", "record renders to no request").into());
+                };
+                (PlannedCall::from(call), vec![record_id])
+            }
+            Some(test_destination_request::Payload::Request(edited)) => {
+                (edited_call(&edited, groove.base_url())?, edited.record_ids.clone())
+            }
+            None => return Err(ApiError::invalid("payload", "one of record or request is required").into()),
+        };
+        let key = self
+            .state
+            .store
+            .credential_api_key(&destination.credential_id)
+            .await
+            .map_err(ApiError::from)?;
+        let outgoing = OutgoingRequest {
+            method: call.method,
+            url: call.url.clone(),
+            headers: call.headers.clone(),
+            body: (!call.body.is_empty()).then(|| call.body.clone()),
+            timeout: Duration::from_millis(destination.config.delivery.request_timeout_ms),
+        };
+        let started = Instant::now();
+        let sent = groove.send(&key, &outgoing).await;
+        let latency = duration(started.elapsed());
+        tracing::info!(destination = %request.name, url = %call.url, "test request sent");
+        let (response, error) = match sent {
+            Ok(answer) => (Some(answer_to_proto(&answer)), String::new()),
+            Err(CallError::OutsideBaseUrl { .. }) => {
+                return Err(ApiError::invalid("request.url", "url is outside the groove base url").into())
+            }
+            Err(error) => (Some(groove_response(0, &[], &[])), error.to_string()),
+        };
+        Ok(Response::new(proto::TestDestinationResponse {
+            request: Some(planned_request(&call, &record_ids)),
+            response,
+            latency: Some(latency),
+            error,
+        }))
+    }
+}
+
+/// The requests and record errors a config gives for sample records; no network involved.
+fn preview(renderer: &Renderer, config: &DestinationConfig, records: Vec<proto::Record>) -> proto::PreviewRequestsResponse {
+    let mut requests = Vec::new();
+    let mut errors = Vec::new();
+    let mut batcher = config.batching.enabled.then(|| Batcher::new(&config.batching));
+    let now = std::time::Instant::now();
+    for record in records {
+        let record_id = record.id.clone();
+        let rendered = incoming_record(record)
+            .json
+            .map_err(|problem| Violations(vec![FieldViolation::new("record", problem)]))
+            .and_then(|json| renderer.render(&json));
+        let rendered = match rendered {
+            Ok(rendered) => rendered,
+            Err(violations) => {
+                errors.extend(violations.0.into_iter().map(|violation| proto::RecordError {
+                    record_id: record_id.clone(),
+                    field: violation.field,
+                    description: violation.description,
+                }));
+                continue;
+            }
+        };
+        for call in rendered.calls {
+            match batcher.as_mut() {
+                Some(batcher) => {
+                    let full = batcher.push(now, call, rendered.group_key.clone(), record_id.clone());
+                    requests.extend(full.into_iter().map(batch_request));
+                }
+                None => requests.push(planned_request(&PlannedCall::from(call), std::slice::from_ref(&record_id))),
+            }
+        }
+    }
+    if let Some(mut batcher) = batcher {
+        requests.extend(batcher.flush().into_iter().map(batch_request));
+    }
+    proto::PreviewRequestsResponse { requests, errors }
+}
+
+fn batch_request(batch: Batch<String>) -> proto::PlannedRequest {
+    let call = PlannedCall {
+        method: batch.method,
+        url: batch.url,
+        headers: batch.headers,
+        body: batch.body.into(),
+    };
+    planned_request(&call, &batch.items)
+}
+
+/// A request edited by hand for TestDestination: the method is required, the URL must stay under the Groove
+/// base URL, and `Authorization` / `Content-Type` are set by the client whatever the edit says.
+fn edited_call(edited: &proto::PlannedRequest, base: &Url) -> Result<PlannedCall, ApiError> {
+    let mut violations = Violations::default();
+    let method = method_from_proto("request.method", edited.method, &mut violations);
+    let url = match Url::parse(&edited.url) {
+        Ok(url) => Some(url),
+        Err(error) => {
+            violations.push("request.url", format!("url is not valid: {error}"));
+            None
+        }
+    };
+    if let Some(url) = &url {
+        if let Err(error) = url_guard::resolve(base, url.as_str()) {
+            violations.push("request.url", format!("url is outside the groove base url: {error}"));
+        }
+    }
+    let headers: Vec<(String, String)> = edited
+        .headers
+        .iter()
+        .filter(|header| {
+            !header.name.eq_ignore_ascii_case("authorization") && !header.name.eq_ignore_ascii_case("content-type")
+        })
+        .map(|header| (header.name.clone(), header.value.clone()))
+        .collect();
+    for (index, (name, value)) in headers.iter().enumerate() {
+        if let Err(error) = check_header(name, value) {
+            violations.push(format!("request.headers[{index}]"), error.to_string());
+        }
+    }
+    violations.into_result()?;
+    let (Some(method), Some(url)) = (method, url) else {
+        return Err(ApiError::invalid("request", "request is incomplete"));
+    };
+    Ok(PlannedCall {
+        method,
+        url,
+        headers: Arc::from(headers),
+        body: Bytes::from(edited.body.clone().into_bytes()),
+    })
+}

@@ -1,0 +1,100 @@
+//! The gRPC layer: translates between the proto contract and the domain, and nothing else.
+
+mod convert;
+mod credentials;
+mod delivery;
+mod destinations;
+pub mod error;
+mod json;
+mod names;
+mod results;
+mod templates;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::delivery::Engine;
+use crate::proto::credential_service_server::CredentialServiceServer;
+use crate::proto::delivery_service_server::DeliveryServiceServer;
+use crate::proto::destination_service_server::DestinationServiceServer;
+use crate::store::Store;
+use crate::ServeError;
+
+/// What every service needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    store: Arc<dyn Store>,
+    engine: Engine,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, engine: Engine) -> Self {
+        AppState { store, engine }
+    }
+}
+
+/// Serves the three services, health and reflection on `listener` until `shutdown` resolves. Health turns
+/// NOT_SERVING first, so a load balancer stops routing here before the listener closes.
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CredentialServiceServer<credentials::Credentials>>()
+        .await;
+    health_reporter
+        .set_serving::<DestinationServiceServer<destinations::Destinations>>()
+        .await;
+    health_reporter
+        .set_serving::<DeliveryServiceServer<delivery::Delivery>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl 1.8 speaks only v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let address = listener.local_addr().ok();
+    tracing::info!(address = ?address, "groove-destination serving");
+
+    let drain_reporter = health_reporter.clone();
+    let engine = state.engine.clone();
+    let shutdown = async move {
+        shutdown.await;
+        drain_reporter
+            .set_not_serving::<CredentialServiceServer<credentials::Credentials>>()
+            .await;
+        drain_reporter
+            .set_not_serving::<DestinationServiceServer<destinations::Destinations>>()
+            .await;
+        drain_reporter
+            .set_not_serving::<DeliveryServiceServer<delivery::Delivery>>()
+            .await;
+        drain_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        engine.begin_shutdown();
+        tracing::info!("health set to not serving; draining calls in flight");
+    };
+
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(CredentialServiceServer::new(credentials::Credentials::new(state.clone())))
+        .add_service(DestinationServiceServer::new(destinations::Destinations::new(state.clone())))
+        .add_service(DeliveryServiceServer::new(delivery::Delivery::new(state)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("groove-destination stopped");
+    Ok(())
+}

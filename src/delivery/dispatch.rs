@@ -1,0 +1,126 @@
+//! Concurrency with order: `concurrency` workers; units sharing an ordering key always go to the same worker
+//! (its lane), so they are sent one after another in arrival order; units without a key go to whichever worker
+//! is free.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinSet;
+
+use crate::delivery::attempt::{deliver, CallContext};
+use crate::delivery::report::{DeliveryReport, DeliveryUnit};
+
+/// Units queued per lane beyond the one in flight; small, so that memory stays flat and the stream is read
+/// only as fast as Groove answers.
+const LANE_CAPACITY: usize = 4;
+
+pub struct Dispatcher {
+    lanes: Vec<mpsc::Sender<DeliveryUnit>>,
+    shared: mpsc::Sender<DeliveryUnit>,
+    workers: JoinSet<()>,
+}
+
+impl Dispatcher {
+    /// Starts the workers; each finished unit's report goes to `reports`.
+    pub fn start(context: CallContext, reports: mpsc::Sender<DeliveryReport>) -> Self {
+        let concurrency = context.options.concurrency.max(1) as usize;
+        let (shared, shared_rx) = mpsc::channel(concurrency * LANE_CAPACITY);
+        let shared_rx = Arc::new(Mutex::new(shared_rx));
+        let mut lanes = Vec::with_capacity(concurrency);
+        let mut workers = JoinSet::new();
+        for _ in 0..concurrency {
+            let (lane, lane_rx) = mpsc::channel(LANE_CAPACITY);
+            lanes.push(lane);
+            workers.spawn(work(context.clone(), lane_rx, shared_rx.clone(), reports.clone()));
+        }
+        Dispatcher {
+            lanes,
+            shared,
+            workers,
+        }
+    }
+
+    /// Queues a unit, waiting while its queue is full (this is the backpressure).
+    pub async fn dispatch(&self, unit: DeliveryUnit) {
+        let sender = match &unit.ordering_key {
+            Some(key) => &self.lanes[lane_of(key, self.lanes.len())],
+            None => &self.shared,
+        };
+        // Workers only stop after the senders are dropped, so a send cannot fail while `self` lives.
+        if sender.send(unit).await.is_err() {
+            tracing::error!("delivery worker stopped early");
+        }
+    }
+
+    /// Lets the workers finish everything queued, then returns.
+    pub async fn finish(self) {
+        let Dispatcher {
+            lanes,
+            shared,
+            mut workers,
+        } = self;
+        drop(lanes);
+        drop(shared);
+        while let Some(joined) = workers.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!(%error, "delivery worker failed");
+            }
+        }
+    }
+}
+
+fn lane_of(key: &str, lanes: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
+}
+
+async fn work(
+    context: CallContext,
+    mut lane: mpsc::Receiver<DeliveryUnit>,
+    shared: Arc<Mutex<mpsc::Receiver<DeliveryUnit>>>,
+    reports: mpsc::Sender<DeliveryReport>,
+) {
+    let mut lane_open = true;
+    let mut shared_open = true;
+    while lane_open || shared_open {
+        // The lane first: keyed units wait behind nothing but their own key.
+        let unit = tokio::select! {
+            biased;
+            unit = lane.recv(), if lane_open => match unit {
+                Some(unit) => unit,
+                None => {
+                    lane_open = false;
+                    continue;
+                }
+            },
+            unit = async { shared.lock().await.recv().await }, if shared_open => match unit {
+                Some(unit) => unit,
+                None => {
+                    shared_open = false;
+                    continue;
+                }
+            },
+        };
+        let report = deliver(&context, unit).await;
+        if reports.send(report).await.is_err() {
+            // The session stopped listening; it accounts for what is left itself.
+            tracing::debug!("delivery report dropped: session gone");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_always_maps_to_the_same_lane() {
+        for lanes in [1, 8, 16] {
+            assert_eq!(lane_of("tickets/7/state", lanes), lane_of("tickets/7/state", lanes));
+            assert!(lane_of("x", lanes) < lanes);
+        }
+    }
+}

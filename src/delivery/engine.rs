@@ -1,0 +1,158 @@
+//! The delivery engine: what all streams share — pacers per credential, the outcome recorder, the webhook
+//! forwarder, the in-flight ids — and the checks that open a stream.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::delivery::attempt::CallContext;
+use crate::delivery::recorder::{InFlight, Recorder};
+use crate::delivery::session::{Session, Shared};
+use crate::delivery::webhook::WebhookForwarder;
+use crate::domain::destination::{Destination, DestinationState};
+use crate::domain::render::Renderer;
+use crate::domain::validation::Violations;
+use crate::groove::pacer::PacerRegistry;
+use crate::groove::GrooveClient;
+use crate::store::{Store, StoreError};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Engine-wide knobs.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Most calls per second per credential; `None` leaves pacing to what Groove's answers teach.
+    pub max_rate_per_credential: Option<f64>,
+    /// How long a delivered record id is remembered for duplicate detection.
+    pub ledger_retention: Duration,
+    /// Most record ids remembered per destination; the oldest go first.
+    pub ledger_max_entries_per_destination: u64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_rate_per_credential: None,
+            ledger_retention: Duration::from_secs(7 * 24 * 3600),
+            ledger_max_entries_per_destination: 10_000_000,
+        }
+    }
+}
+
+/// How often the ledger retention is applied.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("destination {name} is {state}; activate it to send records")]
+    NotActive { name: String, state: &'static str },
+    #[error("destination {name} has a configuration this server cannot use: {violations}")]
+    BadConfig { name: String, violations: Violations },
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    groove: GrooveClient,
+    pacers: Arc<PacerRegistry>,
+    options: EngineOptions,
+    shared: Shared,
+    stopping: Arc<watch::Sender<bool>>,
+}
+
+impl Engine {
+    /// Starts the engine's background tasks (recorder, webhook forwarders, ledger pruning).
+    pub fn start(store: Arc<dyn Store>, groove: GrooveClient, options: EngineOptions) -> Result<Self, reqwest::Error> {
+        let in_flight = Arc::new(InFlight::default());
+        let (stopping, shutdown) = watch::channel(false);
+        let shared = Shared {
+            store: store.clone(),
+            recorder: Recorder::start(store.clone(), in_flight.clone()),
+            in_flight,
+            webhooks: WebhookForwarder::start()?,
+            shutdown,
+        };
+        tokio::spawn(prune_ledger(store.clone(), options.clone()));
+        Ok(Engine {
+            store,
+            groove,
+            pacers: Arc::new(PacerRegistry::default()),
+            options,
+            shared,
+            stopping: Arc::new(stopping),
+        })
+    }
+
+    pub fn groove(&self) -> &GrooveClient {
+        &self.groove
+    }
+
+    /// Sessions stop reading their streams, deliver what they accepted and end.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Prepares delivery for an active destination: loads it and its key and compiles its configuration.
+    pub async fn open_session(&self, destination_id: &str, name: &str) -> Result<Session, DeliveryError> {
+        let destination = self.store.get_destination(destination_id).await?;
+        if destination.state != DestinationState::Active {
+            return Err(DeliveryError::NotActive {
+                name: name.to_string(),
+                state: destination.state.as_str(),
+            });
+        }
+        self.session_for(destination, name).await
+    }
+
+    /// A session regardless of state (TestDestination sends even while paused).
+    pub async fn session_for(&self, destination: Destination, name: &str) -> Result<Session, DeliveryError> {
+        let renderer = Renderer::new(&destination.config, self.groove.base_url()).map_err(|violations| {
+            DeliveryError::BadConfig {
+                name: name.to_string(),
+                violations,
+            }
+        })?;
+        let key = self.store.credential_api_key(&destination.credential_id).await?;
+        let pacer = self
+            .pacers
+            .pacer(&destination.credential_id, self.options.max_rate_per_credential);
+        let context = CallContext {
+            client: self.groove.clone(),
+            key,
+            pacer,
+            options: destination.config.delivery.clone(),
+        };
+        Ok(Session {
+            name: name.to_string(),
+            renderer: Arc::new(renderer),
+            context,
+            shared: self.shared.clone(),
+            destination,
+        })
+    }
+}
+
+async fn prune_ledger(store: Arc<dyn Store>, options: EngineOptions) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        let older_than = now_ms() - options.ledger_retention.as_millis() as i64;
+        match store
+            .ledger_prune(older_than, options.ledger_max_entries_per_destination)
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "delivery ledger pruned"),
+            Err(error) => tracing::warn!(%error, "cannot prune the delivery ledger"),
+        }
+    }
+}

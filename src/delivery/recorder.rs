@@ -1,0 +1,191 @@
+//! Persists outcomes in group commits: delivered ids into the ledger, rejected and failed records into the
+//! failed-records store. One task for the whole server; whatever queued up while the previous commit ran goes
+//! into the next one, so the number of transactions stays small however fast results arrive.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::delivery::report::DeliveryReport;
+use crate::domain::outcome::Outcome;
+use crate::domain::render::display_headers;
+use crate::store::{FailedRecordEntry, LedgerEntry, Store, StoredRequest, LEDGER_BODY_CAP};
+
+/// Outcomes waiting for the next commit; a full queue slows the sessions down, never loses a result.
+const QUEUE_CAPACITY: usize = 16_384;
+/// Most outcomes in one commit.
+const MAX_GROUP: usize = 8_192;
+
+enum Message {
+    Outcome {
+        destination_id: String,
+        report: DeliveryReport,
+        now_ms: i64,
+    },
+    /// Answered once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Record ids being delivered right now, per destination: a replay that arrives before the first delivery is
+/// committed must still be caught.
+#[derive(Default)]
+pub struct InFlight {
+    ids: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl InFlight {
+    /// Claims each id for delivery; `false` where another delivery already holds it.
+    pub fn claim(&self, destination_id: &str, record_ids: &[&str]) -> Vec<bool> {
+        let mut ids = self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = ids.entry(destination_id.to_string()).or_default();
+        record_ids.iter().map(|id| held.insert((*id).to_string())).collect()
+    }
+
+    pub fn release(&self, destination_id: &str, record_ids: &[String]) {
+        let mut ids = self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(held) = ids.get_mut(destination_id) {
+            for id in record_ids {
+                held.remove(id);
+            }
+            if held.is_empty() {
+                ids.remove(destination_id);
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Recorder {
+    queue: mpsc::Sender<Message>,
+}
+
+impl Recorder {
+    pub fn start(store: Arc<dyn Store>, in_flight: Arc<InFlight>) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run(store, in_flight, receiver));
+        Recorder { queue }
+    }
+
+    /// Queues an outcome. Claims on its record ids are released once it is committed (duplicates hold none).
+    pub async fn record(&self, destination_id: &str, report: DeliveryReport) {
+        let message = Message::Outcome {
+            destination_id: destination_id.to_string(),
+            report,
+            now_ms: crate::delivery::engine::now_ms(),
+        };
+        if self.queue.send(message).await.is_err() {
+            tracing::error!(destination = %destination_id, "outcome recorder stopped; outcome not persisted");
+        }
+    }
+
+    /// Waits until every outcome queued so far is committed.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.queue.send(Message::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn run(store: Arc<dyn Store>, in_flight: Arc<InFlight>, mut receiver: mpsc::Receiver<Message>) {
+    let mut group = Vec::with_capacity(256);
+    while let Some(first) = receiver.recv().await {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(message) => group.push(message),
+                Err(_) => break,
+            }
+        }
+        commit(&*store, &in_flight, group.drain(..)).await;
+    }
+}
+
+async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator<Item = Message>) {
+    let mut delivered = Vec::new();
+    let mut failed = Vec::new();
+    let mut released: Vec<(String, Vec<String>)> = Vec::new();
+    let mut flushes = Vec::new();
+    for message in messages {
+        match message {
+            Message::Flush(done) => flushes.push(done),
+            Message::Outcome {
+                destination_id,
+                report,
+                now_ms,
+            } => {
+                collect(&destination_id, &report, now_ms, &mut delivered, &mut failed);
+                if report.outcome != Outcome::Duplicate {
+                    released.push((destination_id, report.record_ids));
+                }
+            }
+        }
+    }
+    if !delivered.is_empty() || !failed.is_empty() {
+        let (delivered_count, failed_count) = (delivered.len(), failed.len());
+        if let Err(error) = store.record_outcomes(delivered, failed).await {
+            tracing::error!(%error, delivered = delivered_count, failed = failed_count, "cannot persist delivery outcomes");
+        }
+    }
+    for (destination_id, record_ids) in released {
+        in_flight.release(&destination_id, &record_ids);
+    }
+    for done in flushes {
+        let _ = done.send(());
+    }
+}
+
+fn collect(
+    destination_id: &str,
+    report: &DeliveryReport,
+    now_ms: i64,
+    delivered: &mut Vec<LedgerEntry>,
+    failed: &mut Vec<FailedRecordEntry>,
+) {
+    let status = report.answer.as_ref().map_or(0, |answer| answer.status);
+    match report.outcome {
+        Outcome::Delivered => {
+            let body = report.answer.as_ref().map_or(&[][..], |answer| &answer.body[..]);
+            let body = &body[..body.len().min(LEDGER_BODY_CAP)];
+            delivered.extend(report.record_ids.iter().map(|record_id| LedgerEntry {
+                destination_id: destination_id.to_string(),
+                record_id: record_id.clone(),
+                http_status: status,
+                response_body: body.to_vec(),
+                attempts: report.attempts,
+                delivered_at_ms: now_ms,
+            }));
+        }
+        Outcome::Rejected | Outcome::Failed => {
+            let request = report.call.as_ref().map(|call| StoredRequest {
+                method: call.method.as_str().to_string(),
+                url: call.url.to_string(),
+                headers: display_headers(&call.headers, !call.body.is_empty()),
+                body: call.body.to_vec(),
+            });
+            let (headers, body) = report
+                .answer
+                .as_ref()
+                .map(|answer| (answer.headers.clone(), answer.body.clone()))
+                .unwrap_or_default();
+            for (record_id, record) in report.record_ids.iter().zip(&report.records) {
+                failed.push(FailedRecordEntry {
+                    destination_id: destination_id.to_string(),
+                    record_id: record_id.clone(),
+                    record_json: record.to_vec(),
+                    outcome: report.outcome,
+                    request: request.clone(),
+                    http_status: status,
+                    response_headers: headers.clone(),
+                    response_body: body.clone(),
+                    error: report.error.clone(),
+                    attempts: report.attempts,
+                    first_failure_ms: now_ms,
+                    last_failure_ms: now_ms,
+                });
+            }
+        }
+        Outcome::Invalid | Outcome::Duplicate => {}
+    }
+}

@@ -1,0 +1,338 @@
+//! One stream of records for one destination: validate, de-duplicate, render, batch, dispatch, and report
+//! every record's outcome exactly once — also when the client goes away or the server shuts down.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::{Stream, StreamExt};
+
+use crate::delivery::attempt::CallContext;
+use crate::delivery::dispatch::Dispatcher;
+use crate::delivery::recorder::{InFlight, Recorder};
+use crate::delivery::report::{DeliveryReport, DeliveryUnit, IncomingRecord, PlannedCall, StreamEvent, Summary};
+use crate::delivery::webhook::WebhookForwarder;
+use crate::domain::batching::{Batch, Batcher};
+use crate::domain::destination::Destination;
+use crate::domain::outcome::Outcome;
+use crate::domain::render::Renderer;
+use crate::groove::GrooveAnswer;
+use crate::store::Store;
+
+/// Longest record id accepted.
+pub const MAX_RECORD_ID_LEN: usize = 256;
+/// Reports waiting for the collector.
+const REPORT_QUEUE: usize = 1024;
+
+/// What a session shares with the engine.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub recorder: Recorder,
+    pub in_flight: Arc<InFlight>,
+    pub webhooks: WebhookForwarder,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A stream being delivered. Built by [`crate::delivery::Engine::open_session`].
+pub struct Session {
+    pub(crate) destination: Destination,
+    pub(crate) name: String,
+    pub(crate) renderer: Arc<Renderer>,
+    pub(crate) context: CallContext,
+    pub(crate) shared: Shared,
+}
+
+/// A record that passed the checks and is on its way to Groove.
+struct Accepted {
+    id: String,
+    json: Arc<[u8]>,
+}
+
+impl Session {
+    /// Delivers everything `input` yields, sending a report per unit and, last, the summary to `output`.
+    /// Returns when every accepted record has an outcome that is committed to the store. If `output` is
+    /// closed (the client went away), delivery and recording go on regardless.
+    pub async fn run<S>(self, input: S, output: mpsc::Sender<StreamEvent>) -> Summary
+    where
+        S: Stream<Item = Vec<IncomingRecord>> + Send + Unpin,
+    {
+        let (reports, report_queue) = mpsc::channel(REPORT_QUEUE);
+        let collector = tokio::spawn(collect(
+            report_queue,
+            output.clone(),
+            self.shared.recorder.clone(),
+            self.shared.webhooks.clone(),
+            self.destination.id.clone(),
+            self.name.clone(),
+            self.destination.config.response_webhook.clone(),
+        ));
+        let dispatcher = Dispatcher::start(self.context.clone(), reports.clone());
+        let received = self.pump(input, &dispatcher, &reports).await;
+        dispatcher.finish().await;
+        drop(reports);
+        let mut summary = match collector.await {
+            Ok(summary) => summary,
+            Err(error) => {
+                tracing::error!(%error, destination = %self.name, "result collector failed");
+                Summary::default()
+            }
+        };
+        self.shared.recorder.flush().await;
+        summary.records_received = received;
+        let _ = output.send(StreamEvent::Summary(summary.clone())).await;
+        summary
+    }
+
+    /// Reads the input until it ends or the server shuts down; returns how many records it received.
+    async fn pump<S>(&self, mut input: S, dispatcher: &Dispatcher, reports: &mpsc::Sender<DeliveryReport>) -> u64
+    where
+        S: Stream<Item = Vec<IncomingRecord>> + Send + Unpin,
+    {
+        let mut received = 0;
+        let mut batcher = self
+            .destination
+            .config
+            .batching
+            .enabled
+            .then(|| Batcher::new(&self.destination.config.batching));
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let deadline = batcher.as_ref().and_then(|batcher| batcher.next_deadline());
+            tokio::select! {
+                biased;
+                () = stopping(&mut shutdown) => {
+                    tracing::info!(destination = %self.name, "shutting down: no more records read from the stream");
+                    break;
+                }
+                () = sleep_until_deadline(deadline) => {
+                    if let Some(batcher) = batcher.as_mut() {
+                        for batch in batcher.take_due(std::time::Instant::now()) {
+                            dispatcher.dispatch(batch_unit(batch)).await;
+                        }
+                    }
+                }
+                message = input.next() => match message {
+                    Some(records) => {
+                        received += records.len() as u64;
+                        self.accept(records, dispatcher, batcher.as_mut(), reports).await;
+                    }
+                    None => break,
+                },
+            }
+        }
+        if let Some(mut batcher) = batcher {
+            for batch in batcher.flush() {
+                dispatcher.dispatch(batch_unit(batch)).await;
+            }
+        }
+        received
+    }
+
+    async fn accept(
+        &self,
+        records: Vec<IncomingRecord>,
+        dispatcher: &Dispatcher,
+        mut batcher: Option<&mut Batcher<Accepted>>,
+        reports: &mpsc::Sender<DeliveryReport>,
+    ) {
+        let accepted = self.admit(records, reports).await;
+        for record in accepted {
+            let rendered = match self.renderer.render(&record.json) {
+                Ok(rendered) => rendered,
+                Err(violations) => {
+                    let field = violations.0.first().map(|violation| violation.field.clone()).unwrap_or_default();
+                    report(reports, DeliveryReport::invalid(record.id, field, violations.to_string())).await;
+                    continue;
+                }
+            };
+            match batcher.as_deref_mut() {
+                Some(batcher) => {
+                    let now = std::time::Instant::now();
+                    for call in rendered.calls {
+                        for batch in batcher.push(now, call, rendered.group_key.clone(), Accepted { id: record.id.clone(), json: record.json.clone() }) {
+                            dispatcher.dispatch(batch_unit(batch)).await;
+                        }
+                    }
+                }
+                None => {
+                    let unit = DeliveryUnit {
+                        record_ids: vec![record.id],
+                        records: vec![record.json],
+                        calls: rendered.calls.into_iter().map(PlannedCall::from).collect(),
+                        ordering_key: rendered.ordering_key,
+                    };
+                    dispatcher.dispatch(unit).await;
+                }
+            }
+        }
+    }
+
+    /// Checks ids and JSON, refuses repeats (in this message, in flight elsewhere, or already delivered) and
+    /// claims the rest for delivery.
+    async fn admit(&self, records: Vec<IncomingRecord>, reports: &mpsc::Sender<DeliveryReport>) -> Vec<Accepted> {
+        let mut seen = HashSet::with_capacity(records.len());
+        let mut candidates = Vec::with_capacity(records.len());
+        for record in records {
+            if record.id.is_empty() {
+                report(reports, DeliveryReport::invalid(record.id, "record.id", "record id is required")).await;
+                continue;
+            }
+            if record.id.len() > MAX_RECORD_ID_LEN {
+                report(
+                    reports,
+                    DeliveryReport::invalid(record.id, "record.id", format!("record id is longer than {MAX_RECORD_ID_LEN} bytes")),
+                )
+                .await;
+                continue;
+            }
+            if !seen.insert(record.id.clone()) {
+                report(reports, duplicate(record.id, None, "record id repeated in the same message")).await;
+                continue;
+            }
+            match record.json {
+                Ok(json) => candidates.push(Accepted { id: record.id, json: Arc::from(json) }),
+                Err(problem) => report(reports, DeliveryReport::invalid(record.id, "record", problem)).await,
+            }
+        }
+        let ids: Vec<&str> = candidates.iter().map(|record| record.id.as_str()).collect();
+        let claims = self.shared.in_flight.claim(&self.destination.id, &ids);
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for (record, claimed_now) in candidates.into_iter().zip(claims) {
+            if claimed_now {
+                claimed.push(record);
+            } else {
+                report(reports, duplicate(record.id, None, "record id is being delivered by another stream")).await;
+            }
+        }
+        if claimed.is_empty() {
+            return claimed;
+        }
+        let ids = claimed.iter().map(|record| record.id.clone()).collect();
+        let delivered_before = match self.shared.store.ledger_lookup(&self.destination.id, ids).await {
+            Ok(found) => found,
+            Err(error) => {
+                // Without the ledger a replay cannot be told apart; sending could duplicate, so don't.
+                tracing::error!(%error, destination = %self.name, "ledger lookup failed; records kept as failed");
+                let failed: Vec<String> = claimed.iter().map(|record| record.id.clone()).collect();
+                let records = claimed.iter().map(|record| record.json.clone()).collect();
+                report(
+                    reports,
+                    DeliveryReport {
+                        record_ids: failed,
+                        outcome: Outcome::Failed,
+                        answer: None,
+                        attempts: 0,
+                        latency: Duration::ZERO,
+                        error: "cannot check the delivery ledger; not sent".to_string(),
+                        field: String::new(),
+                        call: None,
+                        records,
+                    },
+                )
+                .await;
+                return Vec::new();
+            }
+        };
+        if delivered_before.is_empty() {
+            return claimed;
+        }
+        let mut fresh = Vec::with_capacity(claimed.len());
+        let mut repeated = Vec::new();
+        for record in claimed {
+            match delivered_before.get(&record.id) {
+                Some(entry) => {
+                    repeated.push(record.id.clone());
+                    let original = GrooveAnswer {
+                        status: entry.http_status,
+                        headers: Vec::new(),
+                        body: entry.response_body.clone(),
+                        latency: Duration::ZERO,
+                    };
+                    report(reports, duplicate(record.id, Some(original), "record id was delivered before; not sent again")).await;
+                }
+                None => fresh.push(record),
+            }
+        }
+        self.shared.in_flight.release(&self.destination.id, &repeated);
+        fresh
+    }
+}
+
+fn duplicate(record_id: String, original: Option<GrooveAnswer>, why: &str) -> DeliveryReport {
+    DeliveryReport {
+        record_ids: vec![record_id],
+        outcome: Outcome::Duplicate,
+        answer: original,
+        attempts: 0,
+        latency: Duration::ZERO,
+        error: why.to_string(),
+        field: String::new(),
+        call: None,
+        records: Vec::new(),
+    }
+}
+
+async fn report(reports: &mpsc::Sender<DeliveryReport>, report: DeliveryReport) {
+    if reports.send(report).await.is_err() {
+        tracing::error!("result collector stopped; report lost");
+    }
+}
+
+fn batch_unit(batch: Batch<Accepted>) -> DeliveryUnit {
+    let (record_ids, records) = batch.items.into_iter().map(|record| (record.id, record.json)).unzip();
+    DeliveryUnit {
+        record_ids,
+        records,
+        calls: vec![PlannedCall {
+            method: batch.method,
+            url: batch.url,
+            headers: batch.headers,
+            body: batch.body.into(),
+        }],
+        // A batch's records travel together; batches themselves go out in parallel.
+        ordering_key: None,
+    }
+}
+
+/// Resolves once the server begins shutting down (never, if the engine is gone without shutting down).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn sleep_until_deadline(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts, forwards and records every report; returns the summary when the last reporter is gone.
+async fn collect(
+    mut reports: mpsc::Receiver<DeliveryReport>,
+    output: mpsc::Sender<StreamEvent>,
+    recorder: Recorder,
+    webhooks: WebhookForwarder,
+    destination_id: String,
+    destination_name: String,
+    webhook_url: Option<String>,
+) -> Summary {
+    let mut summary = Summary::default();
+    let mut client_listening = true;
+    while let Some(report) = reports.recv().await {
+        summary.count(&report);
+        if let Some(url) = &webhook_url {
+            webhooks.submit(url, &destination_name, &report);
+        }
+        if client_listening && output.send(StreamEvent::Report(report.clone())).await.is_err() {
+            client_listening = false;
+            tracing::info!(destination = %destination_name, "client went away; delivering and recording the rest");
+        }
+        recorder.record(&destination_id, report).await;
+    }
+    summary
+}

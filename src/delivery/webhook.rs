@@ -1,0 +1,133 @@
+//! Forwards every result to the destination's response webhook, from a bounded queue with its own retries.
+//! It never carries the Groove API key, and it never slows delivery: when the queue is full, results are
+//! dropped, counted and logged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::delivery::report::DeliveryReport;
+
+/// Results waiting to be forwarded, over all destinations.
+const QUEUE_CAPACITY: usize = 10_000;
+/// Forwarding requests in flight at once.
+const WORKERS: usize = 4;
+const ATTEMPTS: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// A drop is logged for the first one and then once per this many, so a dead webhook cannot flood the log.
+const DROP_LOG_EVERY: u64 = 1000;
+
+struct Job {
+    url: String,
+    payload: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct WebhookForwarder {
+    queue: mpsc::Sender<Job>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl WebhookForwarder {
+    pub fn start() -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("groove-destination/", env!("CARGO_PKG_VERSION"), " webhook"))
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()?;
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WORKERS {
+            tokio::spawn(forward(client.clone(), receiver.clone()));
+        }
+        Ok(WebhookForwarder {
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Queues a result for `url` without waiting.
+    pub fn submit(&self, url: &str, destination_name: &str, report: &DeliveryReport) {
+        let payload = payload(destination_name, report).to_string().into_bytes();
+        let job = Job {
+            url: url.to_string(),
+            payload,
+        };
+        if self.queue.try_send(job).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped == 1 || dropped % DROP_LOG_EVERY == 0 {
+                tracing::warn!(dropped, webhook = %url, "response webhook queue full; results dropped");
+            }
+        }
+    }
+
+    /// Results dropped since start because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// What the webhook receives: the result, without the request (whose headers could carry secrets of the
+/// user's own) and never with the Groove key.
+pub fn payload(destination_name: &str, report: &DeliveryReport) -> Value {
+    let response = report.answer.as_ref().map(|answer| {
+        let body = serde_json::from_slice::<Value>(&answer.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer.body).into_owned()));
+        json!({ "http_status": answer.status, "body": body })
+    });
+    json!({
+        "destination": destination_name,
+        "record_ids": report.record_ids,
+        "outcome": report.outcome.as_str(),
+        "http_status": report.answer.as_ref().map_or(0, |answer| answer.status),
+        "attempts": report.attempts,
+        "latency_ms": report.latency.as_millis() as u64,
+        "error": report.error,
+        "field": report.field,
+        "response": response,
+        "time_unix_ms": crate::delivery::engine::now_ms(),
+    })
+}
+
+async fn forward(client: reqwest::Client, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let job = { receiver.lock().await.recv().await };
+        let Some(job) = job else { return };
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            let sent = client
+                .post(&job.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(job.payload.clone())
+                .send()
+                .await;
+            let retry = match &sent {
+                Ok(response) if response.status().is_success() => false,
+                Ok(response) => response.status().is_server_error() || response.status().as_u16() == 429,
+                Err(_) => true,
+            };
+            if !retry {
+                if let Ok(response) = &sent {
+                    if !response.status().is_success() {
+                        tracing::warn!(webhook = %job.url, status = response.status().as_u16(), "response webhook refused a result");
+                    }
+                }
+                break;
+            }
+            if attempt == ATTEMPTS {
+                let reason = match &sent {
+                    Ok(response) => format!("status {}", response.status().as_u16()),
+                    Err(error) => error.to_string(),
+                };
+                tracing::warn!(webhook = %job.url, %reason, "response webhook unreachable; result not forwarded");
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+}

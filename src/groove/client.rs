@@ -1,0 +1,276 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use thiserror::Error;
+use url::Url;
+
+use crate::domain::credential::ApiKey;
+use crate::domain::destination::HttpMethod;
+
+/// Time allowed for a VerifyCredential call.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The cheap authenticated read used to check a key: documented, unpaginated and small.
+const VERIFY_PATH: &str = "mailboxes";
+
+/// One request to Groove, fully rendered, without the key.
+#[derive(Clone, Debug)]
+pub struct OutgoingRequest {
+    pub method: HttpMethod,
+    pub url: Url,
+    /// Extra headers; `Authorization` and `Content-Type` are set by the client.
+    pub headers: Arc<[(String, String)]>,
+    /// JSON body; `None` sends no body. `Bytes`, so a retry re-sends it without a copy.
+    pub body: Option<Bytes>,
+    pub timeout: Duration,
+}
+
+/// Groove's answer to one call.
+#[derive(Clone, Debug)]
+pub struct GrooveAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub latency: Duration,
+}
+
+/// A call that got no answer. The distinction matters for retries: a create that may have reached Groove must
+/// not be sent twice.
+#[derive(Debug, Error)]
+pub enum CallError {
+    #[error("url {url} is outside the groove base url {base}")]
+    OutsideBaseUrl { url: String, base: String },
+    #[error("invalid request header {name}")]
+    InvalidHeader { name: String },
+    #[error("request not sent: {reason}")]
+    NotSent { reason: String },
+    #[error("no answer after sending: {reason}")]
+    MaybeSent { reason: String },
+}
+
+/// What VerifyCredential found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    Valid { status: u16 },
+    Invalid { status: u16 },
+    Unreachable { status: Option<u16>, detail: String },
+}
+
+/// Shared, cheap to clone (reqwest's connection pool is reference counted).
+#[derive(Clone, Debug)]
+pub struct GrooveClient {
+    http: reqwest::Client,
+    base_url: Url,
+}
+
+impl GrooveClient {
+    pub fn new(base_url: &Url) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("groove-destination/", env!("CARGO_PKG_VERSION")))
+            // A redirect could carry the Authorization header to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(GrooveClient {
+            http,
+            base_url: with_trailing_slash(base_url),
+        })
+    }
+
+    /// The base URL, always ending in `/` so that relative paths join under it.
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    /// Sends one request with the key. Refuses, without sending, a URL outside the base URL.
+    pub async fn send(
+        &self,
+        key: &ApiKey,
+        request: &OutgoingRequest,
+    ) -> Result<GrooveAnswer, CallError> {
+        if !is_under_base(&self.base_url, &request.url) {
+            return Err(CallError::OutsideBaseUrl {
+                url: request.url.to_string(),
+                base: self.base_url.to_string(),
+            });
+        }
+        let headers = build_headers(key, request)?;
+        let mut builder = self
+            .http
+            .request(method(request.method), request.url.clone())
+            .headers(headers)
+            .timeout(request.timeout);
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
+        }
+        let started = Instant::now();
+        let response = builder.send().await.map_err(classify)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = response.bytes().await.map_err(classify)?.to_vec();
+        Ok(GrooveAnswer {
+            status,
+            headers,
+            body,
+            latency: started.elapsed(),
+        })
+    }
+
+    /// One cheap authenticated GET: does Groove accept this key?
+    pub async fn verify(&self, key: &ApiKey) -> Verification {
+        let url = match self.base_url.join(VERIFY_PATH) {
+            Ok(url) => url,
+            Err(error) => {
+                return Verification::Unreachable {
+                    status: None,
+                    detail: format!("cannot build the verification url: {error}"),
+                }
+            }
+        };
+        let request = OutgoingRequest {
+            method: HttpMethod::Get,
+            url,
+            headers: Arc::from([]),
+            body: None,
+            timeout: VERIFY_TIMEOUT,
+        };
+        match self.send(key, &request).await {
+            Ok(answer) if (200..300).contains(&answer.status) => Verification::Valid {
+                status: answer.status,
+            },
+            Ok(answer) if answer.status == 401 || answer.status == 403 => Verification::Invalid {
+                status: answer.status,
+            },
+            Ok(answer) => Verification::Unreachable {
+                status: Some(answer.status),
+                detail: format!("groove answered {} to GET {VERIFY_PATH}", answer.status),
+            },
+            Err(error) => Verification::Unreachable {
+                status: None,
+                detail: error.to_string(),
+            },
+        }
+    }
+}
+
+fn with_trailing_slash(url: &Url) -> Url {
+    let mut url = url.clone();
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    url
+}
+
+/// Last line of defence for the key: same scheme, host and port, and a path under the base path.
+fn is_under_base(base: &Url, url: &Url) -> bool {
+    url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path().starts_with(base.path())
+        && !url.path().split('/').any(|segment| segment == "..")
+}
+
+fn build_headers(key: &ApiKey, request: &OutgoingRequest) -> Result<HeaderMap, CallError> {
+    let mut headers = HeaderMap::with_capacity(request.headers.len() + 2);
+    for (name, value) in request.headers.iter() {
+        let invalid = || CallError::InvalidHeader { name: name.clone() };
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+        let value = HeaderValue::from_str(value).map_err(|_| invalid())?;
+        headers.append(name, value);
+    }
+    if request.body.is_some() {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        .map_err(|_| CallError::InvalidHeader {
+            name: "authorization".to_string(),
+        })?;
+    authorization.set_sensitive(true);
+    headers.insert(AUTHORIZATION, authorization);
+    Ok(headers)
+}
+
+fn method(method: HttpMethod) -> reqwest::Method {
+    match method {
+        HttpMethod::Get => reqwest::Method::GET,
+        HttpMethod::Post => reqwest::Method::POST,
+        HttpMethod::Put => reqwest::Method::PUT,
+        HttpMethod::Patch => reqwest::Method::PATCH,
+        HttpMethod::Delete => reqwest::Method::DELETE,
+    }
+}
+
+/// A connect failure happened before any byte of the request left; anything else may have reached Groove.
+fn classify(error: reqwest::Error) -> CallError {
+    let reason = error_chain(&error);
+    if error.is_connect() || error.is_builder() {
+        CallError::NotSent { reason }
+    } else {
+        CallError::MaybeSent { reason }
+    }
+}
+
+/// reqwest's top-level message is vague ("error sending request"); the causes say what happened. reqwest never
+/// puts header values in its errors, so the key cannot leak through here.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn only_urls_under_the_base_are_allowed() {
+        let base = with_trailing_slash(&url("https://api.groovehq.com/v1"));
+        assert!(is_under_base(&base, &url("https://api.groovehq.com/v1/tickets")));
+        for outside in [
+            "https://evil.example/v1/tickets",
+            "http://api.groovehq.com/v1/tickets",
+            "https://api.groovehq.com:8443/v1/tickets",
+            "https://api.groovehq.com/v2/tickets",
+            "https://user@api.groovehq.com/v1/tickets",
+            "https://api.groovehq.com.evil.example/v1/tickets",
+        ] {
+            assert!(!is_under_base(&base, &url(outside)), "{outside}");
+        }
+    }
+
+    #[test]
+    fn base_url_gains_a_trailing_slash_once() {
+        assert_eq!(
+            with_trailing_slash(&url("http://127.0.0.1:9/v1")).as_str(),
+            "http://127.0.0.1:9/v1/"
+        );
+        assert_eq!(
+            with_trailing_slash(&url("http://127.0.0.1:9/v1/")).as_str(),
+            "http://127.0.0.1:9/v1/"
+        );
+    }
+}

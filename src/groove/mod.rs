@@ -1,0 +1,8 @@
+//! The HTTP client for the Groove API: the only code that sees an API key in clear, and the only code that
+//! sends it — as `Authorization: Bearer <key>`, to URLs under the configured base URL and nowhere else.
+
+mod client;
+pub mod pacer;
+
+pub use client::{CallError, GrooveAnswer, GrooveClient, OutgoingRequest, Verification};
+pub use pacer::{retry_after, Pacer, PacerRegistry, Permit};

@@ -1,0 +1,1180 @@
+//! Client-side pacing of the calls made with one credential: one [`Pacer`] per credential, shared by every
+//! destination that uses it (see [`PacerRegistry`]).
+//!
+//! Groove documents no rate limit (groove-api.md §2), so the pacer learns from its answers:
+//!
+//! 1. **Rate-limit headers** (`X-RateLimit-Limit/-Remaining/-Reset`, or the draft `RateLimit-*` names), when
+//!    present, describe a fixed window. The calls still allowed in it (Remaining minus our calls in flight) are
+//!    spread evenly until the window's end; with none left, calls wait until the window has surely ended. Reset
+//!    may be whole epoch seconds (up to 1 s off), so the window's length is learned too: the last call counted
+//!    in a window and the first call counted in the next bracket its end. Each window then places its last call
+//!    in the middle of that bracket — a bisection — so within a few windows the steady state is `limit` calls
+//!    per learned length, not a reaction to Reset's rounding.
+//! 2. **429, or 503 with `Retry-After`**: every call of the credential waits until `Retry-After` (seconds or an
+//!    HTTP date) or, without it, 1 s, 2 s, 4 s … 60 s; then calls resume one spacing apart, never all at once.
+//! 3. **No header info**: after such a pause the pacer slow-starts at half the rate that met the refusal (at
+//!    most 20/s) and grows by 1/16 per OK answer up to 90% of that rate, then by about 1% per second. A later
+//!    refusal during the fast growth halves the rate; one during the slow growth resumes at 90% of it.
+//! 4. Never faster than the configured maximum rate; with nothing learned and no maximum, `acquire` returns at
+//!    once.
+//!
+//! Waiters queue in arrival order and only the first sleeps, so a pause releases them one spacing apart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, Instant};
+
+/// The longest wait a `Retry-After` can impose: a bigger value is more likely a bug than a plan.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Pause after a refusal without `Retry-After`; it doubles with each refusal in a row.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A Reset at least this big is unix-epoch seconds; a smaller one is seconds until the reset.
+const EPOCH_RESET: f64 = 1e9;
+/// Reset's resolution: whole seconds, rounded either way by the servers we know.
+const RESET_ROUNDING: Duration = Duration::from_secs(1);
+/// Timers fire late (tokio's resolution is 1 ms, a busy runtime adds more); a release up to this late still
+/// counts from its slot, so lateness does not erode the rate.
+const CATCH_UP: Duration = Duration::from_millis(5);
+/// Slack added to a learned window end before sending into the next window: covers jitter between our clock
+/// and the order in which Groove counts calls.
+const MIN_BOUNDARY_MARGIN: Duration = Duration::from_millis(3);
+const BOUNDARY_MARGIN_SHARE: u32 = 100;
+/// Round-trip mean deviations that cover the spread of one-way latencies.
+const JITTER_DEVIATIONS: f64 = 6.0;
+/// Slow start (no header info): first rate after a refusal is half the refused rate, within these bounds.
+const SLOW_START_MAX_RATE: f64 = 20.0;
+const SLOW_START_MIN_RATE: f64 = 0.5;
+/// First rate when the refused rate is unknown (a refusal before two calls were made).
+const SLOW_START_UNKNOWN_RATE: f64 = 5.0;
+const SLOW_START_GROWTH: f64 = 1.0 / 16.0;
+const SLOW_START_CEILING_SHARE: f64 = 0.9;
+const PROBE_GROWTH_PER_SEC: f64 = 0.01;
+
+/// Paces the calls made with one credential. Share it through an `Arc`; see the module docs for the rules.
+#[derive(Debug)]
+pub struct Pacer {
+    state: Mutex<State>,
+    /// Waiters line up here in arrival order; only the one holding it sleeps on the schedule.
+    turn: tokio::sync::Mutex<()>,
+    /// Wakes the sleeping waiter when the schedule moves earlier (a fresh window, a higher maximum rate).
+    earlier: Notify,
+    /// Permits alive: calls released whose answer has not been observed yet.
+    in_flight: AtomicU32,
+}
+
+/// One released call. Hold it while the call is in flight and hand Groove's answer to [`Permit::observe`]:
+/// the pacer then knows when the call left and how many others are still out. Dropping it without an answer
+/// (a connection error, a cancelled call) is fine.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    pacer: &'a Pacer,
+    release: Release,
+}
+
+impl Pacer {
+    /// A pacer that never exceeds `max_rate_per_sec` calls per second (`None`, zero, negative or non-finite:
+    /// no maximum) and otherwise learns from the answers it observes.
+    pub fn new(max_rate_per_sec: Option<f64>) -> Self {
+        Pacer {
+            state: Mutex::new(State::new(min_interval(max_rate_per_sec), Instant::now())),
+            turn: tokio::sync::Mutex::new(()),
+            earlier: Notify::new(),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    /// Changes the maximum rate; takes effect from the next release.
+    pub fn set_max_rate(&self, max_rate_per_sec: Option<f64>) {
+        let interval = min_interval(max_rate_per_sec);
+        let looser = {
+            let mut state = self.lock();
+            let looser = interval < state.min_interval;
+            state.min_interval = interval;
+            looser
+        };
+        if looser {
+            self.earlier.notify_waiters();
+        }
+    }
+
+    /// Waits for this call's turn. Turns are handed out in call order, one spacing apart. Cancellation-safe:
+    /// a dropped waiter leaves the line without holding anyone up.
+    pub async fn acquire(&self) -> Permit<'_> {
+        // `try_lock` cannot jump the line: tokio hands a released lock to the first waiter.
+        let _turn = match self.turn.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => self.turn.lock().await,
+        };
+        loop {
+            // Registered before looking at the schedule, so a change made right after is not missed.
+            let earlier = self.earlier.notified();
+            let in_flight = self.in_flight.load(Ordering::Relaxed);
+            let released = self.lock().try_release(Instant::now(), in_flight);
+            let wake = match released {
+                Ok(release) => {
+                    self.in_flight.fetch_add(1, Ordering::Relaxed);
+                    return Permit { pacer: self, release };
+                }
+                Err(wake) => wake,
+            };
+            tokio::select! {
+                () = sleep_until(wake) => {}
+                () = earlier => {}
+            }
+        }
+    }
+
+    /// Learns from an answer without its permit. Prefer [`Permit::observe`]: without the release time and the
+    /// calls in flight the pacer can only assume the call left just now and nothing else is out, which costs
+    /// 429s when latency is high.
+    pub fn observe(&self, status: u16, headers: &[(String, String)]) {
+        self.observe_at(status, headers, SystemTime::now());
+    }
+
+    /// [`Pacer::observe`] with the wall-clock time to read epoch `X-RateLimit-Reset` and HTTP-date
+    /// `Retry-After` against.
+    pub fn observe_at(&self, status: u16, headers: &[(String, String)], wall_now: SystemTime) {
+        self.learn(status, headers, None, wall_now);
+    }
+
+    fn learn(&self, status: u16, headers: &[(String, String)], release: Option<Release>, wall_now: SystemTime) {
+        let answer = Answer {
+            status,
+            headers,
+            release,
+            now: Instant::now(),
+            wall_now,
+            others_in_flight: self.in_flight.load(Ordering::Relaxed),
+        };
+        let moved_earlier = self.lock().observe(&answer);
+        if moved_earlier {
+            self.earlier.notify_waiters();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Permit<'_> {
+    /// When the pacer released this call.
+    pub fn sent_at(&self) -> Instant {
+        self.release.at
+    }
+
+    /// Learns from Groove's answer to this call.
+    pub fn observe(self, status: u16, headers: &[(String, String)]) {
+        self.observe_at(status, headers, SystemTime::now());
+    }
+
+    /// [`Permit::observe`] with the wall-clock time to read epoch `X-RateLimit-Reset` and HTTP-date
+    /// `Retry-After` against.
+    pub fn observe_at(self, status: u16, headers: &[(String, String)], wall_now: SystemTime) {
+        let (pacer, release) = (self.pacer, self.release);
+        // Dropped first: this call is no longer in flight when its answer is weighed.
+        drop(self);
+        pacer.learn(status, headers, Some(release), wall_now);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.pacer.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One pacer per credential, created on first use and shared afterwards.
+#[derive(Debug, Default)]
+pub struct PacerRegistry {
+    pacers: Mutex<HashMap<String, Arc<Pacer>>>,
+}
+
+impl PacerRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The pacer of `credential_id`. `max_rate` applies to it from now on (the latest setting wins).
+    pub fn pacer(&self, credential_id: &str, max_rate: Option<f64>) -> Arc<Pacer> {
+        let mut pacers = self.pacers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pacer) = pacers.get(credential_id) {
+            pacer.set_max_rate(max_rate);
+            return Arc::clone(pacer);
+        }
+        let pacer = Arc::new(Pacer::new(max_rate));
+        pacers.insert(credential_id.to_string(), Arc::clone(&pacer));
+        pacer
+    }
+
+    /// Forgets a deleted credential's pacer; calls still holding it finish undisturbed.
+    pub fn remove(&self, credential_id: &str) {
+        self.pacers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(credential_id);
+    }
+}
+
+/// How long `Retry-After` asks to wait: integer seconds or an HTTP date (relative to `now`), capped at
+/// [`MAX_RETRY_AFTER`]. Fractional seconds are accepted too, leniently.
+pub fn retry_after(headers: &[(String, String)], now: SystemTime) -> Option<Duration> {
+    let value = header(headers, &["retry-after"])?.trim();
+    let wait = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else if let Ok(at) = httpdate::parse_http_date(value) {
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    } else {
+        Duration::try_from_secs_f64(value.parse::<f64>().ok()?).ok()?
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+fn min_interval(max_rate_per_sec: Option<f64>) -> Duration {
+    max_rate_per_sec
+        .filter(|rate| rate.is_finite() && *rate > 0.0)
+        .and_then(|rate| Duration::try_from_secs_f64(1.0 / rate).ok())
+        .map_or(Duration::ZERO, |interval| interval.min(MAX_RETRY_AFTER))
+}
+
+/// When a call was released, and how many calls were released before it.
+#[derive(Clone, Copy, Debug)]
+struct Release {
+    at: Instant,
+    seq: u64,
+}
+
+/// An answer as the pacer sees it.
+struct Answer<'a> {
+    status: u16,
+    headers: &'a [(String, String)],
+    /// The answered call's release; unknown without a permit.
+    release: Option<Release>,
+    now: Instant,
+    wall_now: SystemTime,
+    /// Calls released and not yet answered, this one excluded.
+    others_in_flight: u32,
+}
+
+#[derive(Debug)]
+struct State {
+    /// From the maximum rate; zero without one.
+    min_interval: Duration,
+    /// Earliest next release, by spacing alone.
+    next_free: Instant,
+    /// The latest credential-wide pause (429, 503 with Retry-After); kept after it ends to tell the answers
+    /// of calls that were already in flight from new refusals.
+    pause: Option<Pause>,
+    /// Refusals in a row without `Retry-After`: drives the exponential backoff.
+    backoff_level: u32,
+    last_release: Option<Instant>,
+    /// Calls released so far.
+    released: u64,
+    /// Smoothed seconds between releases: the rate that met a refusal, for slow start.
+    release_gap: Option<f64>,
+    round_trip: Option<RoundTrip>,
+    learned: Option<Learned>,
+    slow_start: Option<SlowStart>,
+}
+
+#[derive(Debug)]
+struct Pause {
+    started: Instant,
+    until: Instant,
+}
+
+impl State {
+    fn new(min_interval: Duration, now: Instant) -> Self {
+        State {
+            min_interval,
+            next_free: now,
+            pause: None,
+            backoff_level: 0,
+            last_release: None,
+            released: 0,
+            release_gap: None,
+            round_trip: None,
+            learned: None,
+            slow_start: None,
+        }
+    }
+
+    /// Releases a call now, or says when to look again.
+    fn try_release(&mut self, now: Instant, in_flight: u32) -> Result<Release, Instant> {
+        let load = Load {
+            in_flight,
+            released: self.released,
+        };
+        let slot = self.next_release(now, load);
+        if slot > now {
+            return Err(slot);
+        }
+        let spacing = self.spacing(now, load);
+        let from = slot.max(now.checked_sub(CATCH_UP).unwrap_or(now));
+        self.next_free = from + spacing;
+        self.note_release(now);
+        let release = Release {
+            at: now,
+            seq: self.released,
+        };
+        self.released += 1;
+        Ok(release)
+    }
+
+    /// The earliest time the next call may leave.
+    fn next_release(&mut self, now: Instant, load: Load) -> Instant {
+        let mut at = self.next_free;
+        if let Some(pause) = &self.pause {
+            at = at.max(pause.until);
+        }
+        if let Some(end) = self.learned.as_mut().and_then(|l| l.blocked_until(now, load)) {
+            at = at.max(end);
+        }
+        at
+    }
+
+    fn spacing(&self, now: Instant, load: Load) -> Duration {
+        let paced = match (&self.learned, &self.slow_start) {
+            (Some(learned), _) => learned.spacing(now, load),
+            (None, Some(slow_start)) => slow_start.interval(),
+            (None, None) => Duration::ZERO,
+        };
+        paced.max(self.min_interval)
+    }
+
+    fn note_release(&mut self, now: Instant) {
+        if let Some(last) = self.last_release {
+            let gap = now.saturating_duration_since(last).as_secs_f64();
+            self.release_gap = Some(self.release_gap.map_or(gap, |g| g + (gap - g) / 16.0));
+        }
+        self.last_release = Some(now);
+    }
+
+    /// Learns from one answer; says whether the next release moved earlier.
+    fn observe(&mut self, answer: &Answer<'_>) -> bool {
+        let load = Load {
+            in_flight: answer.others_in_flight,
+            released: self.released,
+        };
+        let before = self.next_release(answer.now, load);
+        let release = answer.release.unwrap_or(Release {
+            at: answer.now,
+            seq: self.released,
+        });
+        if let Some(known) = answer.release {
+            let sample = answer.now.saturating_duration_since(known.at).as_secs_f64();
+            self.round_trip = Some(match self.round_trip {
+                Some(round_trip) => round_trip.add(sample),
+                None => RoundTrip::first(sample),
+            });
+        }
+        if let Some(limits) = RateHeaders::parse(answer.headers, answer.now, answer.wall_now) {
+            // Groove's own numbers beat any guess.
+            self.slow_start = None;
+            let call = Counted { release, load };
+            let learned = match &mut self.learned {
+                Some(learned) => {
+                    learned.observe(&limits, &call);
+                    learned
+                }
+                None => self.learned.insert(Learned::new(&limits, &call)),
+            };
+            learned.jitter = self.round_trip.map_or(Duration::ZERO, RoundTrip::jitter);
+        }
+        let retry_after = retry_after(answer.headers, answer.wall_now);
+        let refused = answer.status == 429 || (answer.status == 503 && retry_after.is_some());
+        let after_pause = self.pause.as_ref().is_none_or(|pause| release.at >= pause.started);
+        if refused {
+            self.on_refused(answer.now, retry_after, after_pause);
+        } else if answer.status < 500 && after_pause {
+            self.backoff_level = 0;
+            if let Some(slow_start) = &mut self.slow_start {
+                slow_start.grow();
+            }
+        }
+        self.next_release(answer.now, load) < before
+    }
+
+    fn on_refused(&mut self, now: Instant, retry_after: Option<Duration>, after_pause: bool) {
+        if !after_pause {
+            // In flight when the current pause began: the same storm, already slowed down for.
+            if let (Some(pause), Some(wait)) = (&mut self.pause, retry_after) {
+                pause.until = pause.until.max(now + wait);
+            }
+            return;
+        }
+        let wait = retry_after.unwrap_or_else(|| {
+            self.backoff_level = self.backoff_level.saturating_add(1);
+            backoff_pause(self.backoff_level)
+        });
+        self.pause = Some(Pause {
+            started: now,
+            until: now + wait,
+        });
+        if self.learned.is_none() {
+            self.slow_start = Some(match &self.slow_start {
+                Some(slow_start) => slow_start.refused(),
+                None => SlowStart::first(self.release_gap.map(|gap| 1.0 / gap.max(1e-6))),
+            });
+        }
+    }
+}
+
+/// Smoothed round trip and its mean deviation, in seconds (as TCP estimates them, RFC 6298).
+#[derive(Clone, Copy, Debug)]
+struct RoundTrip {
+    mean: f64,
+    deviation: f64,
+}
+
+impl RoundTrip {
+    fn first(sample: f64) -> Self {
+        RoundTrip {
+            mean: sample,
+            deviation: sample / 2.0,
+        }
+    }
+
+    fn add(self, sample: f64) -> Self {
+        RoundTrip {
+            deviation: self.deviation + ((sample - self.mean).abs() - self.deviation) / 4.0,
+            mean: self.mean + (sample - self.mean) / 8.0,
+        }
+    }
+
+    /// A bound on how much two calls' one-way latencies differ.
+    fn jitter(self) -> Duration {
+        Duration::try_from_secs_f64(self.deviation * JITTER_DEVIATIONS)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_BACKOFF)
+    }
+}
+
+/// 1 s, 2 s, 4 s … capped.
+fn backoff_pause(level: u32) -> Duration {
+    let doublings = level.saturating_sub(1).min(16);
+    FIRST_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_BACKOFF)
+}
+
+/// Pacing without header info, after a refusal: like TCP's slow start, fast growth up to a threshold below the
+/// refused rate, then a slow probe upwards.
+#[derive(Debug)]
+struct SlowStart {
+    /// Calls per second.
+    rate: f64,
+    threshold: f64,
+}
+
+impl SlowStart {
+    /// After the first refusal, at `refused_rate` calls per second when known (unpaced until then).
+    fn first(refused_rate: Option<f64>) -> Self {
+        match refused_rate {
+            Some(rate) => SlowStart {
+                rate: (rate / 2.0).clamp(SLOW_START_MIN_RATE, SLOW_START_MAX_RATE),
+                threshold: rate * SLOW_START_CEILING_SHARE,
+            },
+            None => SlowStart {
+                rate: SLOW_START_UNKNOWN_RATE,
+                threshold: f64::INFINITY,
+            },
+        }
+    }
+
+    /// After a refusal at the paced rate: its limit is just below, so resume under it rather than from half.
+    fn refused(&self) -> Self {
+        let threshold = (self.rate * SLOW_START_CEILING_SHARE).max(SLOW_START_MIN_RATE);
+        let rate = if self.rate < self.threshold {
+            // Still in the fast growth: the threshold was a guess, halve like TCP.
+            (self.rate / 2.0).max(SLOW_START_MIN_RATE)
+        } else {
+            threshold
+        };
+        SlowStart { rate, threshold }
+    }
+
+    fn grow(&mut self) {
+        if self.rate < self.threshold {
+            self.rate *= 1.0 + SLOW_START_GROWTH;
+        } else {
+            // One answer is 1/rate of a second: about PROBE_GROWTH_PER_SEC per second.
+            self.rate *= 1.0 + PROBE_GROWTH_PER_SEC / self.rate.max(1.0);
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::try_from_secs_f64(1.0 / self.rate).unwrap_or(MAX_BACKOFF)
+    }
+}
+
+/// What the rate-limit headers taught, under a fixed-window model.
+#[derive(Debug)]
+struct Learned {
+    /// Calls per window: `X-RateLimit-Limit`, or the largest Remaining seen plus one.
+    limit: u32,
+    window: Window,
+    /// Bounds on the window's length, once a boundary was seen.
+    length: Option<Bounds>,
+    /// How much one call's one-way latency may differ from another's, from the round trips seen.
+    jitter: Duration,
+}
+
+/// The window the latest answers belong to.
+#[derive(Debug)]
+struct Window {
+    /// Its end according to Reset (rounded).
+    reset_at: Instant,
+    /// The earliest call seen in it, and its Remaining.
+    start: Release,
+    first_remaining: u32,
+    /// Release time of the latest call seen in it.
+    last: Instant,
+    /// The lowest Remaining seen in it: the call Groove counted last, as far as we know.
+    min_remaining: u32,
+    min_seq: u64,
+    /// Calls released when that Remaining arrived.
+    min_seen_after: u64,
+    /// Surely over, by what we learned: its budget no longer applies.
+    ended: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    lo: Duration,
+    hi: Duration,
+}
+
+impl Bounds {
+    /// Where to place a window's last call. While the bounds are wide, in their middle: it lands either in the
+    /// window (raising `lo`) or after it, opening the next one (lowering `hi`), a bisection that costs at most
+    /// one unused call per window. Once narrow, a margin before `lo`, surely inside the window: the next
+    /// window cannot open before `hi` anyway.
+    fn last_call(&self, margin: Duration) -> Duration {
+        let unknown = self.hi.saturating_sub(self.lo);
+        if unknown > margin {
+            self.lo + unknown / 2
+        } else {
+            self.lo.saturating_sub(margin)
+        }
+    }
+}
+
+/// One answered call, and the calls around it.
+struct Counted {
+    release: Release,
+    load: Load,
+}
+
+/// Calls in flight (permits alive) and released so far, at one moment.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    in_flight: u32,
+    released: u64,
+}
+
+impl Learned {
+    fn new(limits: &RateHeaders, call: &Counted) -> Self {
+        Learned {
+            limit: limits.limit.unwrap_or(0).max(limits.remaining.saturating_add(1)),
+            window: Window::new(limits, call),
+            length: None,
+            jitter: Duration::ZERO,
+        }
+    }
+
+    /// Slack between a learned window end and the first call sent into the next window. Our clock sees
+    /// releases; Groove counts arrivals, each later by its own latency.
+    /// Round trips include Groove's own work, whose spread says little about the network: at most a tenth
+    /// of the window goes to jitter.
+    fn margin(&self, length: Duration) -> Duration {
+        (length / BOUNDARY_MARGIN_SHARE)
+            .max(MIN_BOUNDARY_MARGIN)
+            .max(self.jitter.min(length / 10))
+    }
+
+    fn observe(&mut self, limits: &RateHeaders, call: &Counted) {
+        self.limit = match limits.limit {
+            Some(limit) => limit.max(limits.remaining),
+            None => self.limit.max(limits.remaining.saturating_add(1)),
+        };
+        let window = &mut self.window;
+        if limits.reset_at + limits.same_within < window.reset_at {
+            return; // an answer from an older window, overtaken
+        }
+        // Within a window a call released later is counted later, so its Remaining is lower — unless the
+        // network reordered it, which can raise it by at most the calls in flight.
+        let newer = limits.reset_at > window.reset_at + limits.same_within
+            || (call.release.seq > window.min_seq
+                && limits.remaining > window.min_remaining.saturating_add(call.load.in_flight + 1));
+        if newer {
+            self.learn_boundary(call.release.at);
+            self.window = Window::new(limits, call);
+            return;
+        }
+        if call.release.seq < window.start.seq {
+            if limits.remaining <= window.first_remaining {
+                return; // released earlier yet counted later: the previous window's
+            }
+            window.start = call.release;
+            window.first_remaining = limits.remaining;
+        }
+        window.last = window.last.max(call.release.at);
+        if limits.remaining < window.min_remaining {
+            window.min_remaining = limits.remaining;
+            window.min_seq = call.release.seq;
+            window.min_seen_after = call.load.released;
+            window.ended = false;
+        }
+        let lasted = window.last.saturating_duration_since(window.start.at);
+        if let Some(length) = self.length {
+            self.length = if lasted > length.hi + self.margin(length.hi) {
+                // The window outlived what we learned (the limit changed): learn again.
+                None
+            } else {
+                Some(Bounds {
+                    lo: length.lo.max(lasted),
+                    hi: length.hi,
+                })
+            };
+        }
+    }
+
+    /// The current window ended between its last call and `first_of_next`.
+    fn learn_boundary(&mut self, first_of_next: Instant) {
+        let window = &self.window;
+        let lo = window.last.saturating_duration_since(window.start.at);
+        let hi = first_of_next.saturating_duration_since(window.start.at);
+        // Only a boundary where Reset put it (within its rounding): an idle gap brackets nothing.
+        let by_reset = window.reset_at.saturating_duration_since(window.start.at);
+        let slack = RESET_ROUNDING + self.margin(by_reset);
+        if hi < lo || hi > by_reset + slack || hi + slack < by_reset {
+            return;
+        }
+        // Latencies blur every bracket by up to a margin: only a clear contradiction means the limit changed.
+        let blur = self.margin(hi);
+        self.length = Some(match self.length {
+            Some(known) if hi + blur >= known.lo && lo <= known.hi + blur => {
+                let hi = known.hi.min(hi);
+                Bounds {
+                    lo: known.lo.max(lo).min(hi),
+                    hi,
+                }
+            }
+            // First boundary, or one that contradicts what we knew (the limit changed): start over from it.
+            _ => Bounds { lo, hi },
+        });
+    }
+
+    /// When the current window's budget is spent: the time it has surely ended.
+    fn blocked_until(&mut self, now: Instant, load: Load) -> Option<Instant> {
+        if self.window.budget(load) != Some(0) {
+            return None;
+        }
+        let window = &self.window;
+        let length = self
+            .length
+            .map_or_else(|| window.reset_at.saturating_duration_since(window.start.at), |b| b.hi);
+        let end = window.start.at + length + self.margin(length);
+        if end <= now {
+            self.window.ended = true;
+            return None;
+        }
+        Some(end)
+    }
+
+    fn spacing(&self, now: Instant, load: Load) -> Duration {
+        let window = &self.window;
+        let steady = self
+            .length
+            .map_or_else(|| window.reset_at.saturating_duration_since(window.start.at), |b| b.hi)
+            / self.limit.max(1);
+        match window.budget(load) {
+            // The last call of the window: what follows waits for the window's end anyway.
+            Some(1) => Duration::ZERO,
+            Some(left) if left > 1 => {
+                let end = match self.length {
+                    Some(length) => window.start.at + length.last_call(self.margin(length.hi)),
+                    None => window.reset_at,
+                };
+                let until_end = end.saturating_duration_since(now);
+                if until_end.is_zero() {
+                    steady
+                } else {
+                    // This call now, the last one at `end`.
+                    until_end / (left - 1)
+                }
+            }
+            _ => steady,
+        }
+    }
+}
+
+impl Window {
+    fn new(limits: &RateHeaders, call: &Counted) -> Self {
+        Window {
+            reset_at: limits.reset_at,
+            start: call.release,
+            first_remaining: limits.remaining,
+            last: call.release.at,
+            min_remaining: limits.remaining,
+            min_seq: call.release.seq,
+            min_seen_after: call.load.released,
+            ended: false,
+        }
+    }
+
+    /// Calls we may still release in it; `None` once it has surely ended. Calls Groove counted after the one
+    /// that reported the lowest Remaining are all in flight (an answered one would report lower), and so are
+    /// all calls released since that answer; without permits only the latter are known.
+    fn budget(&self, load: Load) -> Option<u32> {
+        if self.ended {
+            return None;
+        }
+        let since = u32::try_from(load.released.saturating_sub(self.min_seen_after)).unwrap_or(u32::MAX);
+        Some(self.min_remaining.saturating_sub(load.in_flight.max(since)))
+    }
+}
+
+/// The rate-limit headers of one answer; only Remaining and Reset are required.
+struct RateHeaders {
+    limit: Option<u32>,
+    remaining: u32,
+    reset_at: Instant,
+    same_within: Duration,
+}
+
+impl RateHeaders {
+    fn parse(headers: &[(String, String)], now: Instant, wall_now: SystemTime) -> Option<Self> {
+        let remaining = leading_number(header(headers, &["x-ratelimit-remaining", "ratelimit-remaining"])?)?;
+        let reset = leading_number(header(headers, &["x-ratelimit-reset", "ratelimit-reset"])?)?;
+        let limit = header(headers, &["x-ratelimit-limit", "ratelimit-limit"]).and_then(leading_number);
+        let (seconds_from_now, same_within) = if reset >= EPOCH_RESET {
+            let wall = wall_now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            // One window keeps one epoch value; tolerate clock drift between answers.
+            (reset - wall, RESET_ROUNDING / 2)
+        } else {
+            // Seconds-until-reset is rounded per answer, and answers arrive with varying latency.
+            (reset, RESET_ROUNDING + RESET_ROUNDING / 4)
+        };
+        Some(RateHeaders {
+            // `as` saturates: absurd values become u32::MAX rather than wrapping.
+            limit: limit.map(|limit| limit as u32),
+            remaining: remaining as u32,
+            reset_at: offset(now, seconds_from_now),
+            same_within,
+        })
+    }
+}
+
+/// `now` moved by a signed number of seconds, within a day either way.
+fn offset(now: Instant, seconds: f64) -> Instant {
+    const DAY: f64 = 86_400.0;
+    let magnitude = Duration::from_secs_f64(seconds.abs().min(DAY));
+    if seconds >= 0.0 {
+        now + magnitude
+    } else {
+        now.checked_sub(magnitude).unwrap_or(now)
+    }
+}
+
+/// The value of the first header named any of `names` (lowercase), ignoring case.
+fn header<'h>(headers: &'h [(String, String)], names: &[&str]) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(name, _)| names.iter().any(|wanted| name.eq_ignore_ascii_case(wanted)))
+        .map(|(_, value)| value.as_str())
+}
+
+/// The number a header value starts with: `100`, `1712345678.5`, or `100` from the draft's `100, 100;w=60`.
+fn leading_number(value: &str) -> Option<f64> {
+    let value = value.trim();
+    let end = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(value.len());
+    value[..end]
+        .parse::<f64>()
+        .ok()
+        .filter(|number| number.is_finite())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, VecDeque};
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    }
+
+    /// A wall clock with a fractional second, so whole-second Resets really are rounded.
+    fn wall_base() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_370)
+    }
+
+    /// The sandbox's limiter (src/sandbox/faults.rs): a window opens at the first call after the previous one
+    /// ended; Reset is its end in epoch seconds rounded up; a refused call still counts.
+    struct FakeGroove {
+        limit: u32,
+        window: Duration,
+        t0: Instant,
+        started: Option<Instant>,
+        count: u32,
+        /// Sends `X-RateLimit-*`; without them only a 429's `Retry-After` tells anything.
+        headers: bool,
+    }
+
+    impl FakeGroove {
+        fn new(limit: u32, window: Duration, t0: Instant) -> Self {
+            FakeGroove {
+                limit,
+                window,
+                t0,
+                started: None,
+                count: 0,
+                headers: true,
+            }
+        }
+
+        fn wall(&self, at: Instant) -> SystemTime {
+            wall_base() + at.saturating_duration_since(self.t0)
+        }
+
+        fn call(&mut self, now: Instant) -> (u16, Vec<(String, String)>) {
+            let started = match self.started {
+                Some(started) if now.saturating_duration_since(started) < self.window => started,
+                _ => {
+                    self.count = 0;
+                    self.started = Some(now);
+                    now
+                }
+            };
+            self.count += 1;
+            let end = started + self.window;
+            let reset = ceil_secs(self.wall(end).duration_since(UNIX_EPOCH).unwrap());
+            let mut answer = if self.headers {
+                headers(&[
+                    ("X-RateLimit-Limit", &self.limit.to_string()),
+                    ("X-RateLimit-Remaining", &self.limit.saturating_sub(self.count).to_string()),
+                    ("X-RateLimit-Reset", &reset.to_string()),
+                ])
+            } else {
+                Vec::new()
+            };
+            if self.count <= self.limit {
+                return (201, answer);
+            }
+            let retry = ceil_secs(end.saturating_duration_since(now)).max(1);
+            answer.push(("Retry-After".to_string(), retry.to_string()));
+            (429, answer)
+        }
+    }
+
+    fn ceil_secs(d: Duration) -> u64 {
+        d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    }
+
+    struct Scenario {
+        limit: u32,
+        window: Duration,
+        workers: usize,
+        /// One-way latency, uniform in this range.
+        latency: (Duration, Duration),
+        run_for: Duration,
+        /// Answers observed through their permits (else like `Pacer::observe`: no release time, no in-flight).
+        permits: bool,
+        /// At this time the limit becomes (calls, window), as when the sandbox's faults are replaced.
+        change: Option<(Duration, u32, Duration)>,
+        /// Groove sends rate-limit headers.
+        headers: bool,
+    }
+
+    #[derive(Debug)]
+    struct Results {
+        ok: u32,
+        refused: u32,
+        /// Achieved calls per second over the allowed ones.
+        share_of_allowed: f64,
+        releases: Vec<Instant>,
+    }
+
+    impl Results {
+        fn refused_share(&self) -> f64 {
+            f64::from(self.refused) / f64::from(self.ok + self.refused)
+        }
+    }
+
+    /// Discrete-event simulation of `workers` tasks that each acquire, call the fake Groove and observe the answer,
+    /// over and over, driving the pacer's state machine with synthetic time (the same code `acquire` runs).
+    fn simulate(scenario: &Scenario, seed: u64) -> Results {
+        const READY: u8 = 0;
+        const ARRIVE: u8 = 1;
+        const ANSWER: u8 = 2;
+        const WAKE: u8 = 3;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let t0 = Instant::from_std(std::time::Instant::now());
+        let end = t0 + scenario.run_for;
+        let mut groove = FakeGroove::new(scenario.limit, scenario.window, t0);
+        groove.headers = scenario.headers;
+        let mut state = State::new(Duration::ZERO, t0);
+        let mut events = BinaryHeap::new();
+        let mut seq = 0u64;
+        let mut push = |events: &mut BinaryHeap<_>, at: Instant, kind: u8, worker: usize| {
+            seq += 1;
+            events.push(Reverse((at, seq, kind, worker)));
+        };
+        for worker in 0..scenario.workers {
+            push(&mut events, t0, READY, worker);
+        }
+        let (lo, hi) = scenario.latency;
+        let mut latency = |rng: &mut StdRng| lo + (hi - lo).mul_f64(rng.random::<f64>());
+        let mut line = VecDeque::new();
+        let mut in_flight = 0u32;
+        let mut next_wake: Option<Instant> = None;
+        let mut calls: Vec<Option<(Release, u16, Vec<(String, String)>)>> = vec![None; scenario.workers];
+        let mut results = Results {
+            ok: 0,
+            refused: 0,
+            share_of_allowed: 0.0,
+            releases: Vec::new(),
+        };
+        while let Some(Reverse((now, _, kind, worker))) = events.pop() {
+            if now > end {
+                break;
+            }
+            if let Some((at, limit, window)) = scenario.change {
+                if now >= t0 + at && (groove.limit, groove.window) != (limit, window) {
+                    groove.limit = limit;
+                    groove.window = window;
+                    groove.started = None;
+                }
+            }
+            match kind {
+                READY => line.push_back(worker),
+                ARRIVE => {
+                    let Some((release, _, _)) = calls[worker].take() else {
+                        continue;
+                    };
+                    let (status, answer) = groove.call(now);
+                    calls[worker] = Some((release, status, answer));
+                    push(&mut events, now + latency(&mut rng), ANSWER, worker);
+                }
+                ANSWER => {
+                    in_flight -= 1;
+                    let Some((release, status, answer)) = calls[worker].take() else {
+                        continue;
+                    };
+                    let release = Some(release);
+                    let seen = Answer {
+                        status,
+                        headers: &answer,
+                        release: release.filter(|_| scenario.permits),
+                        now,
+                        wall_now: groove.wall(now),
+                        others_in_flight: if scenario.permits { in_flight } else { 0 },
+                    };
+                    state.observe(&seen);
+                    if status == 429 {
+                        results.refused += 1;
+                    } else {
+                        results.ok += 1;
+                    }
+                    push(&mut events, now, READY, worker);
+                }
+                _ => {
+                    if next_wake == Some(now) {
+                        next_wake = None;
+                    }
+                }
+            }
+            // The head of the line tries whenever something happened (acquire's wake-up or notification).
+            while let Some(&worker) = line.front() {
+                match state.try_release(now, if scenario.permits { in_flight } else { 0 }) {
+                    Ok(release) => {
+                        line.pop_front();
+                        in_flight += 1;
+                        results.releases.push(release.at);
+                        calls[worker] = Some((release, 0, Vec::new()));
+                        push(&mut events, now + latency(&mut rng), ARRIVE, worker);
+                    }
+                    Err(wake) => {
+                        // Timers fire on the next millisecond tick, sometimes later.
+                        let at = wake + Duration::from_micros(rng.random_range(0..1500));
+                        if next_wake.is_none_or(|pending| at < pending) {
+                            next_wake = Some(at);
+                            push(&mut events, at, WAKE, worker);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let allowed = f64::from(scenario.limit) / scenario.window.as_secs_f64() * scenario.run_for.as_secs_f64();
+        results.share_of_allowed = f64::from(results.ok) / allowed;
+        results
+    }
+
+    fn assert_efficient(scenario: &Scenario) {
+        for seed in 1..=3 {
+            let results = simulate(scenario, seed);
+            assert!(
+                results.share_of_allowed >= 0.95 && results.refused_share() <= 0.01,
+                "{}/{:?}, seed {seed}: {:.1}% of the allowed rate, {:.2}% refused ({} ok, {} refused)",
+                scenario.limit,
+                scenario.window,
+                results.share_of_allowed * 100.0,
+                results.refused_share() * 100.0,
+                results.ok,
+                results.refused
+            );
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    #[ignore = "prints a table; run with --ignored --nocapture"]
+    fn print_scenarios() {
+        for (limit, window_ms, workers, lat_lo, lat_hi, permits) in [
+            (50, 1000, 8, 50.0, 51.0, true),
+            (50, 1000, 64, 0.2, 1.0, true),
+            (50, 1000, 8, 0.2, 1.0, true),
+            (50, 1000, 8, 0.2, 1.0, false),
+            (50, 1000, 16, 20.0, 60.0, true),
+            (50, 1000, 16, 20.0, 60.0, false),
+            (10, 250, 8, 0.2, 2.0, true),
+            (200, 1000, 8, 0.2, 2.0, true),
+            (20, 2000, 8, 0.2, 2.0, true),
+            (5, 1000, 2, 0.2, 2.0, true),
+            (1000, 60000, 8, 0.2, 2.0, true),
+        ] {
+            for seed in 1..=3 {
+                let window = Duration::from_millis(window_ms);
+                let scenario = Scenario {
+                    limit,
+                    window,
+                    workers,
+                    latency: (MS.mul_f64(lat_lo), MS.mul_f64(lat_hi)),
+                    run_for: (window * 60).max(Duration::from_secs(60)),
+                    permits,
+                    change: None,
+            headers: true,
+                };
+                let r = simulate(&scenario, seed);
+                println!(
+                    "{limit}/{window_ms}ms w{workers} lat {lat_lo}-{lat_hi} permits {permits} seed {seed}: {:.1}% {:.2}% refused ({} ok {} refused)",
+                    r.share_of_allowed * 100.0, r.refused_share() * 100.0, r.ok, r.refused
+                );
+            }
+        }
+        for (limit, window_ms) in [(50, 1000), (10, 250), (1000, 60_000)] {
+            let scenario = Scenario {
+                limit,
+                window: Duration::from_millis(window_ms),
+                workers: 8,
+                latency: (MS / 5, MS),
+                run_for: Duration::from_secs(300),
+                permits: true,
+                change: None,
+                headers: false,
+            };
+            let r = simulate(&scenario, 1);
+            println!(
+                "no headers {limit}/{window_ms}ms: {:.1}% {:.2}% refused ({} ok {} refused)",
+                r.share_of_allowed * 100.0, r.refused_share() * 100.0, r.ok, r.refused
+            );
+        }
+        for (first, second) in [((50, 1000), (20, 1000)), ((20, 1000), (50, 1000)), ((50, 1000), (50, 2000)), ((50, 1000), (10, 250))] {
+            let scenario = Scenario {
+                limit: first.0,
+                window: Duration::from_millis(first.1),
+                workers: 8,
+                latency: (MS / 5, MS),
+                run_for: Duration::from_secs(120),
+                permits: true,
+                change: Some((Duration::from_secs(60), second.0, Duration::from_millis(second.1))),
+                headers: true,
+            };
+            let r = simulate(&scenario, 1);
+            let first_half = r.releases.iter().filter(|t| **t < r.releases[0] + Duration::from_secs(60)).count();
+            println!(
+                "{first:?} then {second:?}: {} calls in the first minute, {} in the second; {:.2}% refused ({} ok {} refused)",
+                first_half, r.releases.len() - first_half, r.refused_share() * 100.0, r.ok, r.refused
+            );
+        }
+    }
+
+    #[test]
+    fn learns_a_50_per_second_window_from_its_headers() {
+        assert_efficient(&Scenario {
+            limit: 50,
+            window: Duration::from_secs(1),
+            workers: 8,
+            latency: (MS / 5, MS),
+            run_for: Duration::from_secs(60),
+            permits: true,
+            change: None,
+            headers: true,
+        });
+    }
+
+    #[test]
+    fn learns_despite_latency() {
+        assert_efficient(&Scenario {
+            limit: 50,
+            window: Duration::from_secs(1),
+            workers: 16,
+            latency: (20 * MS, 60 * MS),
+            run_for: Duration::from_secs(60),
+            permits: true,
+            change: None,
+            headers: true,
+        });
+    }
+
+    #[test]
+    fn learns_without_permits_on_a_fast_network() {
+        assert_efficient(&Scenario {
+            limit: 50,
+            window: Duration::from_secs(1),
+            workers: 8,
+            latency: (MS / 5, MS),
+            run_for: Duration::from_secs(60),
+            permits: false,
+            change: None,
+            headers: true,
+        });
+    }
+
+    #[test]
+    fn learns_sub_second_and_long_windows() {
+        for (limit, window, run_for) in [
+            (10, Duration::from_millis(250), 60),
+            (200, Duration::from_secs(1), 60),
+            (20, Duration::from_secs(2), 120),
+            (1000, Duration::from_secs(60), 900),
+        ] {
+            assert_efficient(&Scenario {
+                limit,
+                window,
+                workers: 8,
+                latency: (MS / 5, 2 * MS),
+                run_for: Duration::from_secs(run_for),
+                permits: true,
+                change: None,
+            headers: true,
+            });
+        }
+    }
+}

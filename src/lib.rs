@@ -1,0 +1,97 @@
+//! groove-destination: a gRPC service that delivers streams of records to the Groove helpdesk REST API.
+//!
+//! `serve` is what `main` and the integration tests both call: it runs the server on a listener until the
+//! shutdown future resolves.
+
+pub mod api;
+pub mod delivery;
+pub mod domain;
+pub mod groove;
+pub mod sandbox;
+pub mod settings;
+pub mod store;
+
+/// The generated gRPC contract (`proto/groove/destination/v1`).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("groove.destination.v1");
+
+    /// Encoded descriptors of the contract, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/groove_destination_descriptor.bin"));
+}
+
+use std::future::Future;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+use crate::settings::Settings;
+use crate::store::{SecretBox, SqliteStore, Store, StoreError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error("{0} (GROOVE_DESTINATION_SECRET_KEY or <data-dir>/secret.key)")]
+    SecretKey(StoreError),
+    #[error("cannot build the http client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the service on `listener` until `shutdown` resolves, then stops accepting calls and lets the ones in
+/// flight finish.
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let secrets = match &settings.secret_key {
+        Some(encoded) => SecretBox::from_encoded(encoded),
+        None => SecretBox::load_or_create(&settings.data_dir),
+    }
+    .map_err(ServeError::SecretKey)?;
+    let store = SqliteStore::open(&settings.data_dir, secrets).map_err(|source| ServeError::Store {
+        path: settings.data_dir.display().to_string(),
+        source,
+    })?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let groove = groove::GrooveClient::new(&settings.groove_url)?;
+    let engine = delivery::Engine::start(store.clone(), groove, settings.engine_options())?;
+    let state = api::AppState::new(store, engine);
+    api::run(state, listener, shutdown).await
+}
+
+/// Resolves on SIGTERM (what container runtimes send) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for sigint");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("sigint received, shutting down"),
+        () = terminate => tracing::info!("sigterm received, shutting down"),
+    }
+}

@@ -1,0 +1,37 @@
+//! The groove-destination server: read settings, set up logging, serve until SIGTERM or SIGINT.
+
+use clap::Parser;
+use groove_destination::settings::{LogFormat, Settings};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let settings = Settings::parse();
+    init_logging(&settings);
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "error: cannot listen on {} (--listen): {error}",
+                settings.listen
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match groove_destination::serve(settings, listener, groove_destination::shutdown_signal()).await
+    {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::new(&settings.log);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

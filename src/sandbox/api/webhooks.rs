@@ -1,0 +1,78 @@
+//! Webhooks (groove-api.md §6.4).
+
+use serde_json::{json, Value};
+
+use super::{check, Answer, ApiRequest, ApiResponse, Ctx};
+use crate::sandbox::params::{text, Problems};
+use crate::sandbox::store::{Store, Webhook};
+
+/// The 14 event names Groove documents; anything else is refused.
+pub(crate) const EVENTS: [&str; 14] = [
+    "ticket_started",
+    "ticket_opened",
+    "ticket_closed",
+    "ticket_assigned",
+    "ticket_priority_changed",
+    "ticket_deleted",
+    "ticket_tagged",
+    "ticket_moved",
+    "customer_replied",
+    "customer_added",
+    "agent_invited",
+    "agent_archived",
+    "note_added",
+    "agent_replied",
+];
+
+/// The documented body carries no id, so the id is only revealed through `Location`, which §3
+/// lists for this call; `DELETE /webhooks/:id` takes that id.
+pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer {
+    let fields = req.fields;
+    let mut problems = Problems::default();
+    problems.require(fields, "event");
+    problems.require(fields, "url");
+    let event = text(fields, "event");
+    if let Some(event) = &event {
+        if !EVENTS.contains(&event.as_str()) {
+            problems.add(format!("event {event} is not a known webhook event"));
+        }
+    }
+    let url = text(fields, "url");
+    if let Some(url) = &url {
+        let scheme_ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !scheme_ok {
+            problems.add("url must be an absolute http or https URL".into());
+        }
+    }
+    check(problems)?;
+    let id = store.new_id();
+    let webhook = Webhook {
+        id: id.clone(),
+        event: event.unwrap_or_default(),
+        url: url.unwrap_or_default(),
+    };
+    let body = json!({ "webhook": render(&webhook) });
+    store.webhooks.insert(id.clone(), webhook);
+    Ok(ApiResponse::created(
+        body,
+        Some(ctx.href(&format!("webhooks/{id}"))),
+    ))
+}
+
+pub(super) fn delete(store: &mut Store, id: &str) -> Answer {
+    store
+        .webhooks
+        .remove(id)
+        .ok_or_else(ApiResponse::not_found)?;
+    Ok(ApiResponse::no_content())
+}
+
+fn render(webhook: &Webhook) -> Value {
+    json!({ "event": webhook.event, "url": webhook.url, "state": "active" })
+}
+
+pub(super) fn render_with_id(webhook: &Webhook) -> Value {
+    let mut value = render(webhook);
+    value["id"] = Value::String(webhook.id.clone());
+    value
+}

@@ -1,0 +1,79 @@
+//! Control endpoints under `/_sandbox/` (no auth, never faulted, never recorded) so a sandbox run
+//! as a child process can be inspected and steered: demos, benchmarks.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::api;
+use super::faults::Faults;
+use super::server::App;
+
+pub(crate) fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/_sandbox/requests", get(requests).delete(clear_requests))
+        .route("/_sandbox/stats", get(stats))
+        .route("/_sandbox/faults", get(faults).put(set_faults))
+        .route("/_sandbox/data", get(data))
+}
+
+#[derive(Deserialize)]
+struct RequestsQuery {
+    /// Only requests with a larger `seq`, for incremental polling.
+    since: Option<u64>,
+}
+
+async fn requests(State(app): State<Arc<App>>, Query(query): Query<RequestsQuery>) -> Response {
+    let mut all = app.recorder.requests();
+    if let Some(since) = query.since {
+        all.retain(|r| r.seq > since);
+    }
+    Json(all).into_response()
+}
+
+async fn clear_requests(State(app): State<Arc<App>>) -> StatusCode {
+    app.recorder.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn stats(State(app): State<Arc<App>>) -> Response {
+    Json(app.recorder.stats()).into_response()
+}
+
+async fn faults(State(app): State<Arc<App>>) -> Response {
+    Json(app.gate.snapshot().as_ref().clone()).into_response()
+}
+
+/// Replaces all knobs; fields left out take their defaults, so `{}` switches every fault off.
+async fn set_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let faults: Faults = match serde_json::from_slice(&body) {
+        Ok(faults) => faults,
+        Err(err) => return bad_request(format!("invalid faults: {err}")),
+    };
+    if let Err(err) = faults.validate() {
+        return bad_request(err.to_string());
+    }
+    app.gate.replace(faults.clone());
+    Json(faults).into_response()
+}
+
+async fn data(State(app): State<Arc<App>>) -> Response {
+    let ctx = app.ctx();
+    let snapshot = api::snapshot(&app.store(), &ctx);
+    Json(snapshot).into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "errors": [message] })),
+    )
+        .into_response()
+}

@@ -1,0 +1,328 @@
+//! The HTTP front: every non-control request goes through [`entry`], which applies the fault
+//! knobs, authenticates, dispatches to the API and records the outcome.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Router;
+
+use super::api::{self, ApiRequest, ApiResponse, Ctx};
+use super::conn::KillSwitch;
+use super::faults::{FaultGate, Faults, LimitHeaders, Verdict};
+use super::params;
+use super::recorder::{Capture, Recorder};
+use super::store::Store;
+use super::{clock, control};
+
+/// Bodies beyond this are refused with 413; Groove's own limit is unknown, records are small.
+const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// Shared state of one sandbox.
+pub(crate) struct App {
+    pub api_key: String,
+    pub base_url: String,
+    pub gate: FaultGate,
+    pub recorder: Recorder,
+    store: Mutex<Store>,
+}
+
+impl App {
+    pub(crate) fn new(
+        api_key: String,
+        base_url: String,
+        faults: Faults,
+        max_recorded: usize,
+    ) -> Self {
+        App {
+            api_key,
+            base_url,
+            gate: FaultGate::new(faults),
+            recorder: Recorder::new(max_recorded),
+            store: Mutex::new(Store::seeded(&clock::iso8601(SystemTime::now()))),
+        }
+    }
+
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            base: &self.base_url,
+            now_secs: clock::unix_secs(SystemTime::now()),
+        }
+    }
+}
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    control::routes().fallback(entry).with_state(app)
+}
+
+async fn entry(
+    State(app): State<Arc<App>>,
+    ConnectInfo(switch): ConnectInfo<KillSwitch>,
+    request: Request,
+) -> Response {
+    let arrival = app.recorder.arrival();
+    let (parts, body) = request.into_parts();
+    let declared_too_large = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|len| len > MAX_BODY_BYTES);
+    let body = if declared_too_large {
+        Err(StatusCode::PAYLOAD_TOO_LARGE)
+    } else {
+        axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| StatusCode::BAD_REQUEST)
+    };
+    // `None`: drop the connection.
+    let response = match &body {
+        Ok(bytes) if is_api_path(parts.uri.path()) => api_call(&app, &parts, bytes).await,
+        Ok(_) => Some(respond(ApiResponse::not_found())),
+        Err(status) => Some(respond(ApiResponse::error(
+            *status,
+            vec!["request body could not be read".into()],
+        ))),
+    };
+    let status = response.as_ref().map_or(0, |r| r.status().as_u16());
+    let capture = Capture {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body: body.unwrap_or_default(),
+    };
+    app.recorder.record(arrival, capture, status);
+    match response {
+        Some(response) => response,
+        None => {
+            // hyper's write of this placeholder fails on the killed stream: the client sees a
+            // reset connection and no response.
+            switch.kill();
+            Response::new(Body::empty())
+        }
+    }
+}
+
+fn is_api_path(path: &str) -> bool {
+    path.strip_prefix("/v1")
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+async fn api_call(app: &App, parts: &Parts, body: &Bytes) -> Option<Response> {
+    let faults = app.gate.snapshot();
+    if !faults.latency.is_zero() {
+        tokio::time::sleep(faults.latency).await;
+    }
+    // Faults are decided before anything touches the store, so a refused call has no side effect.
+    let (verdict, limits) = app.gate.decide(&faults);
+    let response = match verdict {
+        Verdict::Drop => return None,
+        Verdict::RateLimited { retry_after_secs } => {
+            let mut response = respond(ApiResponse::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                vec!["rate limit exceeded".into()],
+            ));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            response
+        }
+        Verdict::Fail(status) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let reason = status.canonical_reason().unwrap_or("server error");
+            respond(ApiResponse::error(
+                status,
+                vec![reason.to_ascii_lowercase()],
+            ))
+        }
+        Verdict::Pass => authorized_call(app, parts, body),
+    };
+    let mut response = response;
+    if let Some(limits) = limits {
+        add_limit_headers(&mut response, limits);
+    }
+    Some(response)
+}
+
+fn authorized_call(app: &App, parts: &Parts, body: &Bytes) -> Response {
+    if presented_token(parts).as_deref() != Some(app.api_key.as_str()) {
+        let mut response = respond(ApiResponse::error(
+            StatusCode::UNAUTHORIZED,
+            vec!["invalid or missing access token".into()],
+        ));
+        // RFC 6750 challenge; Groove's actual 401 is undocumented (groove-api.md §1).
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parsed = params::parse_body(content_type, body);
+    let fields = match parsed
+        .as_ref()
+        .map_err(|e| e.message())
+        .and_then(|v| params::fields(v).map_err(|e| e.message()))
+    {
+        Ok(fields) => fields,
+        Err(message) => {
+            return respond(ApiResponse::error(
+                StatusCode::BAD_REQUEST,
+                vec![message.into()],
+            ));
+        }
+    };
+    let Some(segments) = api_segments(parts.uri.path()) else {
+        return respond(ApiResponse::not_found());
+    };
+    let query = parts
+        .uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let request = ApiRequest {
+        method: &parts.method,
+        segments,
+        query,
+        fields,
+    };
+    let ctx = app.ctx();
+    let answer = api::dispatch(&mut app.store(), &ctx, &request);
+    respond(answer)
+}
+
+/// The token as Doorkeeper (Rails OAuth) looks for it: a `Bearer` Authorization header first,
+/// then the `access_token` query parameter (groove-api.md §1). A wrong header token is not
+/// rescued by a right query token.
+fn presented_token(parts: &Parts) -> Option<String> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(token) = header.and_then(bearer_token) {
+        return Some(token.to_owned());
+    }
+    let query = parts.uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn bearer_token(header: &str) -> Option<&str> {
+    let header = header.trim();
+    let scheme = header.get(..7)?;
+    let token = header.get(7..)?.trim();
+    (scheme.eq_ignore_ascii_case("bearer ") && !token.is_empty()).then_some(token)
+}
+
+/// Decoded segments after `/v1/`; a trailing slash and a Rails `.json` format suffix are ignored.
+fn api_segments(path: &str) -> Option<Vec<String>> {
+    let rest = path.strip_prefix("/v1/")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let rest = rest.strip_suffix(".json").unwrap_or(rest);
+    rest.split('/').map(percent_decode).collect()
+}
+
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `X-RateLimit-*` are our assumption: groove-api.md §2 found no rate-limit headers at all.
+fn add_limit_headers(response: &mut Response, limits: LimitHeaders) {
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-limit"),
+        HeaderValue::from(limits.limit),
+    );
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-remaining"),
+        HeaderValue::from(limits.remaining),
+    );
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-reset"),
+        HeaderValue::from(limits.reset_epoch_secs),
+    );
+}
+
+pub(crate) fn respond(answer: ApiResponse) -> Response {
+    let mut response = match &answer.body {
+        Some(value) => {
+            let mut response =
+                Response::new(Body::from(serde_json::to_vec(value).unwrap_or_default()));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            response
+        }
+        None => Response::new(Body::empty()),
+    };
+    *response.status_mut() = answer.status;
+    if let Some(location) = answer.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_decoded() {
+        assert_eq!(
+            api_segments("/v1/customers/a%40b.com"),
+            Some(vec!["customers".to_owned(), "a@b.com".to_owned()])
+        );
+        assert_eq!(
+            api_segments("/v1/tickets/"),
+            Some(vec!["tickets".to_owned()])
+        );
+        assert_eq!(
+            api_segments("/v1/tickets.json"),
+            Some(vec!["tickets".to_owned()])
+        );
+        assert_eq!(api_segments("/v1/%zz"), None);
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! Start-up settings, from flags or environment. A bad value stops start-up with a one-line error that names
+//! the setting (clap prints it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use url::Url;
+
+/// groove-destination: delivers streams of records to the Groove helpdesk API.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "groove-destination", version, about)]
+pub struct Settings {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "GROOVE_DESTINATION_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Folder for the embedded store (SQLite file) and the generated secret key file; created if missing.
+    #[arg(long, env = "GROOVE_DESTINATION_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Groove API base URL. API keys are only ever sent to URLs under it.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_GROOVE_URL",
+        default_value = "https://api.groovehq.com/v1",
+        value_parser = parse_groove_url
+    )]
+    pub groove_url: Url,
+
+    /// Key that encrypts stored API keys: base64 of 32 bytes. Unset: generated once into
+    /// `<data-dir>/secret.key` (mode 0600).
+    #[arg(long, env = "GROOVE_DESTINATION_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// Log filter: a level (`info`, `debug` …) or tracing directives (`groove_destination=debug,info`).
+    #[arg(long, env = "GROOVE_DESTINATION_LOG", default_value = "info", value_parser = parse_log_filter)]
+    pub log: String,
+
+    /// Most Groove calls per second per credential (all its destinations together). Unset: no fixed cap;
+    /// the pace follows Groove's rate-limit answers.
+    #[arg(long, env = "GROOVE_DESTINATION_MAX_RATE_PER_CREDENTIAL", value_parser = parse_rate)]
+    pub max_rate_per_credential: Option<f64>,
+
+    /// Hours a delivered record id is remembered, so a replayed record is reported as a duplicate instead of
+    /// being sent again.
+    #[arg(long, env = "GROOVE_DESTINATION_LEDGER_RETENTION_HOURS", default_value_t = 168)]
+    pub ledger_retention_hours: u64,
+
+    /// Most delivered record ids remembered per destination; the oldest are forgotten first.
+    #[arg(long, env = "GROOVE_DESTINATION_LEDGER_MAX_PER_DESTINATION", default_value_t = 10_000_000)]
+    pub ledger_max_per_destination: u64,
+
+    /// Log line format.
+    #[arg(long, env = "GROOVE_DESTINATION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: defaults, with the given data dir and Groove URL.
+    pub fn for_tests(data_dir: PathBuf, groove_url: Url) -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            groove_url,
+            secret_key: None,
+            log: "warn".to_string(),
+            log_format: LogFormat::Text,
+            max_rate_per_credential: None,
+            ledger_retention_hours: 168,
+            ledger_max_per_destination: 10_000_000,
+        }
+    }
+
+    pub fn engine_options(&self) -> crate::delivery::EngineOptions {
+        crate::delivery::EngineOptions {
+            max_rate_per_credential: self.max_rate_per_credential,
+            ledger_retention: std::time::Duration::from_secs(self.ledger_retention_hours.saturating_mul(3600)),
+            ledger_max_entries_per_destination: self.ledger_max_per_destination,
+        }
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err("must be a positive number of calls per second".to_string()),
+    }
+}
+
+fn parse_groove_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("scheme must be http or https, not {}", url.scheme()));
+    }
+    if url.host_str().is_none() {
+        return Err("the URL has no host".to_string());
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err("the URL must not carry a query, fragment or user name".to_string());
+    }
+    Ok(url)
+}
+
+fn parse_log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_string())
+        .map_err(|error| format!("not a log filter: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let settings = Settings::try_parse_from(["groove-destination"]).unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(settings.data_dir, PathBuf::from("./data"));
+        assert_eq!(settings.groove_url.as_str(), "https://api.groovehq.com/v1");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (flag, value) in [
+            ("--listen", "nowhere"),
+            ("--groove-url", "ftp://api.groovehq.com/v1"),
+            ("--groove-url", "https://user@api.groovehq.com/v1"),
+            ("--log", "=="),
+            ("--log-format", "xml"),
+        ] {
+            let error = Settings::try_parse_from(["groove-destination", flag, value]).unwrap_err();
+            assert!(error.to_string().contains(flag), "{flag}: {error}");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Persistence behind one trait: credentials (API keys encrypted at rest), destinations, and per destination
+//! the ledger of delivered record ids and the failed records.
+//!
+//! [`Store`] is written so that a PostgreSQL implementation serving several replicas can follow: every write is
+//! atomic on its own, concurrent updates are settled by compare-and-swap on a revision (not by in-process
+//! locks), and listings page by an opaque keyset token. [`SqliteStore`] is the embedded default: one file in the
+//! data directory.
+//!
+//! Layout: `sqlite/` holds one query module per table group, migrations are an ordered list
+//! (`sqlite/migrations/NNNN_*.sql`), and all writes go through one writer thread that commits queued writes
+//! together. That group commit is what lets the delivery layer record the outcome of every record (ledger
+//! entries and failed records, [`Store::record_outcomes`]) without a transaction per record.
+
+mod error;
+mod page;
+mod records;
+mod secrets;
+mod sqlite;
+
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
+
+use crate::domain::credential::{ApiKey, Credential};
+use crate::domain::destination::Destination;
+
+pub use error::{StoreError, CREDENTIAL, DESTINATION};
+pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use records::{
+    FailedRecordEntry, LedgerEntry, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
+};
+pub use secrets::{SecretBox, SECRET_KEY_ENV, SECRET_KEY_FILE};
+pub use sqlite::{SqliteStore, DATABASE_FILE};
+
+/// At most this many destination ids are reported in [`StoreError::CredentialInUse`].
+pub const MAX_LISTED_DESTINATIONS: usize = 100;
+
+/// Input of [`Store::create_credential`]. `Debug` is safe: [`ApiKey`] prints only its hint.
+#[derive(Clone, Debug)]
+pub struct NewCredential {
+    /// Last segment of `credentials/{id}`.
+    pub id: String,
+    pub display_name: String,
+    pub api_key: ApiKey,
+    /// Creation time (ms since the Unix epoch), passed in so callers and tests control the clock.
+    pub now_ms: i64,
+}
+
+/// Persistence operations the API and delivery layers need.
+///
+/// Methods return [`BoxFuture`]s rather than being `async fn` so the trait stays object-safe: the server holds
+/// the store as `Arc<dyn Store>` and picks SQLite or (later) PostgreSQL at startup. Implementations must not
+/// block the async runtime.
+///
+/// A write that has returned `Ok` is durable. Dropping a write's future does not cancel it: it may still be
+/// applied, just as with a request to a remote database.
+pub trait Store: Send + Sync {
+    /// Stores a credential with its API key encrypted. [`StoreError::AlreadyExists`] if the id is taken.
+    fn create_credential(
+        &self,
+        new: NewCredential,
+    ) -> BoxFuture<'_, Result<Credential, StoreError>>;
+
+    /// The credential (without its key), or [`StoreError::NotFound`].
+    fn get_credential<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Credential, StoreError>>;
+
+    /// Credentials in id order, one page at a time (see [`PageRequest`] for sizes).
+    fn list_credentials(
+        &self,
+        page: PageRequest,
+    ) -> BoxFuture<'_, Result<Page<Credential>, StoreError>>;
+
+    /// The decrypted API key: the only way a key leaves the store. [`StoreError::Decrypt`] if it cannot be
+    /// authenticated (wrong secret key, or ciphertext damaged or moved from another row).
+    fn credential_api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ApiKey, StoreError>>;
+
+    /// Deletes a credential. Refused with [`StoreError::CredentialInUse`] while any destination refers to it;
+    /// the check and the delete are one atomic step.
+    fn delete_credential<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Stores a new destination as given (its `revision` included) and returns it.
+    /// [`StoreError::AlreadyExists`] if the id is taken, [`StoreError::CredentialNotFound`] if its credential
+    /// does not exist.
+    fn create_destination(
+        &self,
+        destination: Destination,
+    ) -> BoxFuture<'_, Result<Destination, StoreError>>;
+
+    /// The destination, or [`StoreError::NotFound`].
+    fn get_destination<'a>(&'a self, id: &'a str)
+        -> BoxFuture<'a, Result<Destination, StoreError>>;
+
+    /// Destinations in id order, one page at a time (see [`PageRequest`] for sizes).
+    fn list_destinations(
+        &self,
+        page: PageRequest,
+    ) -> BoxFuture<'_, Result<Page<Destination>, StoreError>>;
+
+    /// Replaces a destination if its stored revision is still `expected_revision` (compare-and-swap).
+    ///
+    /// `destination.revision` is the new revision and must be greater than `expected_revision`; the stored
+    /// `create_time_ms` is kept whatever the input says. Returns the destination as stored.
+    /// [`StoreError::RevisionMismatch`] when stale, [`StoreError::NotFound`] when missing,
+    /// [`StoreError::CredentialNotFound`] if it now names a missing credential.
+    fn update_destination(
+        &self,
+        destination: Destination,
+        expected_revision: u64,
+    ) -> BoxFuture<'_, Result<Destination, StoreError>>;
+
+    /// Deletes a destination; with `expected_revision`, only if it is still at that revision
+    /// ([`StoreError::RevisionMismatch`] otherwise). [`StoreError::NotFound`] when missing. Its ledger and
+    /// failed records are deleted with it, atomically.
+    fn delete_destination<'a>(
+        &'a self,
+        id: &'a str,
+        expected_revision: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Records how a batch of records ended, as one atomic write: `delivered` entries enter the ledger
+    /// (replacing an entry with the same destination and record id) and stop being failed records; `failed`
+    /// entries become failed records, or update the stored ones (attempts add up, the first failure time
+    /// stays, the rest is replaced).
+    ///
+    /// Meant to be called once per batch of results rather than per record, and a batch may mix destinations:
+    /// calls queued together share one commit. Ledger response bodies are cut to [`LEDGER_BODY_CAP`] bytes.
+    /// Entries of a destination that no longer exists (deleted while its records were in flight) are skipped,
+    /// since its ledger and failed records were deleted with it; the rest are stored. A failed entry whose
+    /// outcome is neither rejected nor failed is a caller bug: the whole call is refused before anything is
+    /// written.
+    fn record_outcomes(
+        &self,
+        delivered: Vec<LedgerEntry>,
+        failed: Vec<FailedRecordEntry>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The ledger entries of those `record_ids` the destination has delivered, by record id. Ids it has not
+    /// delivered, or whose entries retention has removed, are absent; so is everything of a destination that
+    /// does not exist. Takes a whole message of ids at once (any number; split into few queries).
+    ///
+    /// Only recorded outcomes are known: a record that is still being delivered is not in the ledger yet.
+    fn ledger_lookup<'a>(
+        &'a self,
+        destination_id: &'a str,
+        record_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<HashMap<String, LedgerEntry>, StoreError>>;
+
+    /// Applies ledger retention to every destination: removes entries delivered before `older_than_ms`, and
+    /// those beyond the `max_entries_per_destination` most recently delivered. Returns how many it removed.
+    /// `i64::MIN` or `u64::MAX` turns the respective rule off.
+    ///
+    /// Removes in bounded steps, so deliveries' writes are not held up behind one long transaction; entries
+    /// recorded while it runs are left for the next call.
+    fn ledger_prune(
+        &self,
+        older_than_ms: i64,
+        max_entries_per_destination: u64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// The destination's failed records, oldest first (first failure, then record id), one page at a time
+    /// (see [`PageRequest`] for sizes). [`StoreError::NotFound`] if the destination does not exist.
+    fn list_failed_records<'a>(
+        &'a self,
+        destination_id: &'a str,
+        page: PageRequest,
+    ) -> BoxFuture<'a, Result<Page<FailedRecordEntry>, StoreError>>;
+
+    /// Those of `record_ids` that are failed records of the destination, oldest first; the others are
+    /// absent. [`StoreError::NotFound`] if the destination does not exist.
+    fn get_failed_records<'a>(
+        &'a self,
+        destination_id: &'a str,
+        record_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<FailedRecordEntry>, StoreError>>;
+
+    /// Ids of the destination's oldest failed records, at most `limit` (clamped to [`MAX_FAILED_RECORD_IDS`]):
+    /// what "retry all" sends again. [`StoreError::NotFound`] if the destination does not exist.
+    fn failed_record_ids<'a>(
+        &'a self,
+        destination_id: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+}

@@ -1,0 +1,362 @@
+//! The embedded store: one SQLite file, `<data_dir>/groove-destination.db`, in WAL mode.
+//!
+//! rusqlite is blocking, so no query runs on the async runtime: writes go to a dedicated writer thread that
+//! group-commits them (see `writer`), reads run on tokio's blocking pool over read-only connections
+//! (see `readers`). API keys are encrypted before they reach the writer and decrypted on the reader side.
+//! Likewise, record outcomes are checked and encoded before they are queued, so the writer thread, which every
+//! write waits on, only runs SQL.
+
+mod connection;
+mod credentials;
+mod destinations;
+mod failed_records;
+mod key_check;
+mod ledger;
+mod migrations;
+mod per_record;
+mod readers;
+mod writer;
+
+#[cfg(test)]
+mod record_tests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use rusqlite::TransactionBehavior;
+
+use self::readers::Readers;
+use self::writer::Writer;
+use super::error::{Context, StoreError};
+use super::page::{Page, PageRequest};
+use super::records::{FailedRecordEntry, LedgerEntry, MAX_FAILED_RECORD_IDS};
+use super::secrets::{self, SecretBox};
+use super::{NewCredential, Store};
+use crate::domain::credential::{ApiKey, Credential};
+use crate::domain::destination::Destination;
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "groove-destination.db";
+
+/// Ledger entries one retention step deletes: small enough that deliveries queued behind it barely wait.
+const PRUNE_STEP: u32 = 5_000;
+
+/// [`Store`] on a local SQLite file. Cheap to share behind an `Arc`; one instance per data directory.
+pub struct SqliteStore {
+    path: PathBuf,
+    secrets: Arc<SecretBox>,
+    writer: Writer,
+    readers: Arc<Readers>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/groove-destination.db`, creating `data_dir` too, and migrates
+    /// its schema.
+    ///
+    /// Refuses, with [`StoreError::SecretKey`], a `secrets` key other than the one the stored credentials were
+    /// encrypted with. Blocks while it opens and migrates: call it at startup, or from `spawn_blocking`.
+    pub fn open(data_dir: &Path, secrets: SecretBox) -> Result<SqliteStore, StoreError> {
+        secrets::ensure_private_dir(data_dir)?;
+        let path = data_dir.join(DATABASE_FILE);
+        let mut conn = connection::open_writer(&path)?;
+        migrations::migrate(&mut conn)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context(|| "checking the secret key".to_string())?;
+        key_check::verify_or_record(&tx, &secrets, &path.display().to_string())?;
+        tx.commit()
+            .context(|| "recording the secret key check".to_string())?;
+        Ok(SqliteStore {
+            readers: Readers::new(path.clone()),
+            writer: Writer::spawn(conn)?,
+            secrets: Arc::new(secrets),
+            path,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_credential(
+        &self,
+        new: NewCredential,
+    ) -> BoxFuture<'_, Result<Credential, StoreError>> {
+        Box::pin(async move {
+            // Encrypt here, not on the writer thread, which every write waits on.
+            let sealed = self.secrets.seal(
+                &credentials::key_binding(&new.id),
+                new.api_key.expose().as_bytes(),
+            )?;
+            let credential = Credential {
+                api_key_hint: new.api_key.hint(),
+                id: new.id,
+                display_name: new.display_name,
+                create_time_ms: new.now_ms,
+                update_time_ms: new.now_ms,
+            };
+            let stored = credential.clone();
+            self.writer
+                .write(move |conn| credentials::insert(conn, &stored, &sealed))
+                .await?;
+            Ok(credential)
+        })
+    }
+
+    fn get_credential<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Credential, StoreError>> {
+        let id = id.to_string();
+        Box::pin(self.readers.read(move |conn| credentials::get(conn, &id)))
+    }
+
+    fn list_credentials(
+        &self,
+        page: PageRequest,
+    ) -> BoxFuture<'_, Result<Page<Credential>, StoreError>> {
+        Box::pin(async move {
+            let after = page.after_id()?;
+            let size = page.effective_page_size();
+            let rows = self
+                .readers
+                .read(move |conn| credentials::list(conn, after.as_deref(), size + 1))
+                .await?;
+            Ok(Page::from_overfetch(rows, size, |c| &c.id))
+        })
+    }
+
+    fn credential_api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ApiKey, StoreError>> {
+        Box::pin(async move {
+            let owned = id.to_string();
+            let sealed = self
+                .readers
+                .read(move |conn| credentials::sealed_key(conn, &owned))
+                .await?;
+            let decrypt_error = || StoreError::Decrypt {
+                credential_id: id.to_string(),
+            };
+            let plaintext = self
+                .secrets
+                .open(&credentials::key_binding(id), &sealed)
+                .ok_or_else(decrypt_error)?;
+            let key = String::from_utf8(plaintext).map_err(|_| decrypt_error())?;
+            Ok(ApiKey::new(key))
+        })
+    }
+
+    fn delete_credential<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let id = id.to_string();
+        Box::pin(
+            self.writer
+                .write(move |conn| credentials::delete_unless_used(conn, &id)),
+        )
+    }
+
+    fn create_destination(
+        &self,
+        destination: Destination,
+    ) -> BoxFuture<'_, Result<Destination, StoreError>> {
+        Box::pin(async move {
+            let stored = destination.clone();
+            self.writer
+                .write(move |conn| destinations::insert(conn, &stored))
+                .await?;
+            Ok(destination)
+        })
+    }
+
+    fn get_destination<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Destination, StoreError>> {
+        let id = id.to_string();
+        Box::pin(self.readers.read(move |conn| destinations::get(conn, &id)))
+    }
+
+    fn list_destinations(
+        &self,
+        page: PageRequest,
+    ) -> BoxFuture<'_, Result<Page<Destination>, StoreError>> {
+        Box::pin(async move {
+            let after = page.after_id()?;
+            let size = page.effective_page_size();
+            let rows = self
+                .readers
+                .read(move |conn| destinations::list(conn, after.as_deref(), size + 1))
+                .await?;
+            Ok(Page::from_overfetch(rows, size, |d| &d.id))
+        })
+    }
+
+    fn update_destination(
+        &self,
+        destination: Destination,
+        expected_revision: u64,
+    ) -> BoxFuture<'_, Result<Destination, StoreError>> {
+        Box::pin(
+            self.writer
+                .write(move |conn| destinations::update(conn, &destination, expected_revision)),
+        )
+    }
+
+    fn delete_destination<'a>(
+        &'a self,
+        id: &'a str,
+        expected_revision: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let id = id.to_string();
+        Box::pin(
+            self.writer
+                .write(move |conn| destinations::delete(conn, &id, expected_revision)),
+        )
+    }
+
+    fn record_outcomes(
+        &self,
+        delivered: Vec<LedgerEntry>,
+        failed: Vec<FailedRecordEntry>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if delivered.is_empty() && failed.is_empty() {
+                return Ok(());
+            }
+            let delivered: Vec<LedgerEntry> = delivered.into_iter().map(ledger::capped).collect();
+            let failed = failed
+                .into_iter()
+                .map(failed_records::encode)
+                .collect::<Result<Vec<_>, _>>()?;
+            self.writer
+                .write(move |conn| {
+                    ledger::record(conn, &delivered)?;
+                    failed_records::resolve(conn, &delivered)?;
+                    failed_records::upsert(conn, &failed)
+                })
+                .await
+        })
+    }
+
+    fn ledger_lookup<'a>(
+        &'a self,
+        destination_id: &'a str,
+        record_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<HashMap<String, LedgerEntry>, StoreError>> {
+        Box::pin(async move {
+            if record_ids.is_empty() {
+                return Ok(HashMap::new());
+            }
+            let destination_id = destination_id.to_string();
+            self.readers
+                .read(move |conn| ledger::lookup(conn, &destination_id, &record_ids))
+                .await
+        })
+    }
+
+    fn ledger_prune(
+        &self,
+        older_than_ms: i64,
+        max_entries_per_destination: u64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut removed = 0;
+            for destination_id in self.readers.read(destinations::ids).await? {
+                let id = destination_id.clone();
+                let bound = self
+                    .readers
+                    .read(move |conn| {
+                        ledger::prune_bound(conn, &id, older_than_ms, max_entries_per_destination)
+                    })
+                    .await?;
+                let Some(bound) = bound else {
+                    continue;
+                };
+                loop {
+                    let (id, bound) = (destination_id.clone(), bound.clone());
+                    let deleted = self
+                        .writer
+                        .write(move |conn| ledger::prune_through(conn, &id, &bound, PRUNE_STEP))
+                        .await?;
+                    removed += deleted;
+                    if deleted < u64::from(PRUNE_STEP) {
+                        break;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+    }
+
+    fn list_failed_records<'a>(
+        &'a self,
+        destination_id: &'a str,
+        page: PageRequest,
+    ) -> BoxFuture<'a, Result<Page<FailedRecordEntry>, StoreError>> {
+        Box::pin(async move {
+            let after = page.after_time_and_id()?;
+            let size = page.effective_page_size();
+            let destination_id = destination_id.to_string();
+            let rows = self
+                .readers
+                .read(move |conn| {
+                    let after = after.as_ref().map(|(time, id)| (*time, id.as_str()));
+                    let rows = failed_records::list(conn, &destination_id, after, size + 1)?;
+                    found_in_destination(conn, &destination_id, rows)
+                })
+                .await?;
+            Ok(Page::from_overfetch_by_time(rows, size, |entry| {
+                (entry.first_failure_ms, &entry.record_id)
+            }))
+        })
+    }
+
+    fn get_failed_records<'a>(
+        &'a self,
+        destination_id: &'a str,
+        record_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<FailedRecordEntry>, StoreError>> {
+        let destination_id = destination_id.to_string();
+        Box::pin(self.readers.read(move |conn| {
+            let rows = failed_records::get(conn, &destination_id, &record_ids)?;
+            found_in_destination(conn, &destination_id, rows)
+        }))
+    }
+
+    fn failed_record_ids<'a>(
+        &'a self,
+        destination_id: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let destination_id = destination_id.to_string();
+        let limit = limit.min(MAX_FAILED_RECORD_IDS);
+        Box::pin(self.readers.read(move |conn| {
+            let ids = failed_records::oldest_ids(conn, &destination_id, limit)?;
+            found_in_destination(conn, &destination_id, ids)
+        }))
+    }
+}
+
+/// Passes `rows` on, unless there are none because the destination itself does not exist. Rows prove it
+/// exists (they are deleted with it), so the extra lookup is only paid for an empty answer.
+fn found_in_destination<T>(
+    conn: &rusqlite::Connection,
+    destination_id: &str,
+    rows: Vec<T>,
+) -> Result<Vec<T>, StoreError> {
+    if rows.is_empty() {
+        destinations::ensure_exists(conn, destination_id)?;
+    }
+    Ok(rows)
+}

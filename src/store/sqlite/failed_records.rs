@@ -1,0 +1,324 @@
+//! SQL for the `failed_records` table: records that ended rejected or failed, with their last request and
+//! response, listed oldest first.
+
+use rusqlite::{params, params_from_iter, Connection, Row};
+
+use super::per_record::{is_missing_destination, padded_chunks, placeholders};
+use crate::domain::outcome::Outcome;
+use crate::store::error::{Context, StoreError};
+use crate::store::records::{FailedRecordEntry, LedgerEntry, StoredRequest};
+
+const COLUMNS: &str =
+    "destination_id, record_id, record_json, outcome, request_method, request_url, \
+     request_headers, request_body, http_status, response_headers, response_body, error, attempts, \
+     first_failure_ms, last_failure_ms";
+
+/// A failed record checked and encoded for its columns. Built before the writer thread, which every write
+/// waits on, and so that a bad entry is refused before anything is queued.
+pub(super) struct EncodedFailure {
+    entry: FailedRecordEntry,
+    request_headers: Option<String>,
+    response_headers: String,
+}
+
+pub(super) fn encode(entry: FailedRecordEntry) -> Result<EncodedFailure, StoreError> {
+    let what = || {
+        format!(
+            "storing failed record {} of destination destinations/{}",
+            entry.record_id, entry.destination_id
+        )
+    };
+    if !entry.outcome.is_kept_as_failed() {
+        return Err(StoreError::internal(
+            what(),
+            format!(
+                "outcome {} is not kept as a failed record",
+                entry.outcome.as_str()
+            ),
+        ));
+    }
+    let request_headers = entry
+        .request
+        .as_ref()
+        .map(|request| serde_json::to_string(&request.headers))
+        .transpose()
+        .context(what)?;
+    let response_headers = serde_json::to_string(&entry.response_headers).context(what)?;
+    Ok(EncodedFailure {
+        entry,
+        request_headers,
+        response_headers,
+    })
+}
+
+/// Inserts each failure, or updates the stored one: the first failure time stays, attempts add up, everything
+/// else is replaced by the latest failure. Failures of a destination that no longer exists are skipped.
+pub(super) fn upsert(conn: &Connection, failures: &[EncodedFailure]) -> Result<(), StoreError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "INSERT INTO failed_records ({COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT (destination_id, record_id) DO UPDATE SET
+                 record_json = excluded.record_json,
+                 outcome = excluded.outcome,
+                 request_method = excluded.request_method,
+                 request_url = excluded.request_url,
+                 request_headers = excluded.request_headers,
+                 request_body = excluded.request_body,
+                 http_status = excluded.http_status,
+                 response_headers = excluded.response_headers,
+                 response_body = excluded.response_body,
+                 error = excluded.error,
+                 -- Saturates rather than growing past what reads back as a u32.
+                 attempts = min(attempts + excluded.attempts, {max_attempts}),
+                 last_failure_ms = excluded.last_failure_ms",
+            max_attempts = u32::MAX
+        ))
+        .context(|| "preparing to store failed records".to_string())?;
+    for failure in failures {
+        let entry = &failure.entry;
+        let request = entry.request.as_ref();
+        let stored = statement.execute(params![
+            entry.destination_id,
+            entry.record_id,
+            entry.record_json,
+            entry.outcome.as_str(),
+            request.map(|r| &r.method),
+            request.map(|r| &r.url),
+            failure.request_headers,
+            request.map(|r| &r.body),
+            entry.http_status,
+            failure.response_headers,
+            entry.response_body,
+            entry.error,
+            entry.attempts,
+            entry.first_failure_ms,
+            entry.last_failure_ms,
+        ]);
+        match stored {
+            Err(err) if !is_missing_destination(&err) => {
+                return Err(StoreError::internal(
+                    format!(
+                        "storing failed record {} of destination destinations/{}",
+                        entry.record_id, entry.destination_id
+                    ),
+                    err,
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Removes the failed records of what has now been delivered.
+pub(super) fn resolve(conn: &Connection, delivered: &[LedgerEntry]) -> Result<(), StoreError> {
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let mut statement = conn
+        .prepare_cached("DELETE FROM failed_records WHERE destination_id = ?1 AND record_id = ?2")
+        .context(|| "preparing to resolve failed records".to_string())?;
+    for entry in delivered {
+        statement
+            .execute(params![entry.destination_id, entry.record_id])
+            .context(|| {
+                format!(
+                    "resolving failed record {} of destination destinations/{}",
+                    entry.record_id, entry.destination_id
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Up to `limit` failed records of the destination after `after` (first failure, record id), oldest first.
+pub(super) fn list(
+    conn: &Connection,
+    destination_id: &str,
+    after: Option<(i64, &str)>,
+    limit: u32,
+) -> Result<Vec<FailedRecordEntry>, StoreError> {
+    // Two statements rather than one with an optional bound, which would keep SQLite from seeking the index.
+    let rows = match after {
+        None => conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM failed_records WHERE destination_id = ?1
+                 ORDER BY first_failure_ms, record_id LIMIT ?2"
+            ))
+            .and_then(|mut statement| {
+                statement
+                    .query_map(params![destination_id, limit], StoredRow::read)?
+                    .collect::<Result<Vec<_>, _>>()
+            }),
+        Some((time, record_id)) => conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM failed_records
+                 WHERE destination_id = ?1 AND (first_failure_ms, record_id) > (?2, ?3)
+                 ORDER BY first_failure_ms, record_id LIMIT ?4"
+            ))
+            .and_then(|mut statement| {
+                statement
+                    .query_map(
+                        params![destination_id, time, record_id, limit],
+                        StoredRow::read,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+            }),
+    };
+    rows.context(|| format!("listing failed records of destination destinations/{destination_id}"))?
+        .into_iter()
+        .map(StoredRow::into_entry)
+        .collect()
+}
+
+/// Those of `record_ids` that are failed records of the destination, oldest first.
+pub(super) fn get(
+    conn: &Connection,
+    destination_id: &str,
+    record_ids: &[String],
+) -> Result<Vec<FailedRecordEntry>, StoreError> {
+    // An id asked for twice could land in two chunks and come back twice.
+    let mut unique = record_ids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let mut found = Vec::new();
+    for chunk in padded_chunks(&unique) {
+        let rows = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM failed_records
+                 WHERE destination_id = ? AND record_id IN ({})",
+                placeholders(chunk.len())
+            ))
+            .and_then(|mut statement| {
+                let values = std::iter::once(destination_id).chain(chunk.iter().copied());
+                statement
+                    .query_map(params_from_iter(values), StoredRow::read)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .context(|| {
+                format!("reading failed records of destination destinations/{destination_id}")
+            })?;
+        for row in rows {
+            found.push(row.into_entry()?);
+        }
+    }
+    found.sort_by(|a, b| {
+        (a.first_failure_ms, &a.record_id).cmp(&(b.first_failure_ms, &b.record_id))
+    });
+    Ok(found)
+}
+
+/// Ids of up to `limit` failed records of the destination, oldest first. Read from the index alone.
+pub(super) fn oldest_ids(
+    conn: &Connection,
+    destination_id: &str,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    conn.prepare_cached(
+        "SELECT record_id FROM failed_records WHERE destination_id = ?1
+         ORDER BY first_failure_ms, record_id LIMIT ?2",
+    )
+    .and_then(|mut statement| {
+        statement
+            .query_map(params![destination_id, limit], |row| row.get(0))?
+            .collect()
+    })
+    .context(|| format!("listing failed record ids of destination destinations/{destination_id}"))
+}
+
+/// A row as SQLite returns it, before the checks that can find it corrupt.
+struct StoredRow {
+    destination_id: String,
+    record_id: String,
+    record_json: Vec<u8>,
+    outcome: String,
+    request_method: Option<String>,
+    request_url: Option<String>,
+    request_headers: Option<String>,
+    request_body: Option<Vec<u8>>,
+    http_status: i64,
+    response_headers: String,
+    response_body: Vec<u8>,
+    error: String,
+    attempts: i64,
+    first_failure_ms: i64,
+    last_failure_ms: i64,
+}
+
+impl StoredRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
+        Ok(StoredRow {
+            destination_id: row.get(0)?,
+            record_id: row.get(1)?,
+            record_json: row.get(2)?,
+            outcome: row.get(3)?,
+            request_method: row.get(4)?,
+            request_url: row.get(5)?,
+            request_headers: row.get(6)?,
+            request_body: row.get(7)?,
+            http_status: row.get(8)?,
+            response_headers: row.get(9)?,
+            response_body: row.get(10)?,
+            error: row.get(11)?,
+            attempts: row.get(12)?,
+            first_failure_ms: row.get(13)?,
+            last_failure_ms: row.get(14)?,
+        })
+    }
+
+    fn into_entry(self) -> Result<FailedRecordEntry, StoreError> {
+        let what = || {
+            format!(
+                "failed record {} of destination destinations/{}",
+                self.record_id, self.destination_id
+            )
+        };
+        let outcome = Outcome::parse(&self.outcome)
+            .filter(|outcome| outcome.is_kept_as_failed())
+            .ok_or_else(|| StoreError::corrupt(what(), format!("outcome {:?}", self.outcome)))?;
+        let headers = |json: &str, which: &str| -> Result<Vec<(String, String)>, StoreError> {
+            serde_json::from_str(json)
+                .map_err(|err| StoreError::corrupt(what(), format!("{which} headers: {err}")))
+        };
+        // The table's CHECK keeps the request columns all set or all NULL.
+        let request = match (
+            self.request_method,
+            self.request_url,
+            self.request_headers,
+            self.request_body,
+        ) {
+            (Some(method), Some(url), Some(request_headers), Some(body)) => Some(StoredRequest {
+                method,
+                url,
+                headers: headers(&request_headers, "request")?,
+                body,
+            }),
+            (None, None, None, None) => None,
+            _ => return Err(StoreError::corrupt(what(), "request is partly missing")),
+        };
+        let http_status = u16::try_from(self.http_status).map_err(|_| {
+            StoreError::corrupt(what(), format!("http status {}", self.http_status))
+        })?;
+        let attempts = u32::try_from(self.attempts)
+            .map_err(|_| StoreError::corrupt(what(), format!("attempts {}", self.attempts)))?;
+        let response_headers = headers(&self.response_headers, "response")?;
+        Ok(FailedRecordEntry {
+            response_headers,
+            destination_id: self.destination_id,
+            record_id: self.record_id,
+            record_json: self.record_json,
+            outcome,
+            request,
+            http_status,
+            response_body: self.response_body,
+            error: self.error,
+            attempts,
+            first_failure_ms: self.first_failure_ms,
+            last_failure_ms: self.last_failure_ms,
+        })
+    }
+}

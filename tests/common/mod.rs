@@ -1,0 +1,254 @@
+//! A real server on an ephemeral port with a temp data dir, and a real groove-sandbox beside it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use groove_destination::proto::credential_service_client::CredentialServiceClient;
+use groove_destination::proto::delivery_service_client::DeliveryServiceClient;
+use groove_destination::proto::destination_service_client::DestinationServiceClient;
+use groove_destination::sandbox::{self, SandboxConfig, SandboxHandle};
+use groove_destination::settings::Settings;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub const SANDBOX_KEY: &str = "sandbox-test-key-0123456789";
+
+pub async fn start_sandbox() -> SandboxHandle {
+    start_sandbox_with(SandboxConfig {
+        api_key: SANDBOX_KEY.to_string(),
+        ..SandboxConfig::default()
+    })
+    .await
+}
+
+pub async fn start_sandbox_with(config: SandboxConfig) -> SandboxHandle {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sandbox");
+    sandbox::start(listener, config)
+        .await
+        .expect("start sandbox")
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), groove_destination::ServeError>>,
+}
+
+impl TestServer {
+    pub async fn start(data_dir: &Path, groove_url: &str) -> TestServer {
+        let settings = Settings::for_tests(
+            data_dir.to_path_buf(),
+            groove_url.parse().expect("groove url"),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(groove_destination::serve(settings, listener, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let endpoint = format!("http://{}", self.addr);
+        for _ in 0..100 {
+            if let Ok(channel) = Channel::from_shared(endpoint.clone())
+                .expect("endpoint")
+                .connect()
+                .await
+            {
+                return channel;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("server at {endpoint} did not come up");
+    }
+
+    pub async fn credentials(&self) -> CredentialServiceClient<Channel> {
+        CredentialServiceClient::new(self.channel().await)
+    }
+
+    pub async fn destinations(&self) -> DestinationServiceClient<Channel> {
+        DestinationServiceClient::new(self.channel().await)
+    }
+
+    pub async fn delivery(&self) -> DeliveryServiceClient<Channel> {
+        DeliveryServiceClient::new(self.channel().await)
+    }
+
+    /// Sends the shutdown signal without waiting for the server to finish.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Signals shutdown and waits until the server has stopped.
+    pub async fn stop(mut self) {
+        self.signal_shutdown();
+        self.task
+            .await
+            .expect("server task")
+            .expect("server result");
+    }
+}
+
+pub mod flows {
+    //! Small steps most delivery tests share.
+
+    use groove_destination::proto::{self, destination_config::Endpoint, send_records_request, send_records_response};
+    use serde_json::Value;
+
+    use super::{TestServer, SANDBOX_KEY};
+
+    pub async fn credential(server: &TestServer, id: &str) {
+        server
+            .credentials()
+            .await
+            .create_credential(proto::CreateCredentialRequest {
+                credential_id: id.to_string(),
+                display_name: format!("{id} key"),
+                api_key: SANDBOX_KEY.to_string(),
+            })
+            .await
+            .expect("create credential");
+    }
+
+    pub fn template(template_id: &str, parameters: &[(&str, &str)]) -> proto::DestinationConfig {
+        proto::DestinationConfig {
+            endpoint: Some(Endpoint::Template(proto::TemplateEndpoint {
+                template_id: template_id.to_string(),
+                parameters: parameters.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    pub fn manual(method: proto::HttpMethod, url: &str) -> proto::DestinationConfig {
+        proto::DestinationConfig {
+            endpoint: Some(Endpoint::Manual(proto::ManualEndpoint {
+                method: method as i32,
+                url: url.to_string(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// Creates (credential `main` must exist) and activates a destination.
+    pub async fn active_destination(server: &TestServer, id: &str, config: proto::DestinationConfig) -> String {
+        let mut client = server.destinations().await;
+        let created = client
+            .create_destination(proto::CreateDestinationRequest {
+                destination_id: id.to_string(),
+                destination: Some(proto::Destination {
+                    display_name: id.to_string(),
+                    credential: "credentials/main".to_string(),
+                    config: Some(config),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("create destination")
+            .into_inner()
+            .destination
+            .expect("destination");
+        client
+            .activate_destination(proto::ActivateDestinationRequest { name: created.name.clone() })
+            .await
+            .expect("activate");
+        created.name
+    }
+
+    pub fn raw(id: &str, json: Value) -> proto::Record {
+        proto::Record {
+            id: id.to_string(),
+            data: Some(proto::record::Data::RawJson(json.to_string().into_bytes())),
+        }
+    }
+
+    pub fn start(destination: &str) -> proto::SendRecordsRequest {
+        proto::SendRecordsRequest {
+            message: Some(send_records_request::Message::Start(proto::StreamStart {
+                destination: destination.to_string(),
+            })),
+        }
+    }
+
+    pub fn batch(records: Vec<proto::Record>) -> proto::SendRecordsRequest {
+        proto::SendRecordsRequest {
+            message: Some(send_records_request::Message::Records(proto::RecordBatch { records })),
+        }
+    }
+
+    /// Everything a finished stream answered.
+    #[derive(Debug, Default)]
+    pub struct Answered {
+        pub results: Vec<proto::DeliveryResult>,
+        pub summary: Option<proto::DeliverySummary>,
+    }
+
+    impl Answered {
+        /// The one result naming `record_id`.
+        pub fn of(&self, record_id: &str) -> &proto::DeliveryResult {
+            let found: Vec<_> = self
+                .results
+                .iter()
+                .filter(|result| result.record_ids.iter().any(|id| id == record_id))
+                .collect();
+            assert_eq!(found.len(), 1, "record {record_id} has {} results", found.len());
+            found[0]
+        }
+
+        pub fn outcomes(&self) -> Vec<(String, proto::Outcome)> {
+            let mut outcomes: Vec<_> = self
+                .results
+                .iter()
+                .flat_map(|result| result.record_ids.iter().map(move |id| (id.clone(), result.outcome())))
+                .collect();
+            outcomes.sort();
+            outcomes
+        }
+    }
+
+    /// Streams `messages` after `start` and collects every answer until the stream ends.
+    pub async fn send(
+        server: &TestServer,
+        destination: &str,
+        messages: Vec<Vec<proto::Record>>,
+    ) -> Result<Answered, tonic::Status> {
+        let mut requests = vec![start(destination)];
+        requests.extend(messages.into_iter().map(batch));
+        let mut stream = server
+            .delivery()
+            .await
+            .send_records(tokio_stream::iter(requests))
+            .await?
+            .into_inner();
+        let mut answered = Answered::default();
+        while let Some(message) = stream.message().await? {
+            match message.message {
+                Some(send_records_response::Message::Result(result)) => {
+                    assert!(answered.summary.is_none(), "result after the summary");
+                    answered.results.push(result);
+                }
+                Some(send_records_response::Message::Summary(summary)) => answered.summary = Some(summary),
+                None => panic!("empty response message"),
+            }
+        }
+        assert!(answered.summary.is_some(), "stream ended without a summary");
+        Ok(answered)
+    }
+}
