@@ -17,8 +17,10 @@ pub mod proto {
     tonic::include_proto!("groove.destination.v1");
 
     /// Encoded descriptors of the contract, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/groove_destination_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/groove_destination_descriptor.bin"
+    ));
 }
 
 use std::future::Future;
@@ -57,10 +59,11 @@ pub async fn serve(
         None => SecretBox::load_or_create(&settings.data_dir),
     }
     .map_err(ServeError::SecretKey)?;
-    let store = SqliteStore::open(&settings.data_dir, secrets).map_err(|source| ServeError::Store {
-        path: settings.data_dir.display().to_string(),
-        source,
-    })?;
+    let store =
+        SqliteStore::open(&settings.data_dir, secrets).map_err(|source| ServeError::Store {
+            path: settings.data_dir.display().to_string(),
+            source,
+        })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let groove = groove::GrooveClient::new(&settings.groove_url)?;
     let engine = delivery::Engine::start(store.clone(), groove, settings.engine_options())?;

@@ -12,7 +12,11 @@ use url::Url;
 #[command(name = "groove-destination", version, about)]
 pub struct Settings {
     /// Address the gRPC server listens on.
-    #[arg(long, env = "GROOVE_DESTINATION_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub listen: SocketAddr,
 
     /// Folder for the embedded store (SQLite file) and the generated secret key file; created if missing.
@@ -44,11 +48,19 @@ pub struct Settings {
 
     /// Hours a delivered record id is remembered, so a replayed record is reported as a duplicate instead of
     /// being sent again.
-    #[arg(long, env = "GROOVE_DESTINATION_LEDGER_RETENTION_HOURS", default_value_t = 168)]
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_LEDGER_RETENTION_HOURS",
+        default_value_t = 168
+    )]
     pub ledger_retention_hours: u64,
 
     /// Most delivered record ids remembered per destination; the oldest are forgotten first.
-    #[arg(long, env = "GROOVE_DESTINATION_LEDGER_MAX_PER_DESTINATION", default_value_t = 10_000_000)]
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_LEDGER_MAX_PER_DESTINATION",
+        default_value_t = 10_000_000
+    )]
     pub ledger_max_per_destination: u64,
 
     /// Log line format.
@@ -83,7 +95,9 @@ impl Settings {
     pub fn engine_options(&self) -> crate::delivery::EngineOptions {
         crate::delivery::EngineOptions {
             max_rate_per_credential: self.max_rate_per_credential,
-            ledger_retention: std::time::Duration::from_secs(self.ledger_retention_hours.saturating_mul(3600)),
+            ledger_retention: std::time::Duration::from_secs(
+                self.ledger_retention_hours.saturating_mul(3600),
+            ),
             ledger_max_entries_per_destination: self.ledger_max_per_destination,
         }
     }
@@ -99,7 +113,10 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 fn parse_groove_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|error| format!("not a URL: {error}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("scheme must be http or https, not {}", url.scheme()));
+        return Err(format!(
+            "scheme must be http or https, not {}",
+            url.scheme()
+        ));
     }
     if url.host_str().is_none() {
         return Err("the URL has no host".to_string());

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use groove_destination::sandbox::{
     self, Faults, RateLimit, ReceivedRequest, SandboxConfig, SandboxHandle, SandboxStats,
+    ScriptedAnswer,
 };
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
@@ -1007,7 +1008,506 @@ async fn invalid_faults_are_refused() {
         .is_err());
 }
 
+// --- scripted answers ---
+
+/// The call's status, or `None` when the connection was dropped without a response.
+async fn try_post(sb: &Sandbox, path: &str, body: Value) -> Option<reqwest::Response> {
+    match sb
+        .client
+        .post(sb.url(path))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(response) => Some(response),
+        Err(err) => {
+            assert!(!err.is_status() && !err.is_timeout(), "{err:?}");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_script_answers_the_next_calls_exactly_before_the_random_knobs() {
+    let sb = Sandbox::start().await;
+    sb.handle.set_faults(Faults {
+        script: vec![
+            ScriptedAnswer::fail(503).with_retry_after(7),
+            ScriptedAnswer::fail(500).once_processed(),
+            ScriptedAnswer::drop_connection(),
+        ],
+        // The script goes first: these only apply once it is used up.
+        error_rate: 1.0,
+        error_statuses: vec![502],
+        ..Faults::default()
+    });
+    assert_eq!(sb.handle.faults().script.len(), 3);
+
+    let refused = try_post(&sb, "tickets", ticket_body()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "7");
+    assert!(refused.json::<Value>().await.unwrap()["errors"].is_array());
+    assert_eq!(sb.ticket_count(), 0, "a plain scripted 503 creates nothing");
+    assert_eq!(
+        sb.handle.faults().script,
+        vec![
+            ScriptedAnswer::fail(500).once_processed(),
+            ScriptedAnswer::drop_connection()
+        ]
+    );
+
+    let lost = try_post(&sb, "tickets", ticket_body()).await.unwrap();
+    assert_eq!(lost.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(lost.headers().get("location").is_none());
+    assert!(lost.headers().get("retry-after").is_none());
+    let body: Value = lost.json().await.unwrap();
+    assert!(
+        body.get("ticket").is_none(),
+        "the real answer is lost: {body}"
+    );
+
+    assert!(try_post(&sb, "tickets", ticket_body()).await.is_none());
+    assert!(sb.handle.faults().script.is_empty());
+
+    // Script used up: the random knobs are back.
+    let knob = try_post(&sb, "tickets", ticket_body()).await.unwrap();
+    assert_eq!(knob.status(), StatusCode::BAD_GATEWAY);
+
+    sb.handle.set_faults(Faults::default());
+    // Only the after_processing 500 created a ticket (number 1).
+    let listed: Value = sb.get("tickets").await.json().await.unwrap();
+    let numbers: Vec<u64> = listed["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1]);
+    assert_eq!(sb.ticket_count(), 1);
+    assert_eq!(sb.create_ticket().await, 2);
+
+    let statuses: Vec<u16> = sb.handle.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses[..4], [503, 500, 0, 502]);
+    let stats = sb.handle.stats();
+    assert_eq!((stats.dropped, stats.count(500)), (1, 1));
+}
+
+#[tokio::test]
+async fn a_processed_answer_can_be_lost_on_any_call() {
+    let sb = Sandbox::start().await;
+    let n = sb.create_ticket().await;
+    sb.handle.set_faults(Faults {
+        script: vec![
+            ScriptedAnswer::drop_connection().once_processed(),
+            ScriptedAnswer::fail(429)
+                .with_retry_after(2)
+                .once_processed(),
+        ],
+        ..Faults::default()
+    });
+    let message = json!({"body": "a reply"});
+    assert!(
+        try_post(&sb, &format!("tickets/{n}/messages"), message.clone())
+            .await
+            .is_none()
+    );
+    let limited = sb
+        .put(&format!("tickets/{n}/state"), json!({"state": "closed"}))
+        .await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()["retry-after"], "2");
+    // Both took effect although neither answer said so.
+    let ticket: Value = sb.get(&format!("tickets/{n}")).await.json().await.unwrap();
+    assert_eq!(ticket["ticket"]["message_count"], 2);
+    assert_eq!(ticket["ticket"]["state"], "closed");
+}
+
+#[tokio::test]
+async fn scripts_are_validated_and_steerable_through_the_control_endpoint() {
+    let sb = Sandbox::start().await;
+    for bad in [
+        ScriptedAnswer::fail(404),
+        ScriptedAnswer::fail(500).with_retry_after(1),
+    ] {
+        let err = sb
+            .handle
+            .try_set_faults(Faults {
+                script: vec![bad],
+                ..Faults::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("script[0]"), "{err}");
+    }
+    let client = &sb.client;
+    let refused = client
+        .put(sb.control("faults"))
+        .json(&json!({"script": [{"status": 200}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let set = client
+        .put(sb.control("faults"))
+        .json(&json!({"script": [{"status": 429, "retry_after_s": 3}, {"status": 502}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    let limited = sb.get("mailboxes").await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()["retry-after"], "3");
+    let remaining: Value = client
+        .get(sb.control("faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        remaining["script"],
+        json!([{"status": 502, "after_processing": false, "retry_after_s": null}])
+    );
+    // Calls outside /v1/ do not consume the script.
+    let outside = client
+        .get(format!("http://{}/elsewhere", sb.handle.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outside.status(), StatusCode::NOT_FOUND);
+    assert_eq!(sb.get("mailboxes").await.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(sb.get("mailboxes").await.status(), StatusCode::OK);
+}
+
+// --- batches (not Groove behaviour, opt-in) ---
+
+fn numbered_ticket(index: usize) -> Value {
+    let mut body = ticket_body();
+    body["body"] = json!(format!("help {index}"));
+    body
+}
+
+#[tokio::test]
+async fn batches_are_refused_unless_switched_on() {
+    let sb = Sandbox::start().await;
+    assert!(!sb.handle.faults().accept_batches);
+    let (status, body) = status_and_json(
+        sb.post("tickets", json!([ticket_body(), ticket_body()]))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["errors"][0].as_str().unwrap().contains("JSON object"));
+    // A wrapped batch is just an invalid single ticket to Groove.
+    assert_invalid(
+        sb.post("tickets", json!({"tickets": [ticket_body()]}))
+            .await,
+        "body is required",
+    )
+    .await;
+    assert_eq!(sb.ticket_count(), 0);
+}
+
+#[tokio::test]
+async fn accepted_batches_create_one_resource_per_element() {
+    let sb = Sandbox::start().await;
+    sb.handle.set_faults(Faults {
+        accept_batches: true,
+        ..Faults::default()
+    });
+    let items: Vec<Value> = (0..3).map(numbered_ticket).collect();
+    let response = sb.post("tickets", Value::Array(items)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(response.headers().get("location").is_none());
+    let body: Value = response.json().await.unwrap();
+    let created = body["tickets"].as_array().expect("plural root key");
+    let numbers: Vec<u64> = created
+        .iter()
+        .map(|t| t["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert_eq!(created[2]["summary"], "help 2");
+    assert_eq!(sb.ticket_count(), 3);
+    // One call, one recorded request.
+    assert_eq!(sb.handle.requests().len(), 1);
+
+    // Other create endpoints answer their own plural key.
+    let messages = sb
+        .post(
+            "tickets/1/messages",
+            json!([{"body": "one"}, {"body": "two", "note": true}]),
+        )
+        .await;
+    let (status, messages) = status_and_json(messages).await;
+    assert_eq!(status, StatusCode::CREATED, "{messages}");
+    assert_eq!(messages["messages"][1]["note"], true);
+    let ticket: Value = sb.get("tickets/1").await.json().await.unwrap();
+    assert_eq!(ticket["ticket"]["message_count"], 3);
+    let kb_id = sb.handle.seeds().knowledge_base_id;
+    let articles: Value = sb
+        .post(
+            &format!("kb/{kb_id}/articles"),
+            json!([{"title": "One"}, {"title": "Two"}]),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(articles["articles"][1]["slug"], "two");
+    let widgets: Value = sb
+        .post("widgets", json!([{"name": "A"}]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(widgets["widgets"][0]["name"], "A");
+    let kbs: Value = sb
+        .post("kb", json!([{"title": "X"}, {"title": "Y"}]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kbs["knowledge_bases"].as_array().unwrap().len(), 2);
+
+    // The answer's wrapped shape is accepted as a request too.
+    let wrapped = sb
+        .post(
+            "tickets",
+            json!({"tickets": [numbered_ticket(7), numbered_ticket(8)]}),
+        )
+        .await;
+    let (status, wrapped) = status_and_json(wrapped).await;
+    assert_eq!(status, StatusCode::CREATED, "{wrapped}");
+    assert_eq!(wrapped["tickets"][1]["number"], 5);
+    assert_eq!(sb.ticket_count(), 5);
+
+    // Only create endpoints take batches.
+    let update = sb
+        .put("tickets/1/state", json!([{"state": "closed"}]))
+        .await;
+    assert_eq!(update.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn one_invalid_element_refuses_the_whole_batch() {
+    let sb = Sandbox::start().await;
+    sb.handle.set_faults(Faults {
+        accept_batches: true,
+        ..Faults::default()
+    });
+    let mut bad = ticket_body();
+    bad.as_object_mut().unwrap().remove("body");
+    let (status, body) = status_and_json(
+        sb.post("tickets", json!([ticket_body(), bad, ticket_body()]))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"], json!(["tickets[1]: body is required"]));
+    assert_eq!(sb.ticket_count(), 0, "nothing may be created");
+    assert!(sb.handle.snapshot()["customers"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    assert_invalid(
+        sb.post(
+            "groups",
+            json!([{"name": "Ops"}, {"name": "Ghosts", "agents": ["ghost@example.com"]}]),
+        )
+        .await,
+        "groups[1]: agents",
+    )
+    .await;
+    assert_invalid(
+        sb.post(
+            "webhooks",
+            json!([{"event": "nope", "url": "https://hooks.example.com/x"}]),
+        )
+        .await,
+        "webhooks[0]: event",
+    )
+    .await;
+    let groups: Value = sb.get("groups").await.json().await.unwrap();
+    assert_eq!(
+        groups["groups"].as_array().unwrap().len(),
+        1,
+        "only the seed"
+    );
+
+    for (body, problem) in [
+        (json!([]), "at least one"),
+        (
+            json!([ticket_body(), 7]),
+            "tickets[1]: must be a JSON object",
+        ),
+    ] {
+        let (status, answer) = status_and_json(sb.post("tickets", body).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            answer["errors"][0].as_str().unwrap().contains(problem),
+            "{answer}"
+        );
+    }
+    assert_not_found(sb.post("tickets/9/messages", json!([{"body": "x"}])).await).await;
+    assert_eq!(sb.ticket_count(), 0);
+}
+
+#[tokio::test]
+async fn batches_can_be_switched_on_through_the_control_endpoint() {
+    let sb = Sandbox::start().await;
+    let set = sb
+        .client
+        .put(sb.control("faults"))
+        .json(&json!({"accept_batches": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    assert!(sb.handle.faults().accept_batches);
+    let created = sb
+        .post("tickets", json!([ticket_body(), ticket_body()]))
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(sb.ticket_count(), 2);
+}
+
+// --- bounded ticket storage ---
+
+#[tokio::test]
+async fn the_oldest_tickets_are_evicted_beyond_max_stored_tickets() {
+    let sb = Sandbox::with(SandboxConfig {
+        api_key: KEY.into(),
+        max_stored_tickets: 3,
+        ..SandboxConfig::default()
+    })
+    .await;
+    for expected in 1..=5 {
+        assert_eq!(sb.create_ticket().await, expected);
+    }
+    for evicted in [1, 2] {
+        assert_not_found(sb.get(&format!("tickets/{evicted}")).await).await;
+        assert_not_found(
+            sb.put(
+                &format!("tickets/{evicted}/state"),
+                json!({"state": "closed"}),
+            )
+            .await,
+        )
+        .await;
+    }
+    assert_not_found(sb.post("tickets/1/messages", json!({"body": "late"})).await).await;
+    for kept in [3, 4, 5] {
+        assert_eq!(
+            sb.get(&format!("tickets/{kept}")).await.status(),
+            StatusCode::OK
+        );
+    }
+    let listed: Value = sb.get("tickets").await.json().await.unwrap();
+    assert_eq!(listed["meta"]["pagination"]["total_count"], 3);
+    let snapshot: Vec<u64> = sb.handle.snapshot()["tickets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(snapshot, [3, 4, 5]);
+    // Numbers keep increasing and are never reused.
+    assert_eq!(sb.create_ticket().await, 6);
+    assert_not_found(sb.get("tickets/3").await).await;
+}
+
+#[test]
+fn the_default_bound_is_generous() {
+    assert_eq!(SandboxConfig::default().max_stored_tickets, 100_000);
+}
+
 // --- recording ---
+
+#[tokio::test]
+async fn response_headers_are_recorded() {
+    let sb = Sandbox::with(SandboxConfig {
+        api_key: KEY.into(),
+        faults: Faults {
+            rate_limit: Some(RateLimit {
+                calls: 1,
+                window: Duration::from_secs(60),
+            }),
+            ..Faults::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await;
+    let created = sb.post("tickets", ticket_body()).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let limited = sb.post("tickets", ticket_body()).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let sent_retry_after = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let recorded = sb.handle.requests();
+    let (created, limited) = (&recorded[0], &recorded[1]);
+    assert_eq!(created.status, 201);
+    assert_eq!(
+        created.response_header("Location"),
+        Some(sb.url("tickets/1").as_str())
+    );
+    assert_eq!(created.response_header("x-ratelimit-remaining"), Some("0"));
+    assert!(created
+        .response_header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    assert!(created.response_header("retry-after").is_none());
+    assert_eq!(limited.status, 429);
+    assert_eq!(
+        limited.response_header("RETRY-AFTER"),
+        Some(sent_retry_after.as_str())
+    );
+    let retry_after: u64 = sent_retry_after.parse().unwrap();
+    assert!((1..=60).contains(&retry_after));
+    assert_eq!(limited.response_header("x-ratelimit-limit"), Some("1"));
+    assert!(limited.response_header("location").is_none());
+    assert!(limited
+        .response_headers
+        .iter()
+        .all(|(name, _)| name == &name.to_ascii_lowercase()));
+
+    // A dropped call answered nothing.
+    sb.handle.set_faults(Faults {
+        drop_rate: 1.0,
+        ..Faults::default()
+    });
+    assert!(try_post(&sb, "tickets", ticket_body()).await.is_none());
+    assert!(sb.handle.requests()[2].response_headers.is_empty());
+
+    // The control endpoint carries them too.
+    let typed: Vec<ReceivedRequest> = sb
+        .client
+        .get(sb.control("requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        typed[1].response_header("retry-after"),
+        Some(sent_retry_after.as_str())
+    );
+}
+
+#[tokio::test]
+async fn recordings_without_response_headers_still_deserialize() {
+    let old = json!({"seq": 1, "method": "GET", "path": "/v1/agents", "query": null,
+                     "headers": [], "body": "", "json": null, "status": 200,
+                     "received_at_ms": 1});
+    let request: ReceivedRequest = serde_json::from_value(old).unwrap();
+    assert!(request.response_headers.is_empty());
+    assert_eq!(request.response_header("location"), None);
+}
 
 #[tokio::test]
 async fn requests_are_recorded_in_arrival_order() {
@@ -1120,7 +1620,8 @@ async fn control_endpoints_steer_and_inspect() {
     assert!(since.as_array().unwrap().is_empty());
 
     let faults = json!({"error_rate": 1.0, "error_statuses": [503], "latency_ms": 0, "drop_rate": 0.0,
-                        "rate_limit": {"calls": 100, "window_ms": 1000}});
+                        "rate_limit": {"calls": 100, "window_ms": 1000}, "script": [],
+                        "accept_batches": false});
     let put = client
         .put(sb.control("faults"))
         .json(&faults)
@@ -1230,8 +1731,15 @@ async fn the_binary_prints_its_url_and_serves() {
 
     let mut child = ChildGuard(
         std::process::Command::new(env!("CARGO_BIN_EXE_groove-sandbox"))
-            .args(["--listen", "127.0.0.1:0", "--latency-ms", "1"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--latency-ms",
+                "1",
+                "--accept-batches",
+            ])
             .env("GROOVE_SANDBOX_API_KEY", "from-env")
+            .env("GROOVE_SANDBOX_MAX_STORED_TICKETS", "1")
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
@@ -1270,5 +1778,24 @@ async fn the_binary_prints_its_url_and_serves() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    // --accept-batches and GROOVE_SANDBOX_MAX_STORED_TICKETS=1.
+    let batch = client
+        .post(format!("{base}/tickets"))
+        .bearer_auth("from-env")
+        .json(&json!([ticket_body(), ticket_body()]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), StatusCode::CREATED);
+    for (number, status) in [(1, StatusCode::NOT_FOUND), (2, StatusCode::OK)] {
+        let shown = client
+            .get(format!("{base}/tickets/{number}"))
+            .bearer_auth("from-env")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(shown.status(), status, "ticket {number}");
+    }
     drop(child);
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::api::error::ApiError;
 use crate::api::names::{CREDENTIALS, DESTINATIONS};
 use crate::domain::destination::{
-    BatchEnvelope, Batching, ContentFormat, DeliveryOptions, Destination, DestinationConfig, DestinationState,
-    Endpoint, GroupingAlgorithm, HttpMethod, ManualEndpoint, TemplateEndpoint, DEFAULT_BATCH_SIZE,
+    BatchEnvelope, Batching, ContentFormat, DeliveryOptions, Destination, DestinationConfig,
+    DestinationState, Endpoint, GroupingAlgorithm, HttpMethod, ManualEndpoint, TemplateEndpoint,
+    DEFAULT_BATCH_SIZE,
 };
 use crate::domain::headers::parse_header_list;
 use crate::domain::validation::Violations;
@@ -26,7 +27,10 @@ pub fn check_display_name(field: &str, display_name: &str, violations: &mut Viol
     if display_name.is_empty() {
         violations.push(field, "display name is required");
     } else if display_name.chars().count() > MAX_DISPLAY_NAME {
-        violations.push(field, format!("display name is longer than {MAX_DISPLAY_NAME} characters"));
+        violations.push(
+            field,
+            format!("display name is longer than {MAX_DISPLAY_NAME} characters"),
+        );
     }
 }
 
@@ -51,7 +55,11 @@ pub fn duration(elapsed: Duration) -> prost_types::Duration {
     }
 }
 
-fn duration_from_proto(field: &str, value: &prost_types::Duration, violations: &mut Violations) -> Option<Duration> {
+fn duration_from_proto(
+    field: &str,
+    value: &prost_types::Duration,
+    violations: &mut Violations,
+) -> Option<Duration> {
     if value.seconds < 0 || value.nanos < 0 {
         violations.push(field, "duration must not be negative");
         return None;
@@ -61,7 +69,10 @@ fn duration_from_proto(field: &str, value: &prost_types::Duration, violations: &
 
 pub fn page_request(page_size: i32, page_token: &str) -> Result<PageRequest, ApiError> {
     if page_size < 0 {
-        return Err(ApiError::invalid("page_size", "page size must not be negative"));
+        return Err(ApiError::invalid(
+            "page_size",
+            "page size must not be negative",
+        ));
     }
     Ok(PageRequest {
         page_size: page_size as u32,
@@ -79,10 +90,12 @@ pub fn parse_etag(field: &str, etag: &str) -> Result<Option<u64>, ApiError> {
     if etag.is_empty() {
         return Ok(None);
     }
-    etag.trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| ApiError::invalid(field, format!("etag {etag:?} was not issued by this server")))
+    etag.trim_matches('"').parse().map(Some).map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!("etag {etag:?} was not issued by this server"),
+        )
+    })
 }
 
 pub fn state_to_proto(state: DestinationState) -> proto::destination::State {
@@ -103,7 +116,11 @@ pub fn method_to_proto(method: HttpMethod) -> proto::HttpMethod {
     }
 }
 
-pub fn method_from_proto(field: &str, value: i32, violations: &mut Violations) -> Option<HttpMethod> {
+pub fn method_from_proto(
+    field: &str,
+    value: i32,
+    violations: &mut Violations,
+) -> Option<HttpMethod> {
     match proto::HttpMethod::try_from(value) {
         Ok(proto::HttpMethod::Get) => Some(HttpMethod::Get),
         Ok(proto::HttpMethod::Post) => Some(HttpMethod::Post),
@@ -136,18 +153,22 @@ pub fn destination_to_proto(destination: Destination) -> proto::Destination {
 
 pub fn config_to_proto(config: &DestinationConfig) -> proto::DestinationConfig {
     let endpoint = match &config.endpoint {
-        Endpoint::Template(template) => proto::destination_config::Endpoint::Template(proto::TemplateEndpoint {
-            template_id: template.template_id.clone(),
-            parameters: template.parameters.clone().into_iter().collect(),
-        }),
+        Endpoint::Template(template) => {
+            proto::destination_config::Endpoint::Template(proto::TemplateEndpoint {
+                template_id: template.template_id.clone(),
+                parameters: template.parameters.clone().into_iter().collect(),
+            })
+        }
         // Headers come back as a map: the `h1:v1,h2:v2` text cannot carry a value with a comma.
-        Endpoint::Manual(manual) => proto::destination_config::Endpoint::Manual(proto::ManualEndpoint {
-            method: method_to_proto(manual.method) as i32,
-            url: manual.url.clone(),
-            content_format: proto::ContentFormat::Json as i32,
-            headers: String::new(),
-            header_map: manual.headers.iter().cloned().collect(),
-        }),
+        Endpoint::Manual(manual) => {
+            proto::destination_config::Endpoint::Manual(proto::ManualEndpoint {
+                method: method_to_proto(manual.method) as i32,
+                url: manual.url.clone(),
+                content_format: proto::ContentFormat::Json as i32,
+                headers: String::new(),
+                header_map: manual.headers.iter().cloned().collect(),
+            })
+        }
     };
     let batching = &config.batching;
     let delivery = &config.delivery;
@@ -188,7 +209,9 @@ pub fn config_to_proto(config: &DestinationConfig) -> proto::DestinationConfig {
 }
 
 /// A whole config from its proto; fields named under `config`.
-pub fn config_from_proto(config: proto::DestinationConfig) -> Result<DestinationConfig, Violations> {
+pub fn config_from_proto(
+    config: proto::DestinationConfig,
+) -> Result<DestinationConfig, Violations> {
     let mut violations = Violations::default();
     let endpoint = endpoint_from_proto(config.endpoint, &mut violations);
     let (batching, grouping_given) = batching_from_proto(config.batching, &mut violations);
@@ -214,10 +237,12 @@ pub fn endpoint_from_proto(
             violations.push("config.endpoint", "one of template or manual is required");
             None
         }
-        Some(proto::destination_config::Endpoint::Template(template)) => Some(Endpoint::Template(TemplateEndpoint {
-            template_id: template.template_id.trim().to_string(),
-            parameters: template.parameters.into_iter().collect::<BTreeMap<_, _>>(),
-        })),
+        Some(proto::destination_config::Endpoint::Template(template)) => {
+            Some(Endpoint::Template(TemplateEndpoint {
+                template_id: template.template_id.trim().to_string(),
+                parameters: template.parameters.into_iter().collect::<BTreeMap<_, _>>(),
+            }))
+        }
         Some(proto::destination_config::Endpoint::Manual(manual)) => {
             let method = method_from_proto("config.manual.method", manual.method, violations);
             match proto::ContentFormat::try_from(manual.content_format) {
@@ -256,8 +281,14 @@ fn manual_headers(
     let mut from_map: Vec<(String, String)> = map.into_iter().collect();
     from_map.sort();
     for (name, value) in from_map {
-        if headers.iter().any(|(existing, _)| existing.eq_ignore_ascii_case(&name)) {
-            violations.push("config.manual.header_map", format!("header {name} is given twice"));
+        if headers
+            .iter()
+            .any(|(existing, _)| existing.eq_ignore_ascii_case(&name))
+        {
+            violations.push(
+                "config.manual.header_map",
+                format!("header {name} is given twice"),
+            );
         } else {
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
@@ -266,7 +297,10 @@ fn manual_headers(
 }
 
 /// Batching settings; the flag says whether a grouping algorithm was chosen explicitly.
-pub fn batching_from_proto(batching: Option<proto::Batching>, violations: &mut Violations) -> (Batching, bool) {
+pub fn batching_from_proto(
+    batching: Option<proto::Batching>,
+    violations: &mut Violations,
+) -> (Batching, bool) {
     let Some(batching) = batching else {
         return (Batching::default(), false);
     };
@@ -289,17 +323,25 @@ pub fn batching_from_proto(batching: Option<proto::Batching>, violations: &mut V
         Ok(proto::GroupingAlgorithm::AttributeValue) => (GroupingAlgorithm::AttributeValue, true),
         Ok(proto::GroupingAlgorithm::RenderedRequest) => (GroupingAlgorithm::RenderedRequest, true),
         Err(_) => {
-            violations.push("config.batching.grouping", format!("unknown grouping algorithm {}", batching.grouping));
+            violations.push(
+                "config.batching.grouping",
+                format!("unknown grouping algorithm {}", batching.grouping),
+            );
             (GroupingAlgorithm::ArrivalOrder, true)
         }
     };
     let envelope = match proto::BatchEnvelope::try_from(batching.envelope) {
-        Ok(proto::BatchEnvelope::Unspecified | proto::BatchEnvelope::JsonArray) => BatchEnvelope::JsonArray,
+        Ok(proto::BatchEnvelope::Unspecified | proto::BatchEnvelope::JsonArray) => {
+            BatchEnvelope::JsonArray
+        }
         Ok(proto::BatchEnvelope::Wrapped) => BatchEnvelope::Wrapped {
             key: batching.envelope_key.trim().to_string(),
         },
         Err(_) => {
-            violations.push("config.batching.envelope", format!("unknown envelope {}", batching.envelope));
+            violations.push(
+                "config.batching.envelope",
+                format!("unknown envelope {}", batching.envelope),
+            );
             BatchEnvelope::JsonArray
         }
     };
@@ -314,7 +356,8 @@ pub fn batching_from_proto(batching: Option<proto::Batching>, violations: &mut V
             },
             max_wait_ms,
             grouping,
-            group_by_attribute: (!group_by_attribute.is_empty()).then(|| group_by_attribute.to_string()),
+            group_by_attribute: (!group_by_attribute.is_empty())
+                .then(|| group_by_attribute.to_string()),
             envelope,
         },
         grouping_given,
@@ -337,7 +380,10 @@ pub fn webhook_from_proto(webhook: Option<proto::ResponseWebhook>) -> Option<Str
         .filter(|url| !url.is_empty())
 }
 
-pub fn delivery_from_proto(delivery: Option<proto::DeliveryOptions>, violations: &mut Violations) -> DeliveryOptions {
+pub fn delivery_from_proto(
+    delivery: Option<proto::DeliveryOptions>,
+    violations: &mut Violations,
+) -> DeliveryOptions {
     let defaults = DeliveryOptions::default();
     let Some(delivery) = delivery else {
         return defaults;
@@ -345,9 +391,13 @@ pub fn delivery_from_proto(delivery: Option<proto::DeliveryOptions>, violations:
     let request_timeout_ms = delivery
         .request_timeout
         .as_ref()
-        .and_then(|timeout| duration_from_proto("config.delivery.request_timeout", timeout, violations))
+        .and_then(|timeout| {
+            duration_from_proto("config.delivery.request_timeout", timeout, violations)
+        })
         .filter(|timeout| !timeout.is_zero())
-        .map_or(defaults.request_timeout_ms, |timeout| timeout.as_millis() as u64);
+        .map_or(defaults.request_timeout_ms, |timeout| {
+            timeout.as_millis() as u64
+        });
     let ordering_key_attribute = delivery.ordering_key_attribute.trim();
     DeliveryOptions {
         concurrency: if delivery.concurrency == 0 {
@@ -361,7 +411,8 @@ pub fn delivery_from_proto(delivery: Option<proto::DeliveryOptions>, violations:
             delivery.max_attempts
         },
         request_timeout_ms,
-        ordering_key_attribute: (!ordering_key_attribute.is_empty()).then(|| ordering_key_attribute.to_string()),
+        ordering_key_attribute: (!ordering_key_attribute.is_empty())
+            .then(|| ordering_key_attribute.to_string()),
         retry_unsafe_requests: delivery.retry_unsafe_requests,
     }
 }
@@ -386,10 +437,12 @@ mod tests {
     #[test]
     fn unset_parts_take_their_defaults() {
         let config = config_from_proto(proto::DestinationConfig {
-            endpoint: Some(proto::destination_config::Endpoint::Template(proto::TemplateEndpoint {
-                template_id: "create_ticket".into(),
-                parameters: Default::default(),
-            })),
+            endpoint: Some(proto::destination_config::Endpoint::Template(
+                proto::TemplateEndpoint {
+                    template_id: "create_ticket".into(),
+                    parameters: Default::default(),
+                },
+            )),
             ..Default::default()
         })
         .unwrap();
@@ -403,10 +456,12 @@ mod tests {
         let violations = config_from_proto(proto::DestinationConfig::default()).unwrap_err();
         assert_eq!(violations.0[0].field, "config.endpoint");
         let violations = config_from_proto(proto::DestinationConfig {
-            endpoint: Some(proto::destination_config::Endpoint::Manual(proto::ManualEndpoint {
-                url: "tickets".into(),
-                ..Default::default()
-            })),
+            endpoint: Some(proto::destination_config::Endpoint::Manual(
+                proto::ManualEndpoint {
+                    url: "tickets".into(),
+                    ..Default::default()
+                },
+            )),
             ..Default::default()
         })
         .unwrap_err();
@@ -416,11 +471,13 @@ mod tests {
     #[test]
     fn referencing_urls_group_by_rendered_request_unless_chosen() {
         let manual = |grouping| proto::DestinationConfig {
-            endpoint: Some(proto::destination_config::Endpoint::Manual(proto::ManualEndpoint {
-                method: proto::HttpMethod::Post as i32,
-                url: "tickets/{number}/messages".into(),
-                ..Default::default()
-            })),
+            endpoint: Some(proto::destination_config::Endpoint::Manual(
+                proto::ManualEndpoint {
+                    method: proto::HttpMethod::Post as i32,
+                    url: "tickets/{number}/messages".into(),
+                    ..Default::default()
+                },
+            )),
             batching: Some(proto::Batching {
                 enabled: true,
                 grouping,
@@ -430,7 +487,8 @@ mod tests {
         };
         let config = config_from_proto(manual(0)).unwrap();
         assert_eq!(config.batching.grouping, GroupingAlgorithm::RenderedRequest);
-        let config = config_from_proto(manual(proto::GroupingAlgorithm::ArrivalOrder as i32)).unwrap();
+        let config =
+            config_from_proto(manual(proto::GroupingAlgorithm::ArrivalOrder as i32)).unwrap();
         assert_eq!(config.batching.grouping, GroupingAlgorithm::ArrivalOrder);
     }
 }

@@ -43,9 +43,14 @@ fn check_new_credential(request: &proto::CreateCredentialRequest) -> Result<(), 
     let key = request.api_key.trim();
     if key.is_empty() {
         violations.push("api_key", "api key is required");
-    } else if key.len() > MAX_API_KEY_LEN || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    } else if key.len() > MAX_API_KEY_LEN
+        || key.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         // The key goes into an HTTP header: control characters or spaces would make it unusable.
-        violations.push("api_key", "api key must be printable text without spaces, at most 4096 bytes");
+        violations.push(
+            "api_key",
+            "api key must be printable text without spaces, at most 4096 bytes",
+        );
     }
     violations.into_result().map_err(ApiError::from)
 }
@@ -81,7 +86,12 @@ impl CredentialService for Credentials {
         request: Request<proto::GetCredentialRequest>,
     ) -> Result<Response<proto::GetCredentialResponse>, Status> {
         let id = CREDENTIALS.parse_name("name", &request.get_ref().name)?;
-        let credential = self.state.store.get_credential(&id).await.map_err(ApiError::from)?;
+        let credential = self
+            .state
+            .store
+            .get_credential(&id)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(proto::GetCredentialResponse {
             credential: Some(credential_to_proto(credential)),
         }))
@@ -93,7 +103,12 @@ impl CredentialService for Credentials {
     ) -> Result<Response<proto::ListCredentialsResponse>, Status> {
         let request = request.into_inner();
         let page = page_request(request.page_size, &request.page_token)?;
-        let page = self.state.store.list_credentials(page).await.map_err(ApiError::from)?;
+        let page = self
+            .state
+            .store
+            .list_credentials(page)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(proto::ListCredentialsResponse {
             credentials: page.items.into_iter().map(credential_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -105,7 +120,11 @@ impl CredentialService for Credentials {
         request: Request<proto::DeleteCredentialRequest>,
     ) -> Result<Response<proto::DeleteCredentialResponse>, Status> {
         let id = CREDENTIALS.parse_name("name", &request.get_ref().name)?;
-        self.state.store.delete_credential(&id).await.map_err(ApiError::from)?;
+        self.state
+            .store
+            .delete_credential(&id)
+            .await
+            .map_err(ApiError::from)?;
         tracing::info!(credential = %CREDENTIALS.name(&id), "credential deleted");
         Ok(Response::new(proto::DeleteCredentialResponse {}))
     }
@@ -115,18 +134,29 @@ impl CredentialService for Credentials {
         request: Request<proto::VerifyCredentialRequest>,
     ) -> Result<Response<proto::VerifyCredentialResponse>, Status> {
         let id = CREDENTIALS.parse_name("name", &request.get_ref().name)?;
-        let key = self.state.store.credential_api_key(&id).await.map_err(ApiError::from)?;
+        let key = self
+            .state
+            .store
+            .credential_api_key(&id)
+            .await
+            .map_err(ApiError::from)?;
         let started = Instant::now();
         let verification = self.state.engine.groove().verify(&key).await;
         let latency = duration(started.elapsed());
         let (verdict, http_status, detail) = match verification {
-            Verification::Valid { status } => {
-                (Verdict::Valid, status, format!("groove accepted the key ({status})"))
+            Verification::Valid { status } => (
+                Verdict::Valid,
+                status,
+                format!("groove accepted the key ({status})"),
+            ),
+            Verification::Invalid { status } => (
+                Verdict::Invalid,
+                status,
+                format!("groove refused the key ({status})"),
+            ),
+            Verification::Unreachable { status, detail } => {
+                (Verdict::Unreachable, status.unwrap_or(0), detail)
             }
-            Verification::Invalid { status } => {
-                (Verdict::Invalid, status, format!("groove refused the key ({status})"))
-            }
-            Verification::Unreachable { status, detail } => (Verdict::Unreachable, status.unwrap_or(0), detail),
         };
         tracing::info!(credential = %CREDENTIALS.name(&id), verdict = ?verdict, http_status, "credential verified");
         Ok(Response::new(proto::VerifyCredentialResponse {

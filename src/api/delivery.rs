@@ -12,7 +12,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::convert::page_request;
 use crate::api::error::ApiError;
 use crate::api::names::DESTINATIONS;
-use crate::api::results::{elapsed, failed_record_to_proto, incoming_record, report_to_proto, summary_to_proto};
+use crate::api::results::{
+    elapsed, failed_record_to_proto, incoming_record, report_to_proto, summary_to_proto,
+};
 use crate::api::AppState;
 use crate::delivery::{IncomingRecord, StreamEvent};
 use crate::proto::delivery_service_server::DeliveryService;
@@ -37,8 +39,12 @@ type ResultStream = Pin<Box<dyn Stream<Item = Result<proto::SendRecordsResponse,
 
 fn event_to_proto(event: StreamEvent) -> proto::SendRecordsResponse {
     let message = match event {
-        StreamEvent::Report(report) => send_records_response::Message::Result(report_to_proto(report)),
-        StreamEvent::Summary(summary) => send_records_response::Message::Summary(summary_to_proto(&summary)),
+        StreamEvent::Report(report) => {
+            send_records_response::Message::Result(report_to_proto(*report))
+        }
+        StreamEvent::Summary(summary) => {
+            send_records_response::Message::Summary(summary_to_proto(&summary))
+        }
     };
     proto::SendRecordsResponse {
         message: Some(message),
@@ -46,7 +52,9 @@ fn event_to_proto(event: StreamEvent) -> proto::SendRecordsResponse {
 }
 
 /// The client's record messages as batches of records; ends when the client half-closes or goes away.
-fn record_batches(inbound: Streaming<proto::SendRecordsRequest>) -> impl Stream<Item = Vec<IncomingRecord>> + Send + Unpin {
+fn record_batches(
+    inbound: Streaming<proto::SendRecordsRequest>,
+) -> impl Stream<Item = Vec<IncomingRecord>> + Send + Unpin {
     Box::pin(futures::stream::unfold(inbound, |mut inbound| async move {
         loop {
             match inbound.message().await {
@@ -84,7 +92,11 @@ impl DeliveryService for Delivery {
             message: Some(send_records_request::Message::Start(start)),
         }) = first
         else {
-            return Err(ApiError::invalid("start", "the first message must carry start with the destination").into());
+            return Err(ApiError::invalid(
+                "start",
+                "the first message must carry start with the destination",
+            )
+            .into());
         };
         let id = DESTINATIONS.parse_name("start.destination", &start.destination)?;
         let session = self
@@ -112,7 +124,11 @@ impl DeliveryService for Delivery {
         let id = DESTINATIONS.parse_name("destination", &request.destination)?;
         let page = page_request(request.page_size, &request.page_token)?;
         // A listing for a destination that does not exist is an error, not an empty page.
-        self.state.store.get_destination(&id).await.map_err(ApiError::from)?;
+        self.state
+            .store
+            .get_destination(&id)
+            .await
+            .map_err(ApiError::from)?;
         let page = self
             .state
             .store
@@ -136,8 +152,12 @@ impl DeliveryService for Delivery {
         let started = Instant::now();
         let request = request.into_inner();
         let id = DESTINATIONS.parse_name("destination", &request.destination)?;
-        if request.all == !request.record_ids.is_empty() {
-            return Err(ApiError::invalid("record_ids", "give record_ids or set all, not both and not neither").into());
+        if request.all != request.record_ids.is_empty() {
+            return Err(ApiError::invalid(
+                "record_ids",
+                "give record_ids or set all, not both and not neither",
+            )
+            .into());
         }
         let session = self
             .state
@@ -146,9 +166,16 @@ impl DeliveryService for Delivery {
             .await
             .map_err(ApiError::from)?;
         let record_ids = if request.all {
-            self.state.store.failed_record_ids(&id, MAX_RETRY).await.map_err(ApiError::from)?
+            self.state
+                .store
+                .failed_record_ids(&id, MAX_RETRY)
+                .await
+                .map_err(ApiError::from)?
         } else {
-            request.record_ids.clone()
+            let mut unique = request.record_ids.clone();
+            unique.sort();
+            unique.dedup();
+            unique
         };
         let entries = self
             .state
@@ -156,7 +183,8 @@ impl DeliveryService for Delivery {
             .get_failed_records(&id, record_ids.clone())
             .await
             .map_err(ApiError::from)?;
-        if entries.len() < record_ids.len() {
+        // With `all`, a record delivered meanwhile by another stream has simply left the list.
+        if !request.all && entries.len() < record_ids.len() {
             let missing: Vec<&String> = record_ids
                 .iter()
                 .filter(|record_id| !entries.iter().any(|entry| &entry.record_id == *record_id))
@@ -180,7 +208,7 @@ impl DeliveryService for Delivery {
         let mut summary = None;
         while let Some(event) = events.recv().await {
             match event {
-                StreamEvent::Report(report) => results.push(report_to_proto(report)),
+                StreamEvent::Report(report) => results.push(report_to_proto(*report)),
                 StreamEvent::Summary(done) => summary = Some(summary_to_proto(&done)),
             }
         }

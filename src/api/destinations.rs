@@ -8,26 +8,25 @@ use tonic::{Request, Response, Status};
 use url::Url;
 
 use crate::api::convert::{
-    apply_default_grouping, batching_from_proto, check_display_name, config_from_proto, delivery_from_proto,
-    destination_to_proto, duration, endpoint_from_proto, method_from_proto, now_ms, page_request, parse_etag,
-    webhook_from_proto,
+    apply_default_grouping, batching_from_proto, check_display_name, config_from_proto,
+    delivery_from_proto, destination_to_proto, duration, endpoint_from_proto, method_from_proto,
+    now_ms, page_request, parse_etag, webhook_from_proto,
 };
-use crate::api::results::{answer_to_proto, groove_response, incoming_record, planned_request};
-use crate::delivery::PlannedCall;
-use crate::domain::batching::{Batch, Batcher};
-use crate::domain::headers::check_header;
-use crate::domain::render::Renderer;
-use crate::domain::url_guard;
-use crate::domain::validation::FieldViolation;
-use crate::groove::{CallError, OutgoingRequest};
 use crate::api::error::ApiError;
 use crate::api::names::{CREDENTIALS, DESTINATIONS};
+use crate::api::results::{answer_to_proto, groove_response, incoming_record, planned_request};
 use crate::api::templates::template_to_proto;
 use crate::api::AppState;
+use crate::delivery::PlannedCall;
+use crate::domain::batching::{Batch, Batcher};
 use crate::domain::config_validation::validate_config;
 use crate::domain::destination::{Destination, DestinationConfig, DestinationState};
+use crate::domain::headers::check_header;
+use crate::domain::render::Renderer;
 use crate::domain::templates;
+use crate::domain::validation::FieldViolation;
 use crate::domain::validation::Violations;
+use crate::groove::{CallError, OutgoingRequest};
 use crate::proto::destination_service_server::DestinationService;
 use crate::proto::{self, destination_config, preview_requests_request, test_destination_request};
 
@@ -59,7 +58,11 @@ impl Destinations {
     }
 
     /// Moves a destination to `target`, retrying when a concurrent write changed its revision meanwhile.
-    async fn change_state(&self, name: &str, target: DestinationState) -> Result<Destination, ApiError> {
+    async fn change_state(
+        &self,
+        name: &str,
+        target: DestinationState,
+    ) -> Result<Destination, ApiError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -78,12 +81,21 @@ impl Destinations {
                 update_time_ms: now_ms(),
                 ..current.clone()
             };
-            match self.state.store.update_destination(changed, current.revision).await {
+            match self
+                .state
+                .store
+                .update_destination(changed, current.revision)
+                .await
+            {
                 Ok(saved) => {
                     tracing::info!(destination = %name, state = saved.state.as_str(), "destination state changed");
                     return Ok(saved);
                 }
-                Err(crate::store::StoreError::RevisionMismatch { .. }) if attempt < STATE_CHANGE_ATTEMPTS => continue,
+                Err(crate::store::StoreError::RevisionMismatch { .. })
+                    if attempt < STATE_CHANGE_ATTEMPTS =>
+                {
+                    continue
+                }
                 Err(error) => return Err(error.into()),
             }
         }
@@ -103,11 +115,16 @@ fn apply_update(
     for path in paths {
         match path.as_str() {
             "display_name" => {
-                check_display_name("destination.display_name", &incoming.display_name, &mut violations);
+                check_display_name(
+                    "destination.display_name",
+                    &incoming.display_name,
+                    &mut violations,
+                );
                 current.display_name = incoming.display_name.trim().to_string();
             }
             "credential" => {
-                current.credential_id = CREDENTIALS.parse_name("destination.credential", &incoming.credential)?;
+                current.credential_id =
+                    CREDENTIALS.parse_name("destination.credential", &incoming.credential)?;
             }
             "config" => match config_from_proto(config.clone()) {
                 Ok(new_config) => current.config = new_config,
@@ -116,23 +133,42 @@ fn apply_update(
             "config.template" | "config.manual" => {
                 let kind_matches = matches!(
                     (path.as_str(), &config.endpoint),
-                    ("config.template", Some(destination_config::Endpoint::Template(_)))
-                        | ("config.manual", Some(destination_config::Endpoint::Manual(_)))
+                    (
+                        "config.template",
+                        Some(destination_config::Endpoint::Template(_))
+                    ) | (
+                        "config.manual",
+                        Some(destination_config::Endpoint::Manual(_))
+                    )
                 );
                 if !kind_matches {
-                    violations.push(format!("destination.{path}"), format!("{path} is named in update_mask but not set"));
-                } else if let Some(endpoint) = endpoint_from_proto(config.endpoint.clone(), &mut violations) {
+                    violations.push(
+                        format!("destination.{path}"),
+                        format!("{path} is named in update_mask but not set"),
+                    );
+                } else if let Some(endpoint) =
+                    endpoint_from_proto(config.endpoint.clone(), &mut violations)
+                {
                     current.config.endpoint = endpoint;
                 }
             }
-            "config.exclude_attributes" => current.config.exclude_attributes = config.exclude_attributes.clone(),
+            "config.exclude_attributes" => {
+                current.config.exclude_attributes = config.exclude_attributes.clone()
+            }
             "config.batching" => {
-                let (batching, given) = batching_from_proto(config.batching.clone(), &mut violations);
+                let (batching, given) =
+                    batching_from_proto(config.batching.clone(), &mut violations);
                 current.config.batching = batching;
                 grouping_given = given;
             }
-            "config.response_webhook" => current.config.response_webhook = webhook_from_proto(config.response_webhook.clone()),
-            "config.delivery" => current.config.delivery = delivery_from_proto(config.delivery.clone(), &mut violations),
+            "config.response_webhook" => {
+                current.config.response_webhook =
+                    webhook_from_proto(config.response_webhook.clone())
+            }
+            "config.delivery" => {
+                current.config.delivery =
+                    delivery_from_proto(config.delivery.clone(), &mut violations)
+            }
             "name" | "state" | "create_time" | "update_time" | "etag" => {
                 violations.push("update_mask", format!("{path} is output only"));
             }
@@ -143,21 +179,19 @@ fn apply_update(
         apply_default_grouping(&mut current.config);
     }
     // Violations from config conversion are named from `config`; report them from the request root.
-    violations
-        .into_result()
-        .map_err(|found| {
-            let rooted = found
-                .0
-                .into_iter()
-                .map(|mut violation| {
-                    if violation.field.starts_with("config") {
-                        violation.field = format!("destination.{}", violation.field);
-                    }
-                    violation
-                })
-                .collect();
-            ApiError::InvalidArgument(Violations(rooted))
-        })
+    violations.into_result().map_err(|found| {
+        let rooted = found
+            .0
+            .into_iter()
+            .map(|mut violation| {
+                if violation.field.starts_with("config") {
+                    violation.field = format!("destination.{}", violation.field);
+                }
+                violation
+            })
+            .collect();
+        ApiError::InvalidArgument(Violations(rooted))
+    })
 }
 
 #[tonic::async_trait]
@@ -171,22 +205,29 @@ impl DestinationService for Destinations {
             return Err(ApiError::invalid("destination", "destination is required").into());
         };
         let mut violations = Violations::default();
-        check_display_name("destination.display_name", &incoming.display_name, &mut violations);
-        let credential_id = match CREDENTIALS.parse_name("destination.credential", &incoming.credential) {
-            Ok(id) => Some(id),
-            Err(ApiError::InvalidArgument(found)) => {
-                violations.0.extend(found.0);
-                None
-            }
-            Err(other) => return Err(other.into()),
-        };
+        check_display_name(
+            "destination.display_name",
+            &incoming.display_name,
+            &mut violations,
+        );
+        let credential_id =
+            match CREDENTIALS.parse_name("destination.credential", &incoming.credential) {
+                Ok(id) => Some(id),
+                Err(ApiError::InvalidArgument(found)) => {
+                    violations.0.extend(found.0);
+                    None
+                }
+                Err(other) => return Err(other.into()),
+            };
         let config = match incoming.config.map(config_from_proto) {
             Some(Ok(config)) => Some(config),
             Some(Err(found)) => {
-                violations.0.extend(found.0.into_iter().map(|mut violation| {
-                    violation.field = format!("destination.{}", violation.field);
-                    violation
-                }));
+                violations
+                    .0
+                    .extend(found.0.into_iter().map(|mut violation| {
+                        violation.field = format!("destination.{}", violation.field);
+                        violation
+                    }));
                 None
             }
             None => {
@@ -243,7 +284,12 @@ impl DestinationService for Destinations {
     ) -> Result<Response<proto::ListDestinationsResponse>, Status> {
         let request = request.into_inner();
         let page = page_request(request.page_size, &request.page_token)?;
-        let page = self.state.store.list_destinations(page).await.map_err(ApiError::from)?;
+        let page = self
+            .state
+            .store
+            .list_destinations(page)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(proto::ListDestinationsResponse {
             destinations: page.items.into_iter().map(destination_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -271,7 +317,10 @@ impl DestinationService for Destinations {
         }
         let paths: Vec<String> = match request.update_mask {
             Some(mask) if !mask.paths.is_empty() => mask.paths,
-            _ => UPDATABLE_FIELDS.iter().map(|field| field.to_string()).collect(),
+            _ => UPDATABLE_FIELDS
+                .iter()
+                .map(|field| field.to_string())
+                .collect(),
         };
         let mut updated = current.clone();
         apply_update(&mut updated, incoming, &paths)?;
@@ -345,12 +394,22 @@ impl DestinationService for Destinations {
     ) -> Result<Response<proto::PreviewRequestsResponse>, Status> {
         let request = request.into_inner();
         if request.records.is_empty() || request.records.len() > MAX_PREVIEW_RECORDS {
-            return Err(ApiError::invalid("records", format!("give 1 to {MAX_PREVIEW_RECORDS} sample records")).into());
+            return Err(ApiError::invalid(
+                "records",
+                format!("give 1 to {MAX_PREVIEW_RECORDS} sample records"),
+            )
+            .into());
         }
         let config = match request.source {
-            Some(preview_requests_request::Source::Destination(name)) => self.get("destination", &name).await?.config,
+            Some(preview_requests_request::Source::Destination(name)) => {
+                self.get("destination", &name).await?.config
+            }
             Some(preview_requests_request::Source::Config(config)) => config_from_proto(config)?,
-            None => return Err(ApiError::invalid("source", "one of destination or config is required").into()),
+            None => {
+                return Err(
+                    ApiError::invalid("source", "one of destination or config is required").into(),
+                )
+            }
         };
         let renderer = Renderer::new(&config, self.state.engine.groove().base_url())?;
         Ok(Response::new(preview(&renderer, &config, request.records)))
@@ -367,9 +426,17 @@ impl DestinationService for Destinations {
             Some(test_destination_request::Payload::Record(record)) => {
                 let record_id = record.id.clone();
                 let incoming = incoming_record(record);
-                let json = incoming.json.map_err(|problem| ApiError::invalid("record", problem))?;
-                let renderer = Renderer::new(&destination.config, groove.base_url())
-                    .map_err(|violations| ApiError::FailedPrecondition(format!("destination {} cannot render: {violations}", request.name)))?;
+                let json = incoming
+                    .json
+                    .map_err(|problem| ApiError::invalid("record", problem))?;
+                let renderer = Renderer::new(&destination.config, groove.base_url()).map_err(
+                    |violations| {
+                        ApiError::FailedPrecondition(format!(
+                            "destination {} cannot render: {violations}",
+                            request.name
+                        ))
+                    },
+                )?;
                 let rendered = renderer
                     .render(&json)
                     .map_err(|violations| ApiError::invalid_under("record", violations))?;
@@ -379,9 +446,13 @@ impl DestinationService for Destinations {
                 (PlannedCall::from(call), vec![record_id])
             }
             Some(test_destination_request::Payload::Request(edited)) => {
-                (edited_call(&edited, groove.base_url())?, edited.record_ids.clone())
+                (edited_call(&edited)?, edited.record_ids.clone())
             }
-            None => return Err(ApiError::invalid("payload", "one of record or request is required").into()),
+            None => {
+                return Err(
+                    ApiError::invalid("payload", "one of record or request is required").into(),
+                )
+            }
         };
         let key = self
             .state
@@ -403,7 +474,9 @@ impl DestinationService for Destinations {
         let (response, error) = match sent {
             Ok(answer) => (Some(answer_to_proto(&answer)), String::new()),
             Err(CallError::OutsideBaseUrl { .. }) => {
-                return Err(ApiError::invalid("request.url", "url is outside the groove base url").into())
+                return Err(
+                    ApiError::invalid("request.url", "url is outside the groove base url").into(),
+                )
             }
             Err(error) => (Some(groove_response(0, &[], &[])), error.to_string()),
         };
@@ -417,10 +490,17 @@ impl DestinationService for Destinations {
 }
 
 /// The requests and record errors a config gives for sample records; no network involved.
-fn preview(renderer: &Renderer, config: &DestinationConfig, records: Vec<proto::Record>) -> proto::PreviewRequestsResponse {
+fn preview(
+    renderer: &Renderer,
+    config: &DestinationConfig,
+    records: Vec<proto::Record>,
+) -> proto::PreviewRequestsResponse {
     let mut requests = Vec::new();
     let mut errors = Vec::new();
-    let mut batcher = config.batching.enabled.then(|| Batcher::new(&config.batching));
+    let mut batcher = config
+        .batching
+        .enabled
+        .then(|| Batcher::new(&config.batching));
     let now = std::time::Instant::now();
     for record in records {
         let record_id = record.id.clone();
@@ -431,21 +511,30 @@ fn preview(renderer: &Renderer, config: &DestinationConfig, records: Vec<proto::
         let rendered = match rendered {
             Ok(rendered) => rendered,
             Err(violations) => {
-                errors.extend(violations.0.into_iter().map(|violation| proto::RecordError {
-                    record_id: record_id.clone(),
-                    field: violation.field,
-                    description: violation.description,
-                }));
+                errors.extend(
+                    violations
+                        .0
+                        .into_iter()
+                        .map(|violation| proto::RecordError {
+                            record_id: record_id.clone(),
+                            field: violation.field,
+                            description: violation.description,
+                        }),
+                );
                 continue;
             }
         };
         for call in rendered.calls {
             match batcher.as_mut() {
                 Some(batcher) => {
-                    let full = batcher.push(now, call, rendered.group_key.clone(), record_id.clone());
+                    let full =
+                        batcher.push(now, call, rendered.group_key.clone(), record_id.clone());
                     requests.extend(full.into_iter().map(batch_request));
                 }
-                None => requests.push(planned_request(&PlannedCall::from(call), std::slice::from_ref(&record_id))),
+                None => requests.push(planned_request(
+                    &PlannedCall::from(call),
+                    std::slice::from_ref(&record_id),
+                )),
             }
         }
     }
@@ -465,9 +554,9 @@ fn batch_request(batch: Batch<String>) -> proto::PlannedRequest {
     planned_request(&call, &batch.items)
 }
 
-/// A request edited by hand for TestDestination: the method is required, the URL must stay under the Groove
-/// base URL, and `Authorization` / `Content-Type` are set by the client whatever the edit says.
-fn edited_call(edited: &proto::PlannedRequest, base: &Url) -> Result<PlannedCall, ApiError> {
+/// A request edited by hand for TestDestination: the method is required, and `Authorization` / `Content-Type`
+/// are set by the client whatever the edit says. The Groove client refuses a URL outside the base URL.
+fn edited_call(edited: &proto::PlannedRequest) -> Result<PlannedCall, ApiError> {
     let mut violations = Violations::default();
     let method = method_from_proto("request.method", edited.method, &mut violations);
     let url = match Url::parse(&edited.url) {
@@ -477,16 +566,12 @@ fn edited_call(edited: &proto::PlannedRequest, base: &Url) -> Result<PlannedCall
             None
         }
     };
-    if let Some(url) = &url {
-        if let Err(error) = url_guard::resolve(base, url.as_str()) {
-            violations.push("request.url", format!("url is outside the groove base url: {error}"));
-        }
-    }
     let headers: Vec<(String, String)> = edited
         .headers
         .iter()
         .filter(|header| {
-            !header.name.eq_ignore_ascii_case("authorization") && !header.name.eq_ignore_ascii_case("content-type")
+            !header.name.eq_ignore_ascii_case("authorization")
+                && !header.name.eq_ignore_ascii_case("content-type")
         })
         .map(|header| (header.name.clone(), header.value.clone()))
         .collect();

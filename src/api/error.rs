@@ -53,8 +53,12 @@ impl From<DeliveryError> for ApiError {
     fn from(error: DeliveryError) -> Self {
         match error {
             DeliveryError::Store(store) => ApiError::Store(store),
-            not_active @ DeliveryError::NotActive { .. } => ApiError::FailedPrecondition(not_active.to_string()),
-            bad_config @ DeliveryError::BadConfig { .. } => ApiError::FailedPrecondition(bad_config.to_string()),
+            not_active @ DeliveryError::NotActive { .. } => {
+                ApiError::FailedPrecondition(not_active.to_string())
+            }
+            bad_config @ DeliveryError::BadConfig { .. } => {
+                ApiError::FailedPrecondition(bad_config.to_string())
+            }
         }
     }
 }
@@ -88,13 +92,17 @@ impl From<ApiError> for Status {
 fn store_status(error: StoreError) -> Status {
     let message = error.to_string();
     match error {
-        StoreError::NotFound { .. } | StoreError::CredentialNotFound { .. } => Status::not_found(message),
+        StoreError::NotFound { .. } | StoreError::CredentialNotFound { .. } => {
+            Status::not_found(message)
+        }
         StoreError::AlreadyExists { .. } => Status::already_exists(message),
         StoreError::CredentialInUse { .. } => Status::failed_precondition(message),
         StoreError::RevisionMismatch { .. } => Status::aborted(message),
-        StoreError::InvalidPageToken => {
-            ApiError::invalid("page_token", "page token is not valid; start again with an empty token").into()
-        }
+        StoreError::InvalidPageToken => ApiError::invalid(
+            "page_token",
+            "page token is not valid; start again with an empty token",
+        )
+        .into(),
         _ => {
             // Internal details (paths, SQL) help an operator, not a client.
             tracing::error!(error = %message, "store failure");

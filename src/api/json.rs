@@ -24,7 +24,9 @@ fn value_to_json(value: &prost_types::Value) -> Value {
         Some(Kind::StringValue(text)) => Value::String(text.clone()),
         Some(Kind::NumberValue(number)) => number_to_json(*number),
         Some(Kind::StructValue(object)) => struct_to_json(object),
-        Some(Kind::ListValue(list)) => Value::Array(list.values.iter().map(value_to_json).collect()),
+        Some(Kind::ListValue(list)) => {
+            Value::Array(list.values.iter().map(value_to_json).collect())
+        }
     }
 }
 

@@ -81,7 +81,9 @@ pub async fn run(
         drain_reporter
             .set_not_serving::<DeliveryServiceServer<delivery::Delivery>>()
             .await;
-        drain_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        drain_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         engine.begin_shutdown();
         tracing::info!("health set to not serving; draining calls in flight");
     };
@@ -90,8 +92,12 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CredentialServiceServer::new(credentials::Credentials::new(state.clone())))
-        .add_service(DestinationServiceServer::new(destinations::Destinations::new(state.clone())))
+        .add_service(CredentialServiceServer::new(credentials::Credentials::new(
+            state.clone(),
+        )))
+        .add_service(DestinationServiceServer::new(
+            destinations::Destinations::new(state.clone()),
+        ))
         .add_service(DeliveryServiceServer::new(delivery::Delivery::new(state)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -35,12 +35,18 @@ impl Collection {
     /// The id inside `name`, or INVALID_ARGUMENT naming `field`.
     pub fn parse_name(&self, field: &str, name: &str) -> Result<String, ApiError> {
         if name.is_empty() {
-            return Err(ApiError::invalid(field, format!("{} name is required", self.kind)));
+            return Err(ApiError::invalid(
+                field,
+                format!("{} name is required", self.kind),
+            ));
         }
         let id = name.strip_prefix(self.prefix).ok_or_else(|| {
             ApiError::invalid(
                 field,
-                format!("{name:?} is not a {} name ({}{{id}})", self.kind, self.prefix),
+                format!(
+                    "{name:?} is not a {} name ({}{{id}})",
+                    self.kind, self.prefix
+                ),
             )
         })?;
         check_id(id).map_err(|problem| ApiError::invalid(field, problem))?;
@@ -76,13 +82,27 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        assert_eq!(DESTINATIONS.parse_name("name", "destinations/tickets-1").unwrap(), "tickets-1");
+        assert_eq!(
+            DESTINATIONS
+                .parse_name("name", "destinations/tickets-1")
+                .unwrap(),
+            "tickets-1"
+        );
         assert_eq!(DESTINATIONS.name("tickets-1"), "destinations/tickets-1");
     }
 
     #[test]
     fn malformed_names_are_refused() {
-        for name in ["", "tickets-1", "credentials/x", "destinations/", "destinations/A", "destinations/1a", "destinations/a/b", "destinations/a-"] {
+        for name in [
+            "",
+            "tickets-1",
+            "credentials/x",
+            "destinations/",
+            "destinations/A",
+            "destinations/1a",
+            "destinations/a/b",
+            "destinations/a-",
+        ] {
             assert!(DESTINATIONS.parse_name("name", name).is_err(), "{name}");
         }
     }

@@ -30,22 +30,34 @@ pub fn incoming_record(record: proto::Record) -> IncomingRecord {
             .map_err(|error| format!("record cannot be written as json: {error}")),
         None => Err("record has neither json nor raw_json".to_string()),
     };
-    IncomingRecord { id: record.id, json }
+    IncomingRecord {
+        id: record.id,
+        json,
+    }
 }
 
 /// JSON bodies are shown as JSON, anything else as text.
-pub fn groove_response(status: u16, headers: &[(String, String)], body: &[u8]) -> proto::GrooveResponse {
+pub fn groove_response(
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> proto::GrooveResponse {
     let body = if body.is_empty() {
         None
     } else {
         Some(match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(json) => proto::groove_response::Body::Json(json_to_value(&json)),
-            Err(_) => proto::groove_response::Body::Text(String::from_utf8_lossy(body).into_owned()),
+            Err(_) => {
+                proto::groove_response::Body::Text(String::from_utf8_lossy(body).into_owned())
+            }
         })
     };
     proto::GrooveResponse {
         http_status: i32::from(status),
-        headers: headers.iter().map(|(name, value)| header(name, value)).collect(),
+        headers: headers
+            .iter()
+            .map(|(name, value)| header(name, value))
+            .collect(),
         body,
     }
 }
@@ -81,7 +93,10 @@ pub fn report_to_proto(report: DeliveryReport) -> proto::DeliveryResult {
         response: report.answer.as_ref().map(answer_to_proto),
         attempts: report.attempts,
         latency: Some(duration(report.latency)),
-        request: report.call.as_ref().map(|call| planned_request(call, &report.record_ids)),
+        request: report
+            .call
+            .as_ref()
+            .map(|call| planned_request(call, &report.record_ids)),
         error: report.error,
         field: report.field,
         record_ids: report.record_ids,
@@ -112,7 +127,11 @@ fn stored_request(request: &StoredRequest, record_id: &str) -> proto::PlannedReq
     proto::PlannedRequest {
         method: method as i32,
         url: request.url.clone(),
-        headers: request.headers.iter().map(|(name, value)| header(name, value)).collect(),
+        headers: request
+            .headers
+            .iter()
+            .map(|(name, value)| header(name, value))
+            .collect(),
         body: String::from_utf8_lossy(&request.body).into_owned(),
         record_ids: vec![record_id.to_string()],
     }
@@ -122,7 +141,9 @@ fn stored_request(request: &StoredRequest, record_id: &str) -> proto::PlannedReq
 fn stored_record(record_id: &str, json: &[u8]) -> proto::Record {
     let data = match serde_json::from_slice::<serde_json::Value>(json) {
         Ok(value @ serde_json::Value::Object(_)) => match json_to_value(&value).kind {
-            Some(prost_types::value::Kind::StructValue(object)) => proto::record::Data::Json(object),
+            Some(prost_types::value::Kind::StructValue(object)) => {
+                proto::record::Data::Json(object)
+            }
             _ => proto::record::Data::RawJson(json.to_vec()),
         },
         _ => proto::record::Data::RawJson(json.to_vec()),
@@ -133,13 +154,23 @@ fn stored_record(record_id: &str, json: &[u8]) -> proto::Record {
     }
 }
 
-pub fn failed_record_to_proto(destination_name: &str, entry: FailedRecordEntry) -> proto::FailedRecord {
+pub fn failed_record_to_proto(
+    destination_name: &str,
+    entry: FailedRecordEntry,
+) -> proto::FailedRecord {
     proto::FailedRecord {
         name: format!("{destination_name}/failedRecords/{}", entry.record_id),
         record: Some(stored_record(&entry.record_id, &entry.record_json)),
         outcome: outcome_to_proto(entry.outcome) as i32,
-        request: entry.request.as_ref().map(|request| stored_request(request, &entry.record_id)),
-        response: Some(groove_response(entry.http_status, &entry.response_headers, &entry.response_body)),
+        request: entry
+            .request
+            .as_ref()
+            .map(|request| stored_request(request, &entry.record_id)),
+        response: Some(groove_response(
+            entry.http_status,
+            &entry.response_headers,
+            &entry.response_body,
+        )),
         error: entry.error,
         attempts: entry.attempts,
         first_failure_time: Some(timestamp(entry.first_failure_ms)),

@@ -26,10 +26,18 @@ pub fn template_to_proto(template: &Template) -> proto::Template {
             .iter()
             .map(|allowed| proto::AllowedValues {
                 field: allowed.field.to_string(),
-                values: allowed.values.iter().map(|value| value.to_string()).collect(),
+                values: allowed
+                    .values
+                    .iter()
+                    .map(|value| value.to_string())
+                    .collect(),
             })
             .collect(),
-        normalisations: template.normalisations.iter().map(describe_normalisation).collect(),
+        normalisations: template
+            .normalisations
+            .iter()
+            .map(describe_normalisation)
+            .collect(),
         batchable: template.batchable,
         ordered_by_path: template.default_ordering == DefaultOrdering::RenderedPath,
     }
@@ -38,18 +46,27 @@ pub fn template_to_proto(template: &Template) -> proto::Template {
 fn requirement_to_proto(requirement: &FieldRequirement) -> proto::FieldRequirement {
     let description = match requirement.any_of {
         [only] => format!("{only} is required"),
-        [first, others @ ..] => format!("{first} is required (also accepted as {})", others.join(" or ")),
+        [first, others @ ..] => format!(
+            "{first} is required (also accepted as {})",
+            others.join(" or ")
+        ),
         [] => String::new(),
     };
     proto::FieldRequirement {
-        any_of: requirement.any_of.iter().map(|field| field.to_string()).collect(),
+        any_of: requirement
+            .any_of
+            .iter()
+            .map(|field| field.to_string())
+            .collect(),
         description,
     }
 }
 
 fn describe_normalisation(normalisation: &Normalisation) -> String {
     match normalisation {
-        Normalisation::MapValue { field, from, to } => format!("{field} {from:?} is sent as {to:?}"),
+        Normalisation::MapValue { field, from, to } => {
+            format!("{field} {from:?} is sent as {to:?}")
+        }
         Normalisation::Rename { from, to } => format!("{from} is sent as {to}"),
         Normalisation::FanOut { from, into } => {
             format!("each element of the {from} array becomes its own call, carrying it as {into}")

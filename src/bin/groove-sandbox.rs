@@ -39,6 +39,17 @@ struct Args {
     /// How many requests to keep for GET /_sandbox/requests.
     #[arg(long, env = "GROOVE_SANDBOX_MAX_RECORDED", default_value_t = sandbox::DEFAULT_MAX_RECORDED_REQUESTS)]
     max_recorded: usize,
+
+    /// How many tickets to keep; beyond it the oldest is evicted (then answered 404), so long
+    /// benchmarks run in bounded memory. Ticket numbers keep increasing.
+    #[arg(long, env = "GROOVE_SANDBOX_MAX_STORED_TICKETS", default_value_t = sandbox::DEFAULT_MAX_STORED_TICKETS)]
+    max_stored_tickets: usize,
+
+    /// NOT Groove behaviour: accept a JSON array on create endpoints and create one resource per
+    /// element, simulating a bulk-capable gateway in front of Groove (for batching tests and
+    /// benchmarks only). Without it arrays are refused with 400, as Groove would.
+    #[arg(long, env = "GROOVE_SANDBOX_ACCEPT_BATCHES", value_parser = clap::builder::BoolishValueParser::new())]
+    accept_batches: bool,
 }
 
 #[tokio::main]
@@ -56,6 +67,7 @@ async fn main() -> ExitCode {
         error_rate: args.error_rate,
         latency: Duration::from_millis(args.latency_ms),
         drop_rate: args.drop_rate,
+        accept_batches: args.accept_batches,
         ..Faults::default()
     };
     if let Err(err) = faults.validate() {
@@ -73,6 +85,7 @@ async fn main() -> ExitCode {
         api_key: args.api_key,
         faults,
         max_recorded_requests: args.max_recorded,
+        max_stored_tickets: args.max_stored_tickets,
     };
     let handle = match sandbox::start(listener, config).await {
         Ok(handle) => handle,

@@ -33,7 +33,12 @@ impl Dispatcher {
         for _ in 0..concurrency {
             let (lane, lane_rx) = mpsc::channel(LANE_CAPACITY);
             lanes.push(lane);
-            workers.spawn(work(context.clone(), lane_rx, shared_rx.clone(), reports.clone()));
+            workers.spawn(work(
+                context.clone(),
+                lane_rx,
+                shared_rx.clone(),
+                reports.clone(),
+            ));
         }
         Dispatcher {
             lanes,
@@ -119,7 +124,10 @@ mod tests {
     #[test]
     fn a_key_always_maps_to_the_same_lane() {
         for lanes in [1, 8, 16] {
-            assert_eq!(lane_of("tickets/7/state", lanes), lane_of("tickets/7/state", lanes));
+            assert_eq!(
+                lane_of("tickets/7/state", lanes),
+                lane_of("tickets/7/state", lanes)
+            );
             assert!(lane_of("x", lanes) < lanes);
         }
     }

@@ -56,7 +56,10 @@ pub enum DeliveryError {
     #[error("destination {name} is {state}; activate it to send records")]
     NotActive { name: String, state: &'static str },
     #[error("destination {name} has a configuration this server cannot use: {violations}")]
-    BadConfig { name: String, violations: Violations },
+    BadConfig {
+        name: String,
+        violations: Violations,
+    },
 }
 
 #[derive(Clone)]
@@ -71,7 +74,11 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the engine's background tasks (recorder, webhook forwarders, ledger pruning).
-    pub fn start(store: Arc<dyn Store>, groove: GrooveClient, options: EngineOptions) -> Result<Self, reqwest::Error> {
+    pub fn start(
+        store: Arc<dyn Store>,
+        groove: GrooveClient,
+        options: EngineOptions,
+    ) -> Result<Self, reqwest::Error> {
         let in_flight = Arc::new(InFlight::default());
         let (stopping, shutdown) = watch::channel(false);
         let shared = Shared {
@@ -102,7 +109,11 @@ impl Engine {
     }
 
     /// Prepares delivery for an active destination: loads it and its key and compiles its configuration.
-    pub async fn open_session(&self, destination_id: &str, name: &str) -> Result<Session, DeliveryError> {
+    pub async fn open_session(
+        &self,
+        destination_id: &str,
+        name: &str,
+    ) -> Result<Session, DeliveryError> {
         let destination = self.store.get_destination(destination_id).await?;
         if destination.state != DestinationState::Active {
             return Err(DeliveryError::NotActive {
@@ -114,17 +125,26 @@ impl Engine {
     }
 
     /// A session regardless of state (TestDestination sends even while paused).
-    pub async fn session_for(&self, destination: Destination, name: &str) -> Result<Session, DeliveryError> {
-        let renderer = Renderer::new(&destination.config, self.groove.base_url()).map_err(|violations| {
-            DeliveryError::BadConfig {
-                name: name.to_string(),
-                violations,
-            }
-        })?;
-        let key = self.store.credential_api_key(&destination.credential_id).await?;
-        let pacer = self
-            .pacers
-            .pacer(&destination.credential_id, self.options.max_rate_per_credential);
+    pub async fn session_for(
+        &self,
+        destination: Destination,
+        name: &str,
+    ) -> Result<Session, DeliveryError> {
+        let renderer =
+            Renderer::new(&destination.config, self.groove.base_url()).map_err(|violations| {
+                DeliveryError::BadConfig {
+                    name: name.to_string(),
+                    violations,
+                }
+            })?;
+        let key = self
+            .store
+            .credential_api_key(&destination.credential_id)
+            .await?;
+        let pacer = self.pacers.pacer(
+            &destination.credential_id,
+            self.options.max_rate_per_credential,
+        );
         let context = CallContext {
             client: self.groove.clone(),
             key,

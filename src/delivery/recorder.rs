@@ -16,11 +16,14 @@ use crate::store::{FailedRecordEntry, LedgerEntry, Store, StoredRequest, LEDGER_
 const QUEUE_CAPACITY: usize = 16_384;
 /// Most outcomes in one commit.
 const MAX_GROUP: usize = 8_192;
+/// Tries of one group commit against a failing store (about 6 s in all).
+const PERSIST_ATTEMPTS: u32 = 6;
+const PERSIST_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
 
 enum Message {
     Outcome {
         destination_id: String,
-        report: DeliveryReport,
+        report: Box<DeliveryReport>,
         now_ms: i64,
     },
     /// Answered once everything queued before it is committed.
@@ -37,13 +40,22 @@ pub struct InFlight {
 impl InFlight {
     /// Claims each id for delivery; `false` where another delivery already holds it.
     pub fn claim(&self, destination_id: &str, record_ids: &[&str]) -> Vec<bool> {
-        let mut ids = self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let held = ids.entry(destination_id.to_string()).or_default();
-        record_ids.iter().map(|id| held.insert((*id).to_string())).collect()
+        record_ids
+            .iter()
+            .map(|id| held.insert((*id).to_string()))
+            .collect()
     }
 
     pub fn release(&self, destination_id: &str, record_ids: &[String]) {
-        let mut ids = self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(held) = ids.get_mut(destination_id) {
             for id in record_ids {
                 held.remove(id);
@@ -71,7 +83,7 @@ impl Recorder {
     pub async fn record(&self, destination_id: &str, report: DeliveryReport) {
         let message = Message::Outcome {
             destination_id: destination_id.to_string(),
-            report,
+            report: Box::new(report),
             now_ms: crate::delivery::engine::now_ms(),
         };
         if self.queue.send(message).await.is_err() {
@@ -88,7 +100,11 @@ impl Recorder {
     }
 }
 
-async fn run(store: Arc<dyn Store>, in_flight: Arc<InFlight>, mut receiver: mpsc::Receiver<Message>) {
+async fn run(
+    store: Arc<dyn Store>,
+    in_flight: Arc<InFlight>,
+    mut receiver: mpsc::Receiver<Message>,
+) {
     let mut group = Vec::with_capacity(256);
     while let Some(first) = receiver.recv().await {
         group.push(first);
@@ -115,7 +131,13 @@ async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator
                 report,
                 now_ms,
             } => {
-                collect(&destination_id, &report, now_ms, &mut delivered, &mut failed);
+                collect(
+                    &destination_id,
+                    &report,
+                    now_ms,
+                    &mut delivered,
+                    &mut failed,
+                );
                 if report.outcome != Outcome::Duplicate {
                     released.push((destination_id, report.record_ids));
                 }
@@ -123,16 +145,38 @@ async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator
         }
     }
     if !delivered.is_empty() || !failed.is_empty() {
-        let (delivered_count, failed_count) = (delivered.len(), failed.len());
-        if let Err(error) = store.record_outcomes(delivered, failed).await {
-            tracing::error!(%error, delivered = delivered_count, failed = failed_count, "cannot persist delivery outcomes");
-        }
+        persist(store, delivered, failed).await;
     }
     for (destination_id, record_ids) in released {
         in_flight.release(&destination_id, &record_ids);
     }
     for done in flushes {
         let _ = done.send(());
+    }
+}
+
+/// Writes one group, retrying a failing store for a while: an outcome that never reaches the ledger would let a
+/// replay send its record again.
+async fn persist(store: &dyn Store, delivered: Vec<LedgerEntry>, failed: Vec<FailedRecordEntry>) {
+    let mut backoff = PERSIST_FIRST_BACKOFF;
+    for attempt in 1..=PERSIST_ATTEMPTS {
+        match store
+            .record_outcomes(delivered.clone(), failed.clone())
+            .await
+        {
+            Ok(()) => return,
+            Err(error) if attempt < PERSIST_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "cannot persist delivery outcomes; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(error) => tracing::error!(
+                %error,
+                delivered = delivered.len(),
+                failed = failed.len(),
+                "delivery outcomes lost: the store refused them; replays of these records will be sent again"
+            ),
+        }
     }
 }
 
@@ -146,7 +190,10 @@ fn collect(
     let status = report.answer.as_ref().map_or(0, |answer| answer.status);
     match report.outcome {
         Outcome::Delivered => {
-            let body = report.answer.as_ref().map_or(&[][..], |answer| &answer.body[..]);
+            let body = report
+                .answer
+                .as_ref()
+                .map_or(&[][..], |answer| &answer.body[..]);
             let body = &body[..body.len().min(LEDGER_BODY_CAP)];
             delivered.extend(report.record_ids.iter().map(|record_id| LedgerEntry {
                 destination_id: destination_id.to_string(),

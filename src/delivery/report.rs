@@ -116,7 +116,7 @@ impl Summary {
 /// What a session sends back.
 #[derive(Clone, Debug)]
 pub enum StreamEvent {
-    Report(DeliveryReport),
+    Report(Box<DeliveryReport>),
     /// The last event of a stream.
     Summary(Summary),
 }

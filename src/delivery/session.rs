@@ -12,7 +12,9 @@ use tokio_stream::{Stream, StreamExt};
 use crate::delivery::attempt::CallContext;
 use crate::delivery::dispatch::Dispatcher;
 use crate::delivery::recorder::{InFlight, Recorder};
-use crate::delivery::report::{DeliveryReport, DeliveryUnit, IncomingRecord, PlannedCall, StreamEvent, Summary};
+use crate::delivery::report::{
+    DeliveryReport, DeliveryUnit, IncomingRecord, PlannedCall, StreamEvent, Summary,
+};
 use crate::delivery::webhook::WebhookForwarder;
 use crate::domain::batching::{Batch, Batcher};
 use crate::domain::destination::Destination;
@@ -87,7 +89,12 @@ impl Session {
     }
 
     /// Reads the input until it ends or the server shuts down; returns how many records it received.
-    async fn pump<S>(&self, mut input: S, dispatcher: &Dispatcher, reports: &mpsc::Sender<DeliveryReport>) -> u64
+    async fn pump<S>(
+        &self,
+        mut input: S,
+        dispatcher: &Dispatcher,
+        reports: &mpsc::Sender<DeliveryReport>,
+    ) -> u64
     where
         S: Stream<Item = Vec<IncomingRecord>> + Send + Unpin,
     {
@@ -143,8 +150,16 @@ impl Session {
             let rendered = match self.renderer.render(&record.json) {
                 Ok(rendered) => rendered,
                 Err(violations) => {
-                    let field = violations.0.first().map(|violation| violation.field.clone()).unwrap_or_default();
-                    report(reports, DeliveryReport::invalid(record.id, field, violations.to_string())).await;
+                    let field = violations
+                        .0
+                        .first()
+                        .map(|violation| violation.field.clone())
+                        .unwrap_or_default();
+                    report(
+                        reports,
+                        DeliveryReport::invalid(record.id, field, violations.to_string()),
+                    )
+                    .await;
                     continue;
                 }
             };
@@ -152,7 +167,15 @@ impl Session {
                 Some(batcher) => {
                     let now = std::time::Instant::now();
                     for call in rendered.calls {
-                        for batch in batcher.push(now, call, rendered.group_key.clone(), Accepted { id: record.id.clone(), json: record.json.clone() }) {
+                        for batch in batcher.push(
+                            now,
+                            call,
+                            rendered.group_key.clone(),
+                            Accepted {
+                                id: record.id.clone(),
+                                json: record.json.clone(),
+                            },
+                        ) {
                             dispatcher.dispatch(batch_unit(batch)).await;
                         }
                     }
@@ -172,29 +195,54 @@ impl Session {
 
     /// Checks ids and JSON, refuses repeats (in this message, in flight elsewhere, or already delivered) and
     /// claims the rest for delivery.
-    async fn admit(&self, records: Vec<IncomingRecord>, reports: &mpsc::Sender<DeliveryReport>) -> Vec<Accepted> {
+    async fn admit(
+        &self,
+        records: Vec<IncomingRecord>,
+        reports: &mpsc::Sender<DeliveryReport>,
+    ) -> Vec<Accepted> {
         let mut seen = HashSet::with_capacity(records.len());
         let mut candidates = Vec::with_capacity(records.len());
         for record in records {
             if record.id.is_empty() {
-                report(reports, DeliveryReport::invalid(record.id, "record.id", "record id is required")).await;
+                report(
+                    reports,
+                    DeliveryReport::invalid(record.id, "record.id", "record id is required"),
+                )
+                .await;
                 continue;
             }
             if record.id.len() > MAX_RECORD_ID_LEN {
                 report(
                     reports,
-                    DeliveryReport::invalid(record.id, "record.id", format!("record id is longer than {MAX_RECORD_ID_LEN} bytes")),
+                    DeliveryReport::invalid(
+                        record.id,
+                        "record.id",
+                        format!("record id is longer than {MAX_RECORD_ID_LEN} bytes"),
+                    ),
                 )
                 .await;
                 continue;
             }
             if !seen.insert(record.id.clone()) {
-                report(reports, duplicate(record.id, None, "record id repeated in the same message")).await;
+                report(
+                    reports,
+                    duplicate(record.id, None, "record id repeated in the same message"),
+                )
+                .await;
                 continue;
             }
             match record.json {
-                Ok(json) => candidates.push(Accepted { id: record.id, json: Arc::from(json) }),
-                Err(problem) => report(reports, DeliveryReport::invalid(record.id, "record", problem)).await,
+                Ok(json) => candidates.push(Accepted {
+                    id: record.id,
+                    json: Arc::from(json),
+                }),
+                Err(problem) => {
+                    report(
+                        reports,
+                        DeliveryReport::invalid(record.id, "record", problem),
+                    )
+                    .await
+                }
             }
         }
         let ids: Vec<&str> = candidates.iter().map(|record| record.id.as_str()).collect();
@@ -204,14 +252,27 @@ impl Session {
             if claimed_now {
                 claimed.push(record);
             } else {
-                report(reports, duplicate(record.id, None, "record id is being delivered by another stream")).await;
+                report(
+                    reports,
+                    duplicate(
+                        record.id,
+                        None,
+                        "record id is being delivered by another stream",
+                    ),
+                )
+                .await;
             }
         }
         if claimed.is_empty() {
             return claimed;
         }
         let ids = claimed.iter().map(|record| record.id.clone()).collect();
-        let delivered_before = match self.shared.store.ledger_lookup(&self.destination.id, ids).await {
+        let delivered_before = match self
+            .shared
+            .store
+            .ledger_lookup(&self.destination.id, ids)
+            .await
+        {
             Ok(found) => found,
             Err(error) => {
                 // Without the ledger a replay cannot be told apart; sending could duplicate, so don't.
@@ -251,12 +312,22 @@ impl Session {
                         body: entry.response_body.clone(),
                         latency: Duration::ZERO,
                     };
-                    report(reports, duplicate(record.id, Some(original), "record id was delivered before; not sent again")).await;
+                    report(
+                        reports,
+                        duplicate(
+                            record.id,
+                            Some(original),
+                            "record id was delivered before; not sent again",
+                        ),
+                    )
+                    .await;
                 }
                 None => fresh.push(record),
             }
         }
-        self.shared.in_flight.release(&self.destination.id, &repeated);
+        self.shared
+            .in_flight
+            .release(&self.destination.id, &repeated);
         fresh
     }
 }
@@ -282,7 +353,11 @@ async fn report(reports: &mpsc::Sender<DeliveryReport>, report: DeliveryReport) 
 }
 
 fn batch_unit(batch: Batch<Accepted>) -> DeliveryUnit {
-    let (record_ids, records) = batch.items.into_iter().map(|record| (record.id, record.json)).unzip();
+    let (record_ids, records) = batch
+        .items
+        .into_iter()
+        .map(|record| (record.id, record.json))
+        .unzip();
     DeliveryUnit {
         record_ids,
         records,
@@ -328,7 +403,12 @@ async fn collect(
         if let Some(url) = &webhook_url {
             webhooks.submit(url, &destination_name, &report);
         }
-        if client_listening && output.send(StreamEvent::Report(report.clone())).await.is_err() {
+        if client_listening
+            && output
+                .send(StreamEvent::Report(Box::new(report.clone())))
+                .await
+                .is_err()
+        {
             client_listening = false;
             tracing::info!(destination = %destination_name, "client went away; delivering and recording the rest");
         }

@@ -35,7 +35,11 @@ pub struct WebhookForwarder {
 impl WebhookForwarder {
     pub fn start() -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
-            .user_agent(concat!("groove-destination/", env!("CARGO_PKG_VERSION"), " webhook"))
+            .user_agent(concat!(
+                "groove-destination/",
+                env!("CARGO_PKG_VERSION"),
+                " webhook"
+            ))
             .timeout(TIMEOUT)
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()?;
@@ -59,15 +63,10 @@ impl WebhookForwarder {
         };
         if self.queue.try_send(job).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped == 1 || dropped % DROP_LOG_EVERY == 0 {
+            if dropped == 1 || dropped.is_multiple_of(DROP_LOG_EVERY) {
                 tracing::warn!(dropped, webhook = %url, "response webhook queue full; results dropped");
             }
         }
-    }
-
-    /// Results dropped since start because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -107,7 +106,9 @@ async fn forward(client: reqwest::Client, receiver: Arc<Mutex<mpsc::Receiver<Job
                 .await;
             let retry = match &sent {
                 Ok(response) if response.status().is_success() => false,
-                Ok(response) => response.status().is_server_error() || response.status().as_u16() == 429,
+                Ok(response) => {
+                    response.status().is_server_error() || response.status().as_u16() == 429
+                }
                 Err(_) => true,
             };
             if !retry {

@@ -52,7 +52,13 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for outcome in [Outcome::Delivered, Outcome::Rejected, Outcome::Invalid, Outcome::Failed, Outcome::Duplicate] {
+        for outcome in [
+            Outcome::Delivered,
+            Outcome::Rejected,
+            Outcome::Invalid,
+            Outcome::Failed,
+            Outcome::Duplicate,
+        ] {
             assert_eq!(Outcome::parse(outcome.as_str()), Some(outcome));
         }
         assert_eq!(Outcome::parse("lost"), None);

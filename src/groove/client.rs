@@ -196,9 +196,11 @@ fn build_headers(key: &ApiKey, request: &OutgoingRequest) -> Result<HeaderMap, C
     if request.body.is_some() {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
-    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-        .map_err(|_| CallError::InvalidHeader {
-            name: "authorization".to_string(),
+    let mut authorization =
+        HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+            CallError::InvalidHeader {
+                name: "authorization".to_string(),
+            }
         })?;
     authorization.set_sensitive(true);
     headers.insert(AUTHORIZATION, authorization);
@@ -249,7 +251,10 @@ mod tests {
     #[test]
     fn only_urls_under_the_base_are_allowed() {
         let base = with_trailing_slash(&url("https://api.groovehq.com/v1"));
-        assert!(is_under_base(&base, &url("https://api.groovehq.com/v1/tickets")));
+        assert!(is_under_base(
+            &base,
+            &url("https://api.groovehq.com/v1/tickets")
+        ));
         for outside in [
             "https://evil.example/v1/tickets",
             "http://api.groovehq.com/v1/tickets",

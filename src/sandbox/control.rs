@@ -47,11 +47,13 @@ async fn stats(State(app): State<Arc<App>>) -> Response {
     Json(app.recorder.stats()).into_response()
 }
 
+/// The knobs in force; `script` holds the scripted answers not yet consumed.
 async fn faults(State(app): State<Arc<App>>) -> Response {
-    Json(app.gate.snapshot().as_ref().clone()).into_response()
+    Json(app.gate.current()).into_response()
 }
 
-/// Replaces all knobs; fields left out take their defaults, so `{}` switches every fault off.
+/// Replaces all knobs, `script` and `accept_batches` included; fields left out take their
+/// defaults, so `{}` switches every fault off and clears the script.
 async fn set_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let faults: Faults = match serde_json::from_slice(&body) {
         Ok(faults) => faults,

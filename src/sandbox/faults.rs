@@ -1,12 +1,15 @@
-//! Fault injection: the knobs ([`Faults`]) and the per-call decision ([`FaultGate`]).
+//! Fault injection: the knobs ([`Faults`]), scripted answers ([`ScriptedAnswer`]) and the
+//! per-call decision ([`FaultGate`]).
 //!
 //! Groove documents no rate limit at all (groove-api.md §2), so the 429 shape, `Retry-After` and
 //! the `X-RateLimit-*` headers produced here are our assumption of a typical API, chosen so the
 //! client's retry and pacing paths can be exercised.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -69,8 +72,89 @@ fn parse_duration(text: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
-/// Runtime-adjustable failure knobs. Applied only to `/v1/` API calls; a call that is rate limited,
-/// failed with a 5xx or dropped has no side effect on the sandbox's data.
+/// One deterministic answer in [`Faults::script`]: the fate of one `/v1/` API call.
+///
+/// ```
+/// use groove_destination::sandbox::ScriptedAnswer;
+/// let script = [
+///     ScriptedAnswer::fail(503).with_retry_after(2), // refused, nothing happens
+///     ScriptedAnswer::fail(500).once_processed(),    // done, but the answer says 500
+///     ScriptedAnswer::drop_connection(),             // reset, nothing happens
+/// ];
+/// # let _ = script;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedAnswer {
+    /// `429`, a `5xx`, or `0` to reset the connection without any HTTP response.
+    pub status: u16,
+    /// `false` (default): the call is refused before anything happens, like the random knobs.
+    /// `true`: the call is carried out as usual (e.g. the ticket IS created) and only then is the
+    /// fault answered instead of the real result: the "Groove did it but the answer was lost"
+    /// case that makes retrying a POST dangerous (groove-api.md §8).
+    #[serde(default)]
+    pub after_processing: bool,
+    /// For 429 and 503 only: the `Retry-After` seconds to send; `None` sends no `Retry-After`.
+    #[serde(default)]
+    pub retry_after_s: Option<u32>,
+}
+
+impl ScriptedAnswer {
+    /// Answer `status` (429 or 5xx) without carrying the call out.
+    pub const fn fail(status: u16) -> Self {
+        ScriptedAnswer {
+            status,
+            after_processing: false,
+            retry_after_s: None,
+        }
+    }
+
+    /// Reset the connection without carrying the call out.
+    pub const fn drop_connection() -> Self {
+        Self::fail(0)
+    }
+
+    /// The same answer, sent with `Retry-After: secs` (429 and 503 only).
+    pub const fn with_retry_after(self, secs: u32) -> Self {
+        ScriptedAnswer {
+            retry_after_s: Some(secs),
+            ..self
+        }
+    }
+
+    /// The same answer, given only after the call has taken effect
+    /// ([`after_processing`](Self::after_processing)).
+    pub const fn once_processed(self) -> Self {
+        ScriptedAnswer {
+            after_processing: true,
+            ..self
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.status == 0 || self.status == 429 || (500..=599).contains(&self.status)) {
+            return Err(format!(
+                "status must be 0 (drop the connection), 429 or 5xx, got {}",
+                self.status
+            ));
+        }
+        if self.retry_after_s.is_some() && !matches!(self.status, 429 | 503) {
+            return Err(format!(
+                "retry_after_s is only sent with 429 or 503, not with {}",
+                self.status
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runtime-adjustable failure knobs, applied only to `/v1/` API calls.
+///
+/// Each call first takes the next [`script`](Self::script) entry, if any; only calls the script
+/// does not decide go through `drop_rate`, `rate_limit` and `error_rate` (in that order).
+/// `latency` applies to every call. A call that is refused by a knob or by a scripted answer
+/// without [`after_processing`](ScriptedAnswer::after_processing) has no side effect on the
+/// sandbox's data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
@@ -85,6 +169,24 @@ pub struct Faults {
     pub latency: Duration,
     /// Share (0.0..=1.0) of calls whose TCP connection is reset without any HTTP response.
     pub drop_rate: f64,
+    /// Deterministic answers, consumed one per `/v1/` API call in arrival (`seq`) order, before
+    /// the random knobs. A call answered from the script neither consults nor counts against
+    /// `drop_rate`, `rate_limit` or `error_rate`, and carries no `X-RateLimit-*` headers.
+    /// [`SandboxHandle::faults`](super::SandboxHandle::faults) and `GET /_sandbox/faults` show
+    /// the entries not yet consumed; setting faults replaces the remaining script.
+    pub script: Vec<ScriptedAnswer>,
+    /// **Not Groove behaviour** (Groove has no bulk endpoint, groove-api.md §7): when `true`, the
+    /// sandbox simulates a bulk-capable gateway in front of Groove, for batching tests and
+    /// benchmarks only. A JSON array sent to a create endpoint (`POST` tickets, messages, groups,
+    /// webhooks, kb, articles, categories, widgets) then creates one resource per element, each
+    /// validated as a single body would be; if any element is invalid nothing is created and the
+    /// 422 names each bad element as `<plural>[<index>]: <problem>`. Success answers 201 with
+    /// `{"<plural>": [...]}` (e.g. `tickets`, `knowledge_bases`) and no `Location`. The same
+    /// wrapped shape is accepted as a request too: an object whose only key is the plural root
+    /// key, holding an array. An empty array or a non-object element is a 400. When `false`
+    /// (default), arrays are refused with 400 like Groove, and a wrapped body is an ordinary
+    /// (invalid) single body.
+    pub accept_batches: bool,
 }
 
 impl Default for Faults {
@@ -95,12 +197,15 @@ impl Default for Faults {
             error_statuses: vec![500, 502, 503],
             latency: Duration::ZERO,
             drop_rate: 0.0,
+            script: Vec::new(),
+            accept_batches: false,
         }
     }
 }
 
 impl Faults {
-    /// Checks that rates are shares and that error statuses are 5xx.
+    /// Checks that rates are shares, that error statuses are 5xx and that every scripted answer
+    /// is 0, 429 or 5xx (with `retry_after_s` only on 429 and 503).
     pub fn validate(&self) -> Result<(), FaultsError> {
         for (name, rate) in [
             ("error_rate", self.error_rate),
@@ -128,6 +233,11 @@ impl Faults {
         }
         if let Some(limit) = &self.rate_limit {
             limit.validate()?;
+        }
+        for (index, answer) in self.script.iter().enumerate() {
+            answer
+                .validate()
+                .map_err(|problem| FaultsError(format!("script[{index}]: {problem}")))?;
         }
         Ok(())
     }
@@ -174,9 +284,14 @@ pub(crate) struct LimitHeaders {
     pub reset_epoch_secs: u64,
 }
 
-/// The gate every API call passes: holds the current knobs and the rate-limit window.
+/// The gate every API call passes: holds the current knobs, the rest of the script and the
+/// rate-limit window.
 pub(crate) struct FaultGate {
+    /// The knobs, with an always empty `script`: the script lives in `script`.
     faults: RwLock<Arc<Faults>>,
+    script: Mutex<VecDeque<ScriptedAnswer>>,
+    /// `script.len()`, so calls skip the script lock while no script is set.
+    scripted: AtomicUsize,
     window: Mutex<Window>,
 }
 
@@ -198,14 +313,18 @@ impl Window {
 
 impl FaultGate {
     pub(crate) fn new(faults: Faults) -> Self {
-        FaultGate {
-            faults: RwLock::new(Arc::new(faults)),
+        let gate = FaultGate {
+            faults: RwLock::new(Arc::new(Faults::default())),
+            script: Mutex::new(VecDeque::new()),
+            scripted: AtomicUsize::new(0),
             window: Mutex::new(Window::fresh()),
-        }
+        };
+        gate.replace(faults);
+        gate
     }
 
-    /// The knobs in force now; one snapshot is used for a whole call so a concurrent change cannot
-    /// half-apply.
+    /// The knobs in force now (without the script); one snapshot is used for a whole call so a
+    /// concurrent change cannot half-apply.
     pub(crate) fn snapshot(&self) -> Arc<Faults> {
         match self.faults.read() {
             Ok(guard) => Arc::clone(&guard),
@@ -213,14 +332,41 @@ impl FaultGate {
         }
     }
 
-    /// Replaces the knobs and starts a new rate-limit window.
-    pub(crate) fn replace(&self, faults: Faults) {
+    /// The knobs in force now with the part of the script not yet consumed.
+    pub(crate) fn current(&self) -> Faults {
+        let script = self.lock_script();
+        let mut faults = self.snapshot().as_ref().clone();
+        faults.script = script.iter().copied().collect();
+        faults
+    }
+
+    /// Replaces the knobs and the remaining script, and starts a new rate-limit window.
+    pub(crate) fn replace(&self, mut faults: Faults) {
+        let script = std::mem::take(&mut faults.script);
         let faults = Arc::new(faults);
+        // Under the script lock, so a call never pairs the new knobs with the old script.
+        let mut queue = self.lock_script();
         match self.faults.write() {
             Ok(mut guard) => *guard = faults,
             Err(poisoned) => *poisoned.into_inner() = faults,
         }
+        self.scripted.store(script.len(), Ordering::Release);
+        *queue = script.into();
+        drop(queue);
         *self.lock_window() = Window::fresh();
+    }
+
+    /// Runs `arrive` (which numbers the call) and takes the next scripted answer in one step, so
+    /// scripted answers go to API calls in the order of their numbers.
+    pub(crate) fn arrive<T>(&self, arrive: impl FnOnce() -> T) -> (T, Option<ScriptedAnswer>) {
+        if self.scripted.load(Ordering::Acquire) == 0 {
+            return (arrive(), None);
+        }
+        let mut script = self.lock_script();
+        let arrival = arrive();
+        let answer = script.pop_front();
+        self.scripted.store(script.len(), Ordering::Release);
+        (arrival, answer)
     }
 
     /// Decides the fate of one call. A dropped call does not consume rate-limit quota: it models a
@@ -271,8 +417,14 @@ impl FaultGate {
         (allowed, headers, ceil_secs(left).max(1))
     }
 
-    fn lock_window(&self) -> std::sync::MutexGuard<'_, Window> {
+    fn lock_window(&self) -> MutexGuard<'_, Window> {
         self.window
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_script(&self) -> MutexGuard<'_, VecDeque<ScriptedAnswer>> {
+        self.script
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -354,6 +506,71 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn validates_scripts() {
+        let ok = Faults {
+            script: vec![
+                ScriptedAnswer::drop_connection().once_processed(),
+                ScriptedAnswer::fail(429).with_retry_after(3),
+                ScriptedAnswer::fail(503).with_retry_after(1),
+                ScriptedAnswer::fail(599),
+            ],
+            ..Faults::default()
+        };
+        assert!(ok.validate().is_ok());
+        for bad in [
+            ScriptedAnswer::fail(404),
+            ScriptedAnswer::fail(200),
+            ScriptedAnswer::fail(600),
+            ScriptedAnswer::fail(500).with_retry_after(1),
+            ScriptedAnswer::drop_connection().with_retry_after(1),
+        ] {
+            let faults = Faults {
+                script: vec![ScriptedAnswer::fail(500), bad],
+                ..Faults::default()
+            };
+            let err = faults.validate().unwrap_err().to_string();
+            assert!(err.starts_with("script[1]: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn script_is_consumed_in_order_and_shown_as_remaining() {
+        let gate = FaultGate::new(Faults {
+            script: vec![ScriptedAnswer::fail(503), ScriptedAnswer::drop_connection()],
+            ..Faults::default()
+        });
+        assert!(gate.snapshot().script.is_empty());
+        assert_eq!(gate.current().script.len(), 2);
+        assert_eq!(gate.arrive(|| 1), (1, Some(ScriptedAnswer::fail(503))));
+        assert_eq!(
+            gate.current().script,
+            vec![ScriptedAnswer::drop_connection()]
+        );
+        assert_eq!(gate.arrive(|| 2).1, Some(ScriptedAnswer::drop_connection()));
+        assert_eq!(gate.arrive(|| 3), (3, None));
+        assert!(gate.current().script.is_empty());
+    }
+
+    #[test]
+    fn scripted_answers_deserialize_with_defaults() {
+        let faults: Faults =
+            serde_json::from_str(r#"{"script": [{"status": 503, "retry_after_s": 2}, {"status": 0, "after_processing": true}]}"#)
+                .unwrap();
+        assert_eq!(
+            faults.script,
+            vec![
+                ScriptedAnswer::fail(503).with_retry_after(2),
+                ScriptedAnswer::drop_connection().once_processed()
+            ]
+        );
+        assert!(!faults.accept_batches);
+        assert!(
+            serde_json::from_str::<Faults>(r#"{"script": [{"status": 500, "later": true}]}"#)
+                .is_err()
+        );
     }
 
     #[test]

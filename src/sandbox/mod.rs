@@ -7,6 +7,12 @@
 //! PUTs) the choice made is documented next to the code. It imports nothing from the rest of the
 //! crate: a fake that shared the client's validation would agree with its bugs.
 //!
+//! Beyond Groove, for tests and benchmarks: random faults and deterministic scripted answers
+//! ([`Faults`], [`ScriptedAnswer`]), a recording of every request with the answer's status and
+//! headers ([`ReceivedRequest`]), an opt-in bulk-capable gateway mode
+//! ([`Faults::accept_batches`], off by default because Groove has none) and a bound on stored
+//! tickets ([`SandboxConfig::max_stored_tickets`]).
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use groove_destination::sandbox::{self, SandboxConfig};
@@ -37,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::{Faults, FaultsError, RateLimit};
+pub use faults::{Faults, FaultsError, RateLimit, ScriptedAnswer};
 pub use recorder::{ReceivedRequest, SandboxStats};
 pub use store::Seeds;
 
@@ -49,6 +55,10 @@ pub const DEFAULT_API_KEY: &str = "sandbox-key";
 
 /// How many requests are kept for [`SandboxHandle::requests`] unless configured otherwise.
 pub const DEFAULT_MAX_RECORDED_REQUESTS: usize = 100_000;
+
+/// How many tickets a sandbox keeps unless configured otherwise
+/// ([`SandboxConfig::max_stored_tickets`]).
+pub const DEFAULT_MAX_STORED_TICKETS: usize = 100_000;
 
 /// How long [`SandboxHandle::shutdown`] waits for in-flight calls before abandoning them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -62,6 +72,12 @@ pub struct SandboxConfig {
     pub faults: Faults,
     /// Ring-buffer size of the request recording; 0 records nothing (counters still run).
     pub max_recorded_requests: usize,
+    /// How many tickets are kept, so a long benchmark runs in bounded memory. Beyond it the
+    /// oldest ticket (with its messages) is evicted; numbers keep increasing and are never
+    /// reused. An evicted ticket is answered 404 like one never created, and is gone from
+    /// `GET /tickets` (and its `total_count`), `GET /tickets/count` and the snapshot. Customers
+    /// the ticket created stay. 0 keeps no ticket at all.
+    pub max_stored_tickets: usize,
 }
 
 impl Default for SandboxConfig {
@@ -70,6 +86,7 @@ impl Default for SandboxConfig {
             api_key: DEFAULT_API_KEY.to_owned(),
             faults: Faults::default(),
             max_recorded_requests: DEFAULT_MAX_RECORDED_REQUESTS,
+            max_stored_tickets: DEFAULT_MAX_STORED_TICKETS,
         }
     }
 }
@@ -89,6 +106,7 @@ pub async fn start(listener: TcpListener, config: SandboxConfig) -> io::Result<S
         base_url.clone(),
         config.faults,
         config.max_recorded_requests,
+        config.max_stored_tickets,
     ));
     let service =
         server::router(Arc::clone(&app)).into_make_service_with_connect_info::<KillSwitch>();
@@ -173,12 +191,13 @@ impl SandboxHandle {
         self.app.recorder.clear();
     }
 
-    /// The fault knobs in force.
+    /// The fault knobs in force; `script` holds the scripted answers not yet consumed.
     pub fn faults(&self) -> Faults {
-        self.app.gate.snapshot().as_ref().clone()
+        self.app.gate.current()
     }
 
-    /// Replaces the fault knobs and restarts the rate-limit window.
+    /// Replaces the fault knobs (including the remaining script) and restarts the rate-limit
+    /// window.
     ///
     /// # Panics
     /// If `faults` does not [validate](Faults::validate): a test set it up wrong.

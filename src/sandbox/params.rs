@@ -19,7 +19,8 @@ impl BodyError {
     pub(crate) fn message(&self) -> &'static str {
         match self {
             BodyError::Malformed => "malformed JSON in request body",
-            // Groove has no bulk endpoint (groove-api.md §7): one record per call.
+            // Groove has no bulk endpoint (groove-api.md §7): one record per call. Arrays pass only
+            // with the opt-in `Faults::accept_batches`.
             BodyError::NotAnObject => "request body must be a JSON object",
         }
     }
@@ -45,12 +46,17 @@ pub(crate) fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Valu
 
 /// The fields of a parsed body; only an object (or nothing) is acceptable.
 pub(crate) fn fields(parsed: &Value) -> Result<&Map<String, Value>, BodyError> {
-    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
     match parsed {
         Value::Object(map) => Ok(map),
-        Value::Null => Ok(EMPTY.get_or_init(Map::new)),
+        Value::Null => Ok(no_fields()),
         _ => Err(BodyError::NotAnObject),
     }
+}
+
+/// The fields of an empty body.
+pub(crate) fn no_fields() -> &'static Map<String, Value> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Map::new)
 }
 
 /// Decodes a form body the way Rack does: `a[b]=1` nests, `a[]=1&a[]=2` makes an array.

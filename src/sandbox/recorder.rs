@@ -33,6 +33,11 @@ pub struct ReceivedRequest {
     pub json: Option<serde_json::Value>,
     /// Status answered; `0` when the connection was dropped without a response.
     pub status: u16,
+    /// Headers the sandbox answered with (e.g. `location`, `retry-after`, `x-ratelimit-*`,
+    /// `content-type`), names lowercase; empty when the connection was dropped. Headers the HTTP
+    /// layer adds while writing (`content-length`, `date`) are not included.
+    #[serde(default)]
+    pub response_headers: Vec<(String, String)>,
     /// Arrival time, unix epoch milliseconds.
     pub received_at_ms: u64,
 }
@@ -41,6 +46,15 @@ impl ReceivedRequest {
     /// The value of the first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of the first response header named `name` (case-insensitive), e.g.
+    /// `response_header("Retry-After")`.
+    pub fn response_header(&self, name: &str) -> Option<&str> {
+        self.response_headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
@@ -93,22 +107,22 @@ struct Entry {
     query_at: Option<usize>,
     /// `name:value` lines; neither part can contain a newline and names cannot contain `:`.
     headers: Box<str>,
+    /// The response's headers, encoded like `headers`.
+    response_headers: Box<str>,
     body: Box<[u8]>,
 }
 
 impl Entry {
-    fn new(arrival: Arrival, capture: Capture, status: u16) -> Self {
+    fn new(
+        arrival: Arrival,
+        capture: Capture,
+        status: u16,
+        response_headers: Option<&HeaderMap>,
+    ) -> Self {
         let (target, query_at) = match capture.uri.path_and_query() {
             Some(pq) => (pq.as_str().into(), pq.query().map(|_| pq.path().len())),
             None => (capture.uri.path().into(), None),
         };
-        let mut headers = String::with_capacity(256);
-        for (name, value) in &capture.headers {
-            headers.push_str(name.as_str());
-            headers.push(':');
-            headers.push_str(&String::from_utf8_lossy(value.as_bytes()));
-            headers.push('\n');
-        }
         Entry {
             seq: arrival.seq,
             at_ms: arrival.at_ms,
@@ -116,7 +130,10 @@ impl Entry {
             method: capture.method,
             target,
             query_at,
-            headers: headers.into_boxed_str(),
+            headers: encode_headers(&capture.headers, 256),
+            response_headers: response_headers
+                .map(|headers| encode_headers(headers, 128))
+                .unwrap_or_default(),
             body: capture.body.as_ref().into(),
         }
     }
@@ -126,12 +143,7 @@ impl Entry {
             Some(at) => (&self.target[..at], Some(self.target[at + 1..].to_owned())),
             None => (&self.target[..], None),
         };
-        let headers: Vec<(String, String)> = self
-            .headers
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .map(|(name, value)| (name.to_owned(), value.to_owned()))
-            .collect();
+        let headers = decode_headers(&self.headers);
         let content_type = headers
             .iter()
             .find(|(name, _)| name == CONTENT_TYPE.as_str())
@@ -148,9 +160,29 @@ impl Entry {
             headers,
             json,
             status: self.status,
+            response_headers: decode_headers(&self.response_headers),
             received_at_ms: self.at_ms,
         }
     }
+}
+
+fn encode_headers(headers: &HeaderMap, capacity: usize) -> Box<str> {
+    let mut encoded = String::with_capacity(capacity);
+    for (name, value) in headers {
+        encoded.push_str(name.as_str());
+        encoded.push(':');
+        encoded.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        encoded.push('\n');
+    }
+    encoded.into_boxed_str()
+}
+
+fn decode_headers(encoded: &str) -> Vec<(String, String)> {
+    encoded
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
 }
 
 // Statuses are three digits, so a flat array indexed by status keeps counting lock-free.
@@ -182,8 +214,15 @@ impl Recorder {
         }
     }
 
-    /// Counts the answer and keeps the request, evicting the oldest beyond capacity.
-    pub(crate) fn record(&self, arrival: Arrival, capture: Capture, status: u16) {
+    /// Counts the answer and keeps the request with the response's headers (`None`: dropped),
+    /// evicting the oldest beyond capacity.
+    pub(crate) fn record(
+        &self,
+        arrival: Arrival,
+        capture: Capture,
+        status: u16,
+        response_headers: Option<&HeaderMap>,
+    ) {
         self.total.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = self.by_status.get(usize::from(status)) {
             slot.fetch_add(1, Ordering::Relaxed);
@@ -191,7 +230,7 @@ impl Recorder {
         if self.capacity == 0 {
             return;
         }
-        let entry = Entry::new(arrival, capture, status);
+        let entry = Entry::new(arrival, capture, status, response_headers);
         // The evicted entry is freed after the lock is released.
         let evicted = {
             let mut ring = self.lock_ring();

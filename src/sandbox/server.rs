@@ -16,7 +16,7 @@ use axum::Router;
 
 use super::api::{self, ApiRequest, ApiResponse, Ctx};
 use super::conn::KillSwitch;
-use super::faults::{FaultGate, Faults, LimitHeaders, Verdict};
+use super::faults::{FaultGate, Faults, LimitHeaders, ScriptedAnswer, Verdict};
 use super::params;
 use super::recorder::{Capture, Recorder};
 use super::store::Store;
@@ -40,13 +40,17 @@ impl App {
         base_url: String,
         faults: Faults,
         max_recorded: usize,
+        max_stored_tickets: usize,
     ) -> Self {
         App {
             api_key,
             base_url,
             gate: FaultGate::new(faults),
             recorder: Recorder::new(max_recorded),
-            store: Mutex::new(Store::seeded(&clock::iso8601(SystemTime::now()))),
+            store: Mutex::new(Store::seeded(
+                &clock::iso8601(SystemTime::now()),
+                max_stored_tickets,
+            )),
         }
     }
 
@@ -73,8 +77,14 @@ async fn entry(
     ConnectInfo(switch): ConnectInfo<KillSwitch>,
     request: Request,
 ) -> Response {
-    let arrival = app.recorder.arrival();
     let (parts, body) = request.into_parts();
+    let api = is_api_path(parts.uri.path());
+    // Every API call takes the next scripted answer, if any, in the order of its `seq`.
+    let (arrival, scripted) = if api {
+        app.gate.arrive(|| app.recorder.arrival())
+    } else {
+        (app.recorder.arrival(), None)
+    };
     let declared_too_large = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -90,8 +100,10 @@ async fn entry(
     };
     // `None`: drop the connection.
     let response = match &body {
-        Ok(bytes) if is_api_path(parts.uri.path()) => api_call(&app, &parts, bytes).await,
+        Ok(bytes) if api => api_call(&app, &parts, bytes, scripted).await,
         Ok(_) => Some(respond(ApiResponse::not_found())),
+        // An unreadable body has no effect, so a scripted answer simply replaces the error.
+        Err(_) if scripted.is_some() => scripted.and_then(scripted_response),
         Err(status) => Some(respond(ApiResponse::error(
             *status,
             vec!["request body could not be read".into()],
@@ -104,7 +116,12 @@ async fn entry(
         headers: parts.headers,
         body: body.unwrap_or_default(),
     };
-    app.recorder.record(arrival, capture, status);
+    app.recorder.record(
+        arrival,
+        capture,
+        status,
+        response.as_ref().map(Response::headers),
+    );
     match response {
         Some(response) => response,
         None => {
@@ -121,43 +138,72 @@ fn is_api_path(path: &str) -> bool {
         .is_some_and(|rest| rest.starts_with('/'))
 }
 
-async fn api_call(app: &App, parts: &Parts, body: &Bytes) -> Option<Response> {
+/// `None`: drop the connection.
+async fn api_call(
+    app: &App,
+    parts: &Parts,
+    body: &Bytes,
+    scripted: Option<ScriptedAnswer>,
+) -> Option<Response> {
     let faults = app.gate.snapshot();
     if !faults.latency.is_zero() {
         tokio::time::sleep(faults.latency).await;
     }
+    if let Some(answer) = scripted {
+        if answer.after_processing {
+            // The call takes effect; its real answer is lost on the way back.
+            drop(authorized_call(app, &faults, parts, body));
+        }
+        return scripted_response(answer);
+    }
     // Faults are decided before anything touches the store, so a refused call has no side effect.
     let (verdict, limits) = app.gate.decide(&faults);
-    let response = match verdict {
+    let mut response = match verdict {
         Verdict::Drop => return None,
         Verdict::RateLimited { retry_after_secs } => {
-            let mut response = respond(ApiResponse::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                vec!["rate limit exceeded".into()],
-            ));
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            response
+            fault_response(StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs))
         }
-        Verdict::Fail(status) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let reason = status.canonical_reason().unwrap_or("server error");
-            respond(ApiResponse::error(
-                status,
-                vec![reason.to_ascii_lowercase()],
-            ))
-        }
-        Verdict::Pass => authorized_call(app, parts, body),
+        Verdict::Fail(status) => fault_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            None,
+        ),
+        Verdict::Pass => authorized_call(app, &faults, parts, body),
     };
-    let mut response = response;
     if let Some(limits) = limits {
         add_limit_headers(&mut response, limits);
     }
     Some(response)
 }
 
-fn authorized_call(app: &App, parts: &Parts, body: &Bytes) -> Response {
+/// The answer a [`ScriptedAnswer`] prescribes; `None`: drop the connection.
+fn scripted_response(answer: ScriptedAnswer) -> Option<Response> {
+    if answer.status == 0 {
+        return None;
+    }
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Some(fault_response(status, answer.retry_after_s.map(u64::from)))
+}
+
+/// A 429 or 5xx with the same body whether a knob or the script produced it.
+fn fault_response(status: StatusCode, retry_after_secs: Option<u64>) -> Response {
+    let message = if status == StatusCode::TOO_MANY_REQUESTS {
+        "rate limit exceeded".to_owned()
+    } else {
+        status
+            .canonical_reason()
+            .unwrap_or("server error")
+            .to_ascii_lowercase()
+    };
+    let mut response = respond(ApiResponse::error(status, vec![message]));
+    if let Some(secs) = retry_after_secs {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn authorized_call(app: &App, faults: &Faults, parts: &Parts, body: &Bytes) -> Response {
     if presented_token(parts).as_deref() != Some(app.api_key.as_str()) {
         let mut response = respond(ApiResponse::error(
             StatusCode::UNAUTHORIZED,
@@ -173,21 +219,33 @@ fn authorized_call(app: &App, parts: &Parts, body: &Bytes) -> Response {
         .headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let parsed = params::parse_body(content_type, body);
-    let fields = match parsed
-        .as_ref()
-        .map_err(|e| e.message())
-        .and_then(|v| params::fields(v).map_err(|e| e.message()))
-    {
-        Ok(fields) => fields,
-        Err(message) => {
-            return respond(ApiResponse::error(
-                StatusCode::BAD_REQUEST,
-                vec![message.into()],
-            ));
+    let bad_request = |message: &str| {
+        respond(ApiResponse::error(
+            StatusCode::BAD_REQUEST,
+            vec![message.into()],
+        ))
+    };
+    let parsed = match params::parse_body(content_type, body) {
+        Ok(parsed) => parsed,
+        Err(err) => return bad_request(err.message()),
+    };
+    let segments = api_segments(parts.uri.path());
+    // Batches reach the API only when switched on, and only for create endpoints.
+    let batch = match &segments {
+        Some(segments) if faults.accept_batches => {
+            api::batch_items(&parts.method, segments, &parsed)
+        }
+        _ => None,
+    };
+    let fields = if batch.is_some() {
+        params::no_fields()
+    } else {
+        match params::fields(&parsed) {
+            Ok(fields) => fields,
+            Err(err) => return bad_request(err.message()),
         }
     };
-    let Some(segments) = api_segments(parts.uri.path()) else {
+    let Some(segments) = segments else {
         return respond(ApiResponse::not_found());
     };
     let query = parts
@@ -204,6 +262,7 @@ fn authorized_call(app: &App, parts: &Parts, body: &Bytes) -> Response {
         segments,
         query,
         fields,
+        batch,
     };
     let ctx = app.ctx();
     let answer = api::dispatch(&mut app.store(), &ctx, &request);

@@ -1,6 +1,6 @@
 //! The sandbox's in-memory Groove account: resources, id allocation and seed data.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -138,7 +138,9 @@ pub(crate) struct Widget {
 }
 
 pub(crate) struct Store {
-    used_ids: HashSet<u64>,
+    /// Fixed ids (seeds); generated ids skip them.
+    claimed_ids: HashSet<u64>,
+    ids: IdSequence,
     pub seeds: Seeds,
     pub tickets: Tickets,
     /// Keyed by lowercased email; values are the customer's attributes including `email`.
@@ -153,13 +155,14 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// A store holding the seed data, timestamped `now`.
-    pub(crate) fn seeded(now: &str) -> Self {
+    /// A store holding the seed data, timestamped `now`, keeping at most `max_stored_tickets`.
+    pub(crate) fn seeded(now: &str, max_stored_tickets: usize) -> Self {
         let seeds = Seeds::default();
         let mut store = Store {
-            used_ids: HashSet::new(),
+            claimed_ids: HashSet::new(),
+            ids: IdSequence::random(),
             seeds: seeds.clone(),
-            tickets: Tickets::default(),
+            tickets: Tickets::new(max_stored_tickets),
             customers: BTreeMap::new(),
             mailboxes: Vec::new(),
             folders: Vec::new(),
@@ -265,7 +268,7 @@ impl Store {
 
     fn claim(&mut self, id: &str) -> String {
         if let Ok(n) = id.parse() {
-            self.used_ids.insert(n);
+            self.claimed_ids.insert(n);
         }
         id.to_owned()
     }
@@ -277,17 +280,16 @@ impl Store {
 
     /// [`new_id`](Self::new_id) kept as a number, for records created by the million.
     pub(crate) fn new_numeric_id(&mut self) -> u64 {
-        let mut rng = rand::rng();
         loop {
-            let id = rng.random_range(0..10_000_000_000u64);
-            if self.used_ids.insert(id) {
+            let id = self.ids.next();
+            if !self.claimed_ids.contains(&id) {
                 return id;
             }
         }
     }
 
     pub(crate) fn next_ticket_number(&self) -> u64 {
-        self.tickets.len + 1
+        self.tickets.created() + 1
     }
 
     pub(crate) fn agent_by_email_or_id(&self, key: &str) -> Option<&Agent> {
@@ -323,46 +325,132 @@ impl Store {
     }
 }
 
-/// Tickets by number. Numbers are consecutive from 1 and tickets are never deleted, so a number
-/// is an index. Storage grows in fixed chunks: a benchmark creates millions of tickets, and
-/// doubling one vector would copy all of them while the store is locked.
-#[derive(Default)]
+/// Unique pseudo-random ids in `0..10^10` from O(1) state: `id = (a * n + b) mod 10^10` for
+/// `n = 0, 1, 2, …` is a permutation of the range when `a` is coprime with 10^10 (odd and not a
+/// multiple of 5). A set of every id handed out would grow by one entry per message forever.
+struct IdSequence {
+    a: u64,
+    b: u64,
+    n: u64,
+}
+
+const ID_SPACE: u64 = 10_000_000_000;
+
+impl IdSequence {
+    fn random() -> Self {
+        let mut rng = rand::rng();
+        let a = loop {
+            let a = rng.random_range(ID_SPACE / 10..ID_SPACE);
+            if a % 2 != 0 && a % 5 != 0 {
+                break a;
+            }
+        };
+        IdSequence {
+            a,
+            b: rng.random_range(0..ID_SPACE),
+            n: 0,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        let n = self.n;
+        // 10^10 ids would take a benchmark days; wrapping would only start repeating ids.
+        self.n = (self.n + 1) % ID_SPACE;
+        let id = (u128::from(self.a) * u128::from(n) + u128::from(self.b)) % u128::from(ID_SPACE);
+        u64::try_from(id).unwrap_or_default()
+    }
+}
+
+/// Tickets by number. Numbers are consecutive from 1 and never reused, so a number is an index.
+/// Only the newest `max_stored` tickets are kept: pushing beyond that evicts the oldest, after
+/// which its number is unknown (404) like one never created. Storage grows in fixed chunks (a
+/// benchmark creates millions of tickets, and doubling one vector would copy all of them while
+/// the store is locked); an evicted slot is emptied at once and its chunk released once all of
+/// its slots are, so at most one chunk of empty slots is held beyond `max_stored`.
 pub(crate) struct Tickets {
-    chunks: Vec<Vec<Ticket>>,
+    chunks: VecDeque<Vec<Option<Ticket>>>,
+    /// Tickets ever created: the newest has this number.
     len: u64,
+    /// Tickets evicted: the oldest stored has number `evicted + 1`.
+    evicted: u64,
+    /// Tickets in released chunks, a multiple of `TICKET_CHUNK`: `chunks[0]` starts after them.
+    released: u64,
+    max_stored: u64,
 }
 
 const TICKET_CHUNK: usize = 16_384;
+const TICKET_CHUNK_U64: u64 = TICKET_CHUNK as u64;
 
 impl Tickets {
+    pub(crate) fn new(max_stored: usize) -> Self {
+        Tickets {
+            chunks: VecDeque::new(),
+            len: 0,
+            evicted: 0,
+            released: 0,
+            max_stored: u64::try_from(max_stored).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Tickets ever created, including evicted ones.
+    pub(crate) fn created(&self) -> u64 {
+        self.len
+    }
+
     pub(crate) fn push(&mut self, ticket: Ticket) {
-        match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < TICKET_CHUNK => chunk.push(ticket),
+        match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() < TICKET_CHUNK => chunk.push(Some(ticket)),
             _ => {
-                let mut chunk = Vec::with_capacity(TICKET_CHUNK);
-                chunk.push(ticket);
-                self.chunks.push(chunk);
+                // Small sandboxes (tests) should not pay for a whole chunk up front.
+                let capacity = usize::try_from(self.max_stored.clamp(1, TICKET_CHUNK_U64))
+                    .unwrap_or(TICKET_CHUNK);
+                let mut chunk = Vec::with_capacity(capacity);
+                chunk.push(Some(ticket));
+                self.chunks.push_back(chunk);
             }
         }
         self.len += 1;
+        while self.len - self.evicted > self.max_stored {
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        let offset = usize::try_from(self.evicted - self.released).unwrap_or(usize::MAX);
+        // Dropped after the slot is emptied; the store lock is held either way.
+        let oldest = self
+            .chunks
+            .front_mut()
+            .and_then(|chunk| chunk.get_mut(offset))
+            .and_then(Option::take);
+        drop(oldest);
+        self.evicted += 1;
+        if self.evicted - self.released == TICKET_CHUNK_U64 {
+            self.chunks.pop_front();
+            self.released += TICKET_CHUNK_U64;
+        }
     }
 
     pub(crate) fn get(&self, number: u64) -> Option<&Ticket> {
-        let (chunk, slot) = Self::position(number)?;
-        self.chunks.get(chunk)?.get(slot)
+        let (chunk, slot) = self.position(number)?;
+        self.chunks.get(chunk)?.get(slot)?.as_ref()
     }
 
     pub(crate) fn get_mut(&mut self, number: u64) -> Option<&mut Ticket> {
-        let (chunk, slot) = Self::position(number)?;
-        self.chunks.get_mut(chunk)?.get_mut(slot)
+        let (chunk, slot) = self.position(number)?;
+        self.chunks.get_mut(chunk)?.get_mut(slot)?.as_mut()
     }
 
+    /// Stored tickets, oldest first.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Ticket> {
-        self.chunks.iter().flatten()
+        self.chunks.iter().flatten().flatten()
     }
 
-    fn position(number: u64) -> Option<(usize, usize)> {
-        let index = usize::try_from(number.checked_sub(1)?).ok()?;
+    fn position(&self, number: u64) -> Option<(usize, usize)> {
+        if number <= self.evicted || number > self.len {
+            return None;
+        }
+        let index = usize::try_from(number - 1 - self.released).ok()?;
         Some((index / TICKET_CHUNK, index % TICKET_CHUNK))
     }
 }
@@ -411,7 +499,7 @@ mod tests {
 
     #[test]
     fn tickets_are_found_by_number_across_chunks() {
-        let mut tickets = Tickets::default();
+        let mut tickets = Tickets::new(usize::MAX);
         let count = TICKET_CHUNK as u64 * 2 + 3;
         for number in 1..=count {
             tickets.push(ticket(number));
@@ -426,11 +514,59 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_tickets_are_evicted_beyond_the_bound() {
+        let max = TICKET_CHUNK + 5;
+        let mut tickets = Tickets::new(max);
+        let count = TICKET_CHUNK as u64 * 3 + 7;
+        for number in 1..=count {
+            tickets.push(ticket(number));
+            let stored = number.min(max as u64);
+            assert_eq!(tickets.get(number).map(|t| t.number), Some(number));
+            assert!(tickets.get(number - stored).is_none());
+            let oldest = number - stored + 1;
+            assert_eq!(tickets.get(oldest).map(|t| t.number), Some(oldest));
+        }
+        assert_eq!(tickets.created(), count);
+        assert_eq!(tickets.iter().count(), max);
+        assert_eq!(
+            tickets.iter().next().map(|t| t.number),
+            Some(count - max as u64 + 1)
+        );
+        // At most one chunk of emptied slots is held beyond the bound.
+        assert!(tickets.chunks.len() <= max / TICKET_CHUNK + 2);
+        assert!(tickets.get_mut(count - max as u64).is_none());
+    }
+
+    #[test]
+    fn a_zero_bound_keeps_nothing() {
+        let mut tickets = Tickets::new(0);
+        tickets.push(ticket(1));
+        tickets.push(ticket(2));
+        assert!(tickets.get(1).is_none() && tickets.get(2).is_none());
+        assert_eq!(tickets.iter().count(), 0);
+        assert_eq!(tickets.created(), 2);
+    }
+
+    #[test]
     fn new_ids_are_ten_digits_and_unique() {
-        let mut store = Store::seeded("2024-01-01T00:00:00Z");
-        let ids: HashSet<String> = (0..1000).map(|_| store.new_id()).collect();
-        assert_eq!(ids.len(), 1000);
+        let mut store = Store::seeded("2024-01-01T00:00:00Z", 10);
+        let ids: HashSet<String> = (0..100_000).map(|_| store.new_id()).collect();
+        assert_eq!(ids.len(), 100_000);
         assert!(ids.iter().all(|id| id.len() == 10));
         assert!(!ids.contains(&store.seeds.group_id));
+        assert!(ids.iter().any(|id| id.starts_with('0')));
+    }
+
+    #[test]
+    fn generated_ids_skip_the_seeds() {
+        let mut store = Store::seeded("2024-01-01T00:00:00Z", 10);
+        let group: u64 = store.seeds.group_id.parse().unwrap();
+        // Aim the sequence straight at a seed id: it must be skipped.
+        store.ids = IdSequence {
+            a: 3,
+            b: group,
+            n: 0,
+        };
+        assert_eq!(store.new_numeric_id(), group + 3);
     }
 }

@@ -108,7 +108,9 @@ impl TestServer {
 pub mod flows {
     //! Small steps most delivery tests share.
 
-    use groove_destination::proto::{self, destination_config::Endpoint, send_records_request, send_records_response};
+    use groove_destination::proto::{
+        self, destination_config::Endpoint, send_records_request, send_records_response,
+    };
     use serde_json::Value;
 
     use super::{TestServer, SANDBOX_KEY};
@@ -130,7 +132,10 @@ pub mod flows {
         proto::DestinationConfig {
             endpoint: Some(Endpoint::Template(proto::TemplateEndpoint {
                 template_id: template_id.to_string(),
-                parameters: parameters.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                parameters: parameters
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             })),
             ..Default::default()
         }
@@ -148,7 +153,11 @@ pub mod flows {
     }
 
     /// Creates (credential `main` must exist) and activates a destination.
-    pub async fn active_destination(server: &TestServer, id: &str, config: proto::DestinationConfig) -> String {
+    pub async fn active_destination(
+        server: &TestServer,
+        id: &str,
+        config: proto::DestinationConfig,
+    ) -> String {
         let mut client = server.destinations().await;
         let created = client
             .create_destination(proto::CreateDestinationRequest {
@@ -166,7 +175,9 @@ pub mod flows {
             .destination
             .expect("destination");
         client
-            .activate_destination(proto::ActivateDestinationRequest { name: created.name.clone() })
+            .activate_destination(proto::ActivateDestinationRequest {
+                name: created.name.clone(),
+            })
             .await
             .expect("activate");
         created.name
@@ -189,7 +200,9 @@ pub mod flows {
 
     pub fn batch(records: Vec<proto::Record>) -> proto::SendRecordsRequest {
         proto::SendRecordsRequest {
-            message: Some(send_records_request::Message::Records(proto::RecordBatch { records })),
+            message: Some(send_records_request::Message::Records(proto::RecordBatch {
+                records,
+            })),
         }
     }
 
@@ -208,7 +221,12 @@ pub mod flows {
                 .iter()
                 .filter(|result| result.record_ids.iter().any(|id| id == record_id))
                 .collect();
-            assert_eq!(found.len(), 1, "record {record_id} has {} results", found.len());
+            assert_eq!(
+                found.len(),
+                1,
+                "record {record_id} has {} results",
+                found.len()
+            );
             found[0]
         }
 
@@ -216,7 +234,12 @@ pub mod flows {
             let mut outcomes: Vec<_> = self
                 .results
                 .iter()
-                .flat_map(|result| result.record_ids.iter().map(move |id| (id.clone(), result.outcome())))
+                .flat_map(|result| {
+                    result
+                        .record_ids
+                        .iter()
+                        .map(move |id| (id.clone(), result.outcome()))
+                })
                 .collect();
             outcomes.sort();
             outcomes
@@ -244,7 +267,9 @@ pub mod flows {
                     assert!(answered.summary.is_none(), "result after the summary");
                     answered.results.push(result);
                 }
-                Some(send_records_response::Message::Summary(summary)) => answered.summary = Some(summary),
+                Some(send_records_response::Message::Summary(summary)) => {
+                    answered.summary = Some(summary)
+                }
                 None => panic!("empty response message"),
             }
         }

@@ -21,23 +21,27 @@ pub(super) fn show(store: &Store, ctx: &Ctx<'_>, id: &str) -> Answer {
 }
 
 pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer {
-    let mut problems = Problems::default();
-    problems.require(req.fields, "name");
-    let agent_ids = agents(store, req.fields, &mut problems);
-    check(problems)?;
-    let id = store.new_id();
-    let group = Group {
-        id: id.clone(),
-        name: text(req.fields, "name").unwrap_or_default(),
-        description: text(req.fields, "description"),
-        agent_ids: agent_ids.unwrap_or_default(),
+    let prepare = |store: &Store, fields: &Map<String, Value>| {
+        let mut problems = Problems::default();
+        problems.require(fields, "name");
+        let agent_ids = agents(store, fields, &mut problems);
+        problems.into_result()?;
+        Ok(Group {
+            // Allocated on commit.
+            id: String::new(),
+            name: text(fields, "name").unwrap_or_default(),
+            description: text(fields, "description"),
+            agent_ids: agent_ids.unwrap_or_default(),
+        })
     };
-    let body = json!({ "group": render(&group, ctx) });
-    store.groups.insert(id.clone(), group);
-    Ok(ApiResponse::created(
-        body,
-        Some(ctx.href(&format!("groups/{id}"))),
-    ))
+    let commit = |store: &mut Store, mut group: Group| {
+        let id = store.new_id();
+        group.id.clone_from(&id);
+        let rendered = render(&group, ctx);
+        store.groups.insert(id.clone(), group);
+        (rendered, Some(ctx.href(&format!("groups/{id}"))))
+    };
+    super::create(store, req, ("group", "groups"), prepare, commit)
 }
 
 pub(super) fn update(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>, id: &str) -> Answer {

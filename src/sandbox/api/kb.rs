@@ -45,20 +45,31 @@ const CATEGORY_FIELDS: [&str; 11] = [
 /// Keys the sandbox owns; a client cannot overwrite them through a body.
 const SERVER_FIELDS: [&str; 4] = ["id", "knowledge_base_id", "created_at", "updated_at"];
 
+/// The path is inferred and no `Location` is documented (groove-api.md §6.7), so none is sent.
 pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer {
-    let id = store.new_id();
-    let kb = KnowledgeBase {
-        id: id.clone(),
-        fields: client_fields(req.fields, None),
-        settings: Map::new(),
-        created_at: ctx.now(),
-        updated_at: ctx.now(),
-        articles: Default::default(),
-        categories: Default::default(),
+    let prepare = |_: &Store, fields: &Map<String, Value>| Ok(client_fields(fields, None));
+    let commit = |store: &mut Store, fields: Map<String, Value>| {
+        let id = store.new_id();
+        let kb = KnowledgeBase {
+            id: id.clone(),
+            fields,
+            settings: Map::new(),
+            created_at: ctx.now(),
+            updated_at: ctx.now(),
+            articles: Default::default(),
+            categories: Default::default(),
+        };
+        let rendered = render(&kb);
+        store.knowledge_bases.insert(id, kb);
+        (rendered, None)
     };
-    let body = json!({ "knowledge_base": render(&kb) });
-    store.knowledge_bases.insert(id, kb);
-    Ok(ApiResponse::created(body, None))
+    super::create(
+        store,
+        req,
+        ("knowledge_base", "knowledge_bases"),
+        prepare,
+        commit,
+    )
 }
 
 pub(super) fn update(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>, id: &str) -> Answer {
@@ -88,11 +99,31 @@ pub(super) fn create_article(
     req: &ApiRequest<'_>,
     kb_id: &str,
 ) -> Answer {
+    find_mut(store, kb_id)?;
+    let prepare = |store: &Store, fields: &Map<String, Value>| {
+        let fields = client_fields(fields, Some(&ARTICLE_FIELDS));
+        if let Some(kb) = store.knowledge_bases.get(kb_id) {
+            validate_article(kb, &fields).into_result()?;
+        }
+        Ok(fields)
+    };
+    let commit =
+        |store: &mut Store, fields: Map<String, Value>| commit_article(store, ctx, kb_id, fields);
+    super::create(store, req, ("article", "articles"), prepare, commit)
+}
+
+fn commit_article(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    kb_id: &str,
+    fields: Map<String, Value>,
+) -> (Value, Option<String>) {
     let default_author = store.seeds.agent_ids.first().cloned().unwrap_or_default();
     let id = store.new_id();
-    let kb = find_mut(store, kb_id)?;
-    let fields = client_fields(req.fields, Some(&ARTICLE_FIELDS));
-    check(validate_article(kb, &fields))?;
+    let Ok(kb) = find_mut(store, kb_id) else {
+        // Unreachable: the knowledge base was found before and the store is locked.
+        return (Value::Null, None);
+    };
     let mut article = Map::new();
     let title = text(&fields, "title");
     let description = fields.get("description").cloned().unwrap_or(Value::Null);
@@ -134,10 +165,10 @@ pub(super) fn create_article(
         article.insert(key.into(), value);
     }
     article.extend(fields);
-    let body = json!({ "article": article });
+    let rendered = Value::Object(article.clone());
     kb.articles.insert(id.clone(), article);
     let location = ctx.href(&format!("kb/{kb_id}/articles/{id}"));
-    Ok(ApiResponse::created(body, Some(location)))
+    (rendered, Some(location))
 }
 
 /// The update path is inferred (groove-api.md §6.8); it takes the create fields.
@@ -169,13 +200,30 @@ pub(super) fn create_category(
     req: &ApiRequest<'_>,
     kb_id: &str,
 ) -> Answer {
+    find_mut(store, kb_id)?;
+    let prepare =
+        |_: &Store, fields: &Map<String, Value>| Ok(client_fields(fields, Some(&CATEGORY_FIELDS)));
+    let commit =
+        |store: &mut Store, fields: Map<String, Value>| commit_category(store, ctx, kb_id, fields);
+    super::create(store, req, ("category", "categories"), prepare, commit)
+}
+
+fn commit_category(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    kb_id: &str,
+    fields: Map<String, Value>,
+) -> (Value, Option<String>) {
     let id = store.new_id();
-    let kb = find_mut(store, kb_id)?;
+    let Ok(kb) = find_mut(store, kb_id) else {
+        // Unreachable: the knowledge base was found before and the store is locked.
+        return (Value::Null, None);
+    };
     let mut category = Map::new();
     for key in CATEGORY_FIELDS {
         category.insert(key.into(), Value::Null);
     }
-    category.extend(client_fields(req.fields, Some(&CATEGORY_FIELDS)));
+    category.extend(fields);
     for (key, value) in [
         ("id", Value::String(id.clone())),
         ("knowledge_base_id", kb.id.clone().into()),
@@ -186,10 +234,10 @@ pub(super) fn create_category(
     ] {
         category.insert(key.into(), value);
     }
-    let body = json!({ "category": category });
+    let rendered = Value::Object(category.clone());
     kb.categories.insert(id.clone(), category);
     let location = ctx.href(&format!("kb/{kb_id}/categories/{id}"));
-    Ok(ApiResponse::created(body, Some(location)))
+    (rendered, Some(location))
 }
 
 fn find_mut<'s>(store: &'s mut Store, id: &str) -> Result<&'s mut KnowledgeBase, ApiResponse> {

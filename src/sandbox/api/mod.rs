@@ -1,7 +1,8 @@
 //! The `/v1/` resources: routing of an authenticated, fault-free call to its handler.
 //!
 //! Handlers are synchronous functions over the locked [`Store`]; each answers an [`ApiResponse`].
-//! Unmatched method/path pairs answer 404, as a Rails router does.
+//! Unmatched method/path pairs answer 404, as a Rails router does. Create endpoints go through
+//! [`create`], which also serves the opt-in batches of `Faults::accept_batches`.
 
 mod directory;
 mod groups;
@@ -40,7 +41,11 @@ pub(crate) struct ApiRequest<'a> {
     /// Percent-decoded path segments after `/v1/`.
     pub segments: Vec<String>,
     pub query: Vec<(String, String)>,
+    /// The body's fields; empty for a batch.
     pub fields: &'a Map<String, Value>,
+    /// The elements of a batch body ([`batch_items`]), only for a create endpoint while
+    /// `Faults::accept_batches` is on.
+    pub batch: Option<&'a [Value]>,
 }
 
 impl ApiRequest<'_> {
@@ -118,6 +123,105 @@ type Answer = Result<ApiResponse, ApiResponse>;
 
 fn check(problems: super::params::Problems) -> Result<(), ApiResponse> {
     problems.into_result().map_err(ApiResponse::invalid)
+}
+
+/// The plural root key of a create endpoint (the only kind that takes a batch), `None` for
+/// any other method and path. The handlers pass the same keys to [`create`].
+fn batch_key(method: &Method, segments: &[String]) -> Option<&'static str> {
+    if method != Method::POST {
+        return None;
+    }
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match segments.as_slice() {
+        ["tickets"] => Some("tickets"),
+        ["tickets", _, "messages"] => Some("messages"),
+        ["groups"] => Some("groups"),
+        ["webhooks"] => Some("webhooks"),
+        ["kb"] => Some("knowledge_bases"),
+        ["kb", _, "articles"] => Some("articles"),
+        ["kb", _, "categories"] => Some("categories"),
+        ["widgets"] => Some("widgets"),
+        _ => None,
+    }
+}
+
+/// The elements of a batch sent to a create endpoint: a bare JSON array, or an object whose
+/// only key is the endpoint's plural root key holding an array (`{"tickets": [...]}`, the shape
+/// the batch is answered with). `None` when the call is not a batch.
+pub(crate) fn batch_items<'v>(
+    method: &Method,
+    segments: &[String],
+    parsed: &'v Value,
+) -> Option<&'v [Value]> {
+    let key = batch_key(method, segments)?;
+    match parsed {
+        Value::Array(items) => Some(items),
+        Value::Object(wrapper) if wrapper.len() == 1 => match wrapper.get(key) {
+            Some(Value::Array(items)) => Some(items),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A create endpoint, split so that a batch can check every element before creating any.
+/// `prepare` validates one body against the store (its problems answer 422); `commit` creates
+/// the resource and returns it rendered, with its `Location` if it has one.
+///
+/// One body answers 201 `{"<singular>": …}` with `Location`. A batch (`req.batch`) answers 201
+/// `{"<plural>": [...]}` without `Location`; any invalid element makes it a 422 naming each bad
+/// element as `<plural>[<index>]: <problem>`, with nothing created.
+fn create<'a, P>(
+    store: &mut Store,
+    req: &ApiRequest<'a>,
+    (singular, plural): (&str, &str),
+    prepare: impl Fn(&Store, &'a Map<String, Value>) -> Result<P, Vec<String>>,
+    mut commit: impl FnMut(&mut Store, P) -> (Value, Option<String>),
+) -> Answer {
+    let Some(items) = req.batch else {
+        let prepared = prepare(store, req.fields).map_err(ApiResponse::invalid)?;
+        let (value, location) = commit(store, prepared);
+        return Ok(ApiResponse::created(root(singular, value), location));
+    };
+    if items.is_empty() {
+        return Err(ApiResponse::error(
+            StatusCode::BAD_REQUEST,
+            vec!["a batch must contain at least one element".into()],
+        ));
+    }
+    let mut prepared = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let Value::Object(fields) = item else {
+            return Err(ApiResponse::error(
+                StatusCode::BAD_REQUEST,
+                vec![format!("{plural}[{index}]: must be a JSON object")],
+            ));
+        };
+        match prepare(store, fields) {
+            Ok(one) => prepared.push(one),
+            Err(found) => problems.extend(
+                found
+                    .into_iter()
+                    .map(|problem| format!("{plural}[{index}]: {problem}")),
+            ),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiResponse::invalid(problems));
+    }
+    let created: Vec<Value> = prepared
+        .into_iter()
+        .map(|one| commit(store, one).0)
+        .collect();
+    Ok(ApiResponse::created(root(plural, created.into()), None))
+}
+
+/// `{key: value}`.
+fn root(key: &str, value: Value) -> Value {
+    let mut object = Map::with_capacity(1);
+    object.insert(key.to_owned(), value);
+    Value::Object(object)
 }
 
 pub(crate) fn dispatch(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> ApiResponse {

@@ -11,7 +11,27 @@ use crate::sandbox::store::{canonical_state, format_id, Message, Store, Ticket, 
 const SUMMARY_CHARS: usize = 100;
 
 pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer {
-    let fields = req.fields;
+    super::create(store, req, ("ticket", "tickets"), prepare, |store, new| {
+        commit(store, ctx, new)
+    })
+}
+
+/// A validated create-ticket body.
+struct NewTicket<'f> {
+    fields: &'f Map<String, Value>,
+    body: String,
+    from: Contact<'f>,
+    to: Contact<'f>,
+    state: Option<&'static str>,
+    assignee: Option<String>,
+    assigned_group: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+fn prepare<'f>(
+    store: &Store,
+    fields: &'f Map<String, Value>,
+) -> Result<NewTicket<'f>, Vec<String>> {
     let mut problems = Problems::default();
     let body = required_text(fields, "body", &mut problems);
     let from = contact(fields, "from", &mut problems);
@@ -20,17 +40,28 @@ pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> 
     let assignee = optional_agent(store, fields, "assignee", &mut problems);
     let assigned_group = optional_group(store, fields, "assigned_group", &mut problems);
     let tags = optional_tags(fields, &mut problems);
-    check(problems)?;
+    problems.into_result()?;
     let (Some(body), Some(from), Some(to)) = (body, from, to) else {
-        // Unreachable: `check` refused the call if any of them was missing.
-        return Err(ApiResponse::invalid(vec![
-            "body, from and to are required".into()
-        ]));
+        // Unreachable: the problems above refused the body if any of them was missing.
+        return Err(vec!["body, from and to are required".into()]);
     };
+    Ok(NewTicket {
+        fields,
+        body,
+        from,
+        to,
+        state,
+        assignee,
+        assigned_group,
+        tags,
+    })
+}
 
+fn commit(store: &mut Store, ctx: &Ctx<'_>, new: NewTicket<'_>) -> (Value, Option<String>) {
+    let fields = new.fields;
     // A customer hash in `to`/`from` creates or updates that customer (groove-api.md §8).
     let mut customer = None;
-    for (email, attributes) in [&from, &to] {
+    for (email, attributes) in [&new.from, &new.to] {
         if store.agent_by_email_or_id(email).is_some() || store.is_mailbox_address(email) {
             continue;
         }
@@ -41,19 +72,19 @@ pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> 
     let number = store.next_ticket_number();
     let message = Message {
         id: store.new_numeric_id(),
-        body,
-        author: Some(from.0.clone()),
+        body: new.body,
+        author: Some(new.from.0),
         note: flag(fields, "note").unwrap_or(false),
         created_at,
     };
     let ticket = Ticket {
         number,
         title: text(fields, "subject"),
-        state: state.unwrap_or("unread"),
-        assignee,
-        assigned_group,
+        state: new.state.unwrap_or("unread"),
+        assignee: new.assignee,
+        assigned_group: new.assigned_group,
         priority: None,
-        tags: tags.unwrap_or_default(),
+        tags: new.tags.unwrap_or_default(),
         starred: flag(fields, "starred").unwrap_or(false),
         customer,
         mailbox: text(fields, "mailbox"),
@@ -61,12 +92,9 @@ pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> 
         updated_at: created_at,
         messages: vec![message],
     };
-    let body = json!({ "ticket": render(&ticket, &store.seeds.mailbox_id, ctx) });
+    let rendered = render(&ticket, &store.seeds.mailbox_id, ctx);
     store.tickets.push(ticket);
-    Ok(ApiResponse::created(
-        body,
-        Some(ctx.href(&format!("tickets/{number}"))),
-    ))
+    (rendered, Some(ctx.href(&format!("tickets/{number}"))))
 }
 
 pub(super) fn list(store: &Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer {
@@ -251,27 +279,38 @@ pub(super) fn create_message(
     number: &str,
 ) -> Answer {
     find(store, number)?;
-    let fields = req.fields;
-    let mut problems = Problems::default();
-    let body = required_text(fields, "body", &mut problems);
-    check(problems)?;
-    let message = Message {
-        id: store.new_numeric_id(),
-        body: body.unwrap_or_default(),
-        author: text(fields, "author"),
-        note: flag(fields, "note").unwrap_or(false),
-        created_at: sent_at(fields).unwrap_or(ctx.now_secs),
+    let prepare = |_: &Store, fields: &Map<String, Value>| {
+        let mut problems = Problems::default();
+        let body = required_text(fields, "body", &mut problems);
+        problems.into_result()?;
+        Ok(Message {
+            // Allocated on commit.
+            id: 0,
+            body: body.unwrap_or_default(),
+            author: text(fields, "author"),
+            note: flag(fields, "note").unwrap_or(false),
+            created_at: sent_at(fields).unwrap_or(ctx.now_secs),
+        })
     };
-    let ticket = find_mut(store, number)?;
-    ticket.updated_at = ctx.now_secs;
-    ticket.messages.push(message);
-    let ticket = find(store, number)?;
-    let rendered = ticket
-        .messages
-        .last()
-        .map(|m| render_message(m, ticket, store, ctx))
-        .unwrap_or(Value::Null);
-    Ok(ApiResponse::created(json!({ "message": rendered }), None))
+    // Groove's status for this call was not captured (groove-api.md §6.3); no `Location`.
+    let commit = |store: &mut Store, mut message: Message| {
+        message.id = store.new_numeric_id();
+        let Ok(ticket) = find_mut(store, number) else {
+            // Unreachable: the ticket was found above and the store is locked.
+            return (Value::Null, None);
+        };
+        ticket.updated_at = ctx.now_secs;
+        ticket.messages.push(message);
+        let rendered = find(store, number)
+            .ok()
+            .and_then(|ticket| {
+                let message = ticket.messages.last()?;
+                Some(render_message(message, ticket, store, ctx))
+            })
+            .unwrap_or(Value::Null);
+        (rendered, None)
+    };
+    super::create(store, req, ("message", "messages"), prepare, commit)
 }
 
 fn find<'s>(store: &'s Store, number: &str) -> Result<&'s Ticket, ApiResponse> {

@@ -1,8 +1,8 @@
 //! Webhooks (groove-api.md §6.4).
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use super::{check, Answer, ApiRequest, ApiResponse, Ctx};
+use super::{Answer, ApiRequest, ApiResponse, Ctx};
 use crate::sandbox::params::{text, Problems};
 use crate::sandbox::store::{Store, Webhook};
 
@@ -27,7 +27,17 @@ pub(crate) const EVENTS: [&str; 14] = [
 /// The documented body carries no id, so the id is only revealed through `Location`, which §3
 /// lists for this call; `DELETE /webhooks/:id` takes that id.
 pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer {
-    let fields = req.fields;
+    let commit = |store: &mut Store, mut webhook: Webhook| {
+        let id = store.new_id();
+        webhook.id.clone_from(&id);
+        let rendered = render(&webhook);
+        store.webhooks.insert(id.clone(), webhook);
+        (rendered, Some(ctx.href(&format!("webhooks/{id}"))))
+    };
+    super::create(store, req, ("webhook", "webhooks"), prepare, commit)
+}
+
+fn prepare(_: &Store, fields: &Map<String, Value>) -> Result<Webhook, Vec<String>> {
     let mut problems = Problems::default();
     problems.require(fields, "event");
     problems.require(fields, "url");
@@ -44,19 +54,13 @@ pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> 
             problems.add("url must be an absolute http or https URL".into());
         }
     }
-    check(problems)?;
-    let id = store.new_id();
-    let webhook = Webhook {
-        id: id.clone(),
+    problems.into_result()?;
+    Ok(Webhook {
+        // Allocated on commit.
+        id: String::new(),
         event: event.unwrap_or_default(),
         url: url.unwrap_or_default(),
-    };
-    let body = json!({ "webhook": render(&webhook) });
-    store.webhooks.insert(id.clone(), webhook);
-    Ok(ApiResponse::created(
-        body,
-        Some(ctx.href(&format!("webhooks/{id}"))),
-    ))
+    })
 }
 
 pub(super) fn delete(store: &mut Store, id: &str) -> Answer {

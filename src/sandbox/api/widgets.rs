@@ -1,6 +1,6 @@
 //! Widgets and widget settings (groove-api.md §6.9).
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::{check, Answer, ApiRequest, ApiResponse, Ctx};
 use crate::sandbox::params::{text, Problems};
@@ -12,24 +12,27 @@ pub(super) fn list(store: &Store) -> ApiResponse {
 }
 
 pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer {
-    let mut problems = Problems::default();
-    problems.require(req.fields, "name");
-    check(problems)?;
-    let id = store.new_id();
-    let widget = Widget {
-        id: id.clone(),
-        uuid: uuid::Uuid::new_v4().to_string(),
-        name: text(req.fields, "name").unwrap_or_default(),
-        created_at: ctx.now(),
-        updated_at: ctx.now(),
-        settings: Default::default(),
+    let prepare = |_: &Store, fields: &Map<String, Value>| {
+        let mut problems = Problems::default();
+        problems.require(fields, "name");
+        problems.into_result()?;
+        Ok(text(fields, "name").unwrap_or_default())
     };
-    let body = json!({ "widget": render(&widget) });
-    store.widgets.insert(id.clone(), widget);
-    Ok(ApiResponse::created(
-        body,
-        Some(ctx.href(&format!("widgets/{id}"))),
-    ))
+    let commit = |store: &mut Store, name: String| {
+        let id = store.new_id();
+        let widget = Widget {
+            id: id.clone(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            name,
+            created_at: ctx.now(),
+            updated_at: ctx.now(),
+            settings: Default::default(),
+        };
+        let rendered = render(&widget);
+        store.widgets.insert(id.clone(), widget);
+        (rendered, Some(ctx.href(&format!("widgets/{id}"))))
+    };
+    super::create(store, req, ("widget", "widgets"), prepare, commit)
 }
 
 /// The update's fields are undocumented beyond a presumed `name` (groove-api.md §6.9).
