@@ -894,8 +894,7 @@ async fn batching_by_rendered_request_and_max_wait() {
     let name = active_destination(&server, "messages", config).await;
     sandbox.clear_requests();
     // One message with records for two tickets, then the stream stays open past max wait.
-    let (requests, receiver) = tokio::sync::mpsc::channel(4);
-    requests.send(flows::start(&name)).await.unwrap();
+    let (requests, mut stream) = flows::open(&server, &name).await;
     requests
         .send(flows::batch(
             (0..6)
@@ -909,13 +908,6 @@ async fn batching_by_rendered_request_and_max_wait() {
         ))
         .await
         .unwrap();
-    let mut stream = server
-        .delivery()
-        .await
-        .send_records(tokio_stream::wrappers::ReceiverStream::new(receiver))
-        .await
-        .unwrap()
-        .into_inner();
     // Partial batches leave after max wait, while the stream is still open.
     let first = stream.message().await.unwrap().unwrap();
     let second = stream.message().await.unwrap().unwrap();
@@ -1172,8 +1164,7 @@ async fn a_client_that_goes_away_leaves_every_record_accounted_for() {
         ..Faults::default()
     });
     let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
-    let (requests, receiver) = tokio::sync::mpsc::channel(8);
-    requests.send(flows::start(&name)).await.unwrap();
+    let (requests, mut stream) = flows::open(&server, &name).await;
     for chunk in 0..5 {
         requests
             .send(flows::batch(
@@ -1184,13 +1175,6 @@ async fn a_client_that_goes_away_leaves_every_record_accounted_for() {
             .await
             .unwrap();
     }
-    let mut stream = server
-        .delivery()
-        .await
-        .send_records(tokio_stream::wrappers::ReceiverStream::new(receiver))
-        .await
-        .unwrap()
-        .into_inner();
     // Read one result, then vanish without half-closing.
     let _ = stream.message().await.unwrap();
     drop(stream);
@@ -1219,8 +1203,7 @@ async fn shutdown_drains_open_streams() {
         ..Faults::default()
     });
     let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
-    let (requests, receiver) = tokio::sync::mpsc::channel(8);
-    requests.send(flows::start(&name)).await.unwrap();
+    let (requests, mut stream) = flows::open(&server, &name).await;
     requests
         .send(flows::batch(
             (0..20)
@@ -1229,13 +1212,6 @@ async fn shutdown_drains_open_streams() {
         ))
         .await
         .unwrap();
-    let mut stream = server
-        .delivery()
-        .await
-        .send_records(tokio_stream::wrappers::ReceiverStream::new(receiver))
-        .await
-        .unwrap()
-        .into_inner();
     let first = stream.message().await.unwrap().unwrap();
     server.signal_shutdown();
     let mut results = 1;
@@ -1252,4 +1228,83 @@ async fn shutdown_drains_open_streams() {
     assert_eq!(summary.delivered, 20);
     assert_eq!(results, 20);
     drop(requests);
+}
+
+#[tokio::test]
+async fn pausing_stops_an_open_stream_after_what_it_accepted() {
+    let (sandbox, _dir, server) = setup().await;
+    let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    let (requests, mut stream) = flows::open(&server, &name).await;
+    requests
+        .send(flows::batch(
+            (0..5)
+                .map(|index| raw(&format!("r-{index}"), ticket(index)))
+                .collect(),
+        ))
+        .await
+        .unwrap();
+    let mut results = 0;
+    while results < 5 {
+        if let Some(proto::send_records_response::Message::Result(_)) =
+            stream.message().await.unwrap().unwrap().message
+        {
+            results += 1;
+        }
+    }
+    server
+        .destinations()
+        .await
+        .pause_destination(proto::PauseDestinationRequest { name: name.clone() })
+        .await
+        .unwrap();
+    // The stream notices within its state-check period, sends the summary and ends FAILED_PRECONDITION.
+    let summary = match stream.message().await.unwrap().unwrap().message {
+        Some(proto::send_records_response::Message::Summary(summary)) => summary,
+        other => panic!("summary expected, got {other:?}"),
+    };
+    assert_eq!(summary.delivered, 5);
+    let status = stream.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("paused"), "{}", status.message());
+    // Records sent after the pause are not delivered.
+    let _ = requests
+        .send(flows::batch(vec![raw("late", ticket(9))]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sandbox.stats().count(201), 5);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn outcome_only_results_leave_out_bodies_and_requests() {
+    let (_sandbox, _dir, server) = setup().await;
+    let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    let requests = vec![
+        proto::SendRecordsRequest {
+            message: Some(proto::send_records_request::Message::Start(
+                proto::StreamStart {
+                    destination: name.clone(),
+                    result_detail: proto::ResultDetail::OutcomeOnly as i32,
+                },
+            )),
+        },
+        flows::batch(vec![raw("r-1", ticket(1))]),
+    ];
+    let mut stream = server
+        .delivery()
+        .await
+        .send_records(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(proto::send_records_response::Message::Result(result)) =
+        stream.message().await.unwrap().unwrap().message
+    else {
+        panic!("result expected");
+    };
+    assert_eq!(result.outcome(), Outcome::Delivered);
+    let response = result.response.unwrap();
+    assert_eq!(response.http_status, 201);
+    assert!(response.body.is_none() && response.headers.is_empty() && result.request.is_none());
+    server.stop().await;
 }

@@ -13,10 +13,11 @@ use crate::api::convert::page_request;
 use crate::api::error::ApiError;
 use crate::api::names::DESTINATIONS;
 use crate::api::results::{
-    elapsed, failed_record_to_proto, incoming_record, report_to_proto, summary_to_proto,
+    elapsed, failed_record_to_proto, incoming_record, report_outcome_to_proto, report_to_proto,
+    summary_to_proto,
 };
 use crate::api::AppState;
-use crate::delivery::{IncomingRecord, StreamEvent};
+use crate::delivery::{IncomingRecord, Interruption, StreamEvent};
 use crate::proto::delivery_service_server::DeliveryService;
 use crate::proto::{self, send_records_request, send_records_response};
 
@@ -37,18 +38,31 @@ impl Delivery {
 
 type ResultStream = Pin<Box<dyn Stream<Item = Result<proto::SendRecordsResponse, Status>> + Send>>;
 
-fn event_to_proto(event: StreamEvent) -> proto::SendRecordsResponse {
+/// A session event as the stream carries it; an interruption ends the stream with its status.
+fn event_to_proto(
+    event: StreamEvent,
+    detail: proto::ResultDetail,
+) -> Result<proto::SendRecordsResponse, Status> {
     let message = match event {
-        StreamEvent::Report(report) => {
-            send_records_response::Message::Result(report_to_proto(*report))
-        }
+        StreamEvent::Report(report) => send_records_response::Message::Result(match detail {
+            proto::ResultDetail::OutcomeOnly => report_outcome_to_proto(*report),
+            proto::ResultDetail::Full | proto::ResultDetail::Unspecified => {
+                report_to_proto(*report)
+            }
+        }),
         StreamEvent::Summary(summary) => {
             send_records_response::Message::Summary(summary_to_proto(&summary))
         }
+        StreamEvent::Interrupted(interruption) => {
+            return Err(match &interruption {
+                Interruption::NotActive(why) => Status::failed_precondition(why.clone()),
+                Interruption::Deleted(why) => Status::not_found(why.clone()),
+            })
+        }
     };
-    proto::SendRecordsResponse {
+    Ok(proto::SendRecordsResponse {
         message: Some(message),
-    }
+    })
 }
 
 /// The client's record messages as batches of records; ends when the client half-closes or goes away.
@@ -112,7 +126,8 @@ impl DeliveryService for Delivery {
             let summary = session.run(record_batches(inbound), output).await;
             tracing::info!(destination = %name, ?summary, "record stream closed");
         });
-        let responses = ReceiverStream::new(events).map(|event| Ok(event_to_proto(event)));
+        let detail = start.result_detail();
+        let responses = ReceiverStream::new(events).map(move |event| event_to_proto(event, detail));
         Ok(Response::new(Box::pin(responses)))
     }
 
@@ -210,6 +225,9 @@ impl DeliveryService for Delivery {
             match event {
                 StreamEvent::Report(report) => results.push(report_to_proto(*report)),
                 StreamEvent::Summary(done) => summary = Some(summary_to_proto(&done)),
+                StreamEvent::Interrupted(interruption) => {
+                    tracing::info!(destination = %request.destination, %interruption, "retry stopped early");
+                }
             }
         }
         if let Err(error) = run.await {

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 use crate::delivery::Engine;
 use crate::proto::credential_service_server::CredentialServiceServer;
@@ -37,6 +39,19 @@ impl AppState {
     }
 }
 
+/// Every service's health, and the server's as a whole (the empty name).
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    use tonic::server::NamedService;
+    for service in [
+        "",
+        <CredentialServiceServer<credentials::Credentials> as NamedService>::NAME,
+        <DestinationServiceServer<destinations::Destinations> as NamedService>::NAME,
+        <DeliveryServiceServer<delivery::Delivery> as NamedService>::NAME,
+    ] {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
 /// Serves the three services, health and reflection on `listener` until `shutdown` resolves. Health turns
 /// NOT_SERVING first, so a load balancer stops routing here before the listener closes.
 pub async fn run(
@@ -45,15 +60,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<CredentialServiceServer<credentials::Credentials>>()
-        .await;
-    health_reporter
-        .set_serving::<DestinationServiceServer<destinations::Destinations>>()
-        .await;
-    health_reporter
-        .set_serving::<DeliveryServiceServer<delivery::Delivery>>()
-        .await;
+    set_health(&health_reporter, ServingStatus::Serving).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -72,18 +79,7 @@ pub async fn run(
     let engine = state.engine.clone();
     let shutdown = async move {
         shutdown.await;
-        drain_reporter
-            .set_not_serving::<CredentialServiceServer<credentials::Credentials>>()
-            .await;
-        drain_reporter
-            .set_not_serving::<DestinationServiceServer<destinations::Destinations>>()
-            .await;
-        drain_reporter
-            .set_not_serving::<DeliveryServiceServer<delivery::Delivery>>()
-            .await;
-        drain_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        set_health(&drain_reporter, ServingStatus::NotServing).await;
         engine.begin_shutdown();
         tracing::info!("health set to not serving; draining calls in flight");
     };

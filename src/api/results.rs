@@ -87,6 +87,24 @@ pub fn planned_request(call: &PlannedCall, record_ids: &[String]) -> proto::Plan
     }
 }
 
+/// The result without headers, bodies or request (`RESULT_DETAIL_OUTCOME_ONLY`).
+pub fn report_outcome_to_proto(report: DeliveryReport) -> proto::DeliveryResult {
+    proto::DeliveryResult {
+        outcome: outcome_to_proto(report.outcome) as i32,
+        response: report.answer.as_ref().map(|answer| proto::GrooveResponse {
+            http_status: i32::from(answer.status),
+            headers: Vec::new(),
+            body: None,
+        }),
+        attempts: report.attempts,
+        latency: Some(duration(report.latency)),
+        request: None,
+        error: report.error,
+        field: report.field,
+        record_ids: report.record_ids,
+    }
+}
+
 pub fn report_to_proto(report: DeliveryReport) -> proto::DeliveryResult {
     proto::DeliveryResult {
         outcome: outcome_to_proto(report.outcome) as i32,

@@ -108,35 +108,7 @@ async fn main() -> ExitCode {
         seeds.article_id,
         seeds.widget_id,
     );
-    stop_signal().await;
+    groove_destination::shutdown_signal().await;
     handle.shutdown().await;
     ExitCode::SUCCESS
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what process supervisors and benchmarks send).
-async fn stop_signal() {
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            eprintln!("groove-sandbox: cannot listen for sigint: {err}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                eprintln!("groove-sandbox: cannot listen for sigterm: {err}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
 }

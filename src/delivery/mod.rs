@@ -15,5 +15,5 @@ mod session;
 mod webhook;
 
 pub use engine::{DeliveryError, Engine, EngineOptions};
-pub use report::{DeliveryReport, IncomingRecord, PlannedCall, StreamEvent, Summary};
+pub use report::{DeliveryReport, IncomingRecord, Interruption, PlannedCall, StreamEvent, Summary};
 pub use session::Session;

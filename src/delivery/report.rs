@@ -117,6 +117,24 @@ impl Summary {
 #[derive(Clone, Debug)]
 pub enum StreamEvent {
     Report(Box<DeliveryReport>),
-    /// The last event of a stream.
+    /// The last event of a stream that ran its course; before [`StreamEvent::Interrupted`] otherwise.
     Summary(Summary),
+    /// The stream stopped before its input ended.
+    Interrupted(Interruption),
+}
+
+/// Why a stream stopped reading before the client finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interruption {
+    /// Paused (or otherwise not active) while the stream was open.
+    NotActive(String),
+    Deleted(String),
+}
+
+impl std::fmt::Display for Interruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interruption::NotActive(why) | Interruption::Deleted(why) => f.write_str(why),
+        }
+    }
 }

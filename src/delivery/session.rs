@@ -13,18 +13,20 @@ use crate::delivery::attempt::CallContext;
 use crate::delivery::dispatch::Dispatcher;
 use crate::delivery::recorder::{InFlight, Recorder};
 use crate::delivery::report::{
-    DeliveryReport, DeliveryUnit, IncomingRecord, PlannedCall, StreamEvent, Summary,
+    DeliveryReport, DeliveryUnit, IncomingRecord, Interruption, PlannedCall, StreamEvent, Summary,
 };
 use crate::delivery::webhook::WebhookForwarder;
 use crate::domain::batching::{Batch, Batcher};
-use crate::domain::destination::Destination;
+use crate::domain::destination::{Destination, DestinationState};
 use crate::domain::outcome::Outcome;
 use crate::domain::render::Renderer;
 use crate::groove::GrooveAnswer;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 256;
+/// How often an open stream checks that its destination is still active.
+const STATE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Reports waiting for the collector.
 const REPORT_QUEUE: usize = 1024;
 
@@ -72,7 +74,7 @@ impl Session {
             self.destination.config.response_webhook.clone(),
         ));
         let dispatcher = Dispatcher::start(self.context.clone(), reports.clone());
-        let received = self.pump(input, &dispatcher, &reports).await;
+        let (received, interruption) = self.pump(input, &dispatcher, &reports).await;
         dispatcher.finish().await;
         drop(reports);
         let mut summary = match collector.await {
@@ -85,20 +87,28 @@ impl Session {
         self.shared.recorder.flush().await;
         summary.records_received = received;
         let _ = output.send(StreamEvent::Summary(summary.clone())).await;
+        if let Some(interruption) = interruption {
+            let _ = output.send(StreamEvent::Interrupted(interruption)).await;
+        }
         summary
     }
 
-    /// Reads the input until it ends or the server shuts down; returns how many records it received.
+    /// Reads the input until it ends, the server shuts down or the destination stops being active; returns how
+    /// many records it received, and why it stopped early when it did.
     async fn pump<S>(
         &self,
         mut input: S,
         dispatcher: &Dispatcher,
         reports: &mpsc::Sender<DeliveryReport>,
-    ) -> u64
+    ) -> (u64, Option<Interruption>)
     where
         S: Stream<Item = Vec<IncomingRecord>> + Send + Unpin,
     {
         let mut received = 0;
+        let mut interruption = None;
+        // Polled rather than pushed: it works the same when another replica pauses the destination.
+        let mut state_checks =
+            tokio::time::interval_at(Instant::now() + STATE_CHECK_EVERY, STATE_CHECK_EVERY);
         let mut batcher = self
             .destination
             .config
@@ -113,6 +123,13 @@ impl Session {
                 () = stopping(&mut shutdown) => {
                     tracing::info!(destination = %self.name, "shutting down: no more records read from the stream");
                     break;
+                }
+                _ = state_checks.tick() => {
+                    if let Some(stop) = self.check_still_active().await {
+                        tracing::info!(destination = %self.name, reason = %stop, "stream stopped: destination no longer active");
+                        interruption = Some(stop);
+                        break;
+                    }
                 }
                 () = sleep_until_deadline(deadline) => {
                     if let Some(batcher) = batcher.as_mut() {
@@ -135,7 +152,32 @@ impl Session {
                 dispatcher.dispatch(batch_unit(batch)).await;
             }
         }
-        received
+        (received, interruption)
+    }
+
+    /// `None` while the destination is active; a store hiccup is not a reason to stop.
+    async fn check_still_active(&self) -> Option<Interruption> {
+        match self
+            .shared
+            .store
+            .get_destination(&self.destination.id)
+            .await
+        {
+            Ok(current) if current.state == DestinationState::Active => None,
+            Ok(current) => Some(Interruption::NotActive(format!(
+                "destination {} is {}; records after the last result were not read",
+                self.name,
+                current.state.as_str()
+            ))),
+            Err(StoreError::NotFound { .. }) => Some(Interruption::Deleted(format!(
+                "destination {} was deleted; records after the last result were not read",
+                self.name
+            ))),
+            Err(error) => {
+                tracing::warn!(%error, destination = %self.name, "cannot check the destination's state");
+                None
+            }
+        }
     }
 
     async fn accept(

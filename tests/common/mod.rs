@@ -194,6 +194,7 @@ pub mod flows {
         proto::SendRecordsRequest {
             message: Some(send_records_request::Message::Start(proto::StreamStart {
                 destination: destination.to_string(),
+                ..Default::default()
             })),
         }
     }
@@ -204,6 +205,29 @@ pub mod flows {
                 records,
             })),
         }
+    }
+
+    /// Opens a stream to `destination`; records go in through the sender, answers come out of the stream.
+    pub async fn open(
+        server: &TestServer,
+        destination: &str,
+    ) -> (
+        tokio::sync::mpsc::Sender<proto::SendRecordsRequest>,
+        tonic::Streaming<proto::SendRecordsResponse>,
+    ) {
+        let (requests, receiver) = tokio::sync::mpsc::channel(16);
+        requests
+            .send(start(destination))
+            .await
+            .expect("queue start");
+        let stream = server
+            .delivery()
+            .await
+            .send_records(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await
+            .expect("open stream")
+            .into_inner();
+        (requests, stream)
     }
 
     /// Everything a finished stream answered.
