@@ -39,6 +39,9 @@ impl AppState {
     }
 }
 
+/// Largest SendRecords message accepted: room for 1000 records of 16 KiB (tonic's default is 4 MiB).
+const MAX_RECORDS_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Every service's health, and the server's as a whole (the empty name).
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     use tonic::server::NamedService;
@@ -94,7 +97,10 @@ pub async fn run(
         .add_service(DestinationServiceServer::new(
             destinations::Destinations::new(state.clone()),
         ))
-        .add_service(DeliveryServiceServer::new(delivery::Delivery::new(state)))
+        .add_service(
+            DeliveryServiceServer::new(delivery::Delivery::new(state))
+                .max_decoding_message_size(MAX_RECORDS_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     tracing::info!("groove-destination stopped");

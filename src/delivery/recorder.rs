@@ -21,10 +21,12 @@ const PERSIST_ATTEMPTS: u32 = 6;
 const PERSIST_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
 
 enum Message {
+    /// One report's entries, built by the caller so the report itself can move on to the client.
     Outcome {
-        destination_id: String,
-        report: Box<DeliveryReport>,
-        now_ms: i64,
+        delivered: Vec<LedgerEntry>,
+        failed: Vec<FailedRecordEntry>,
+        /// Claims to release once committed: (destination id, record ids).
+        release: Option<(String, Vec<String>)>,
     },
     /// Answered once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
@@ -80,11 +82,17 @@ impl Recorder {
     }
 
     /// Queues an outcome. Claims on its record ids are released once it is committed (duplicates hold none).
-    pub async fn record(&self, destination_id: &str, report: DeliveryReport) {
+    pub async fn record(&self, destination_id: &str, report: &DeliveryReport) {
+        let mut delivered = Vec::new();
+        let mut failed = Vec::new();
+        let now_ms = crate::delivery::engine::now_ms();
+        collect(destination_id, report, now_ms, &mut delivered, &mut failed);
+        let release = (report.outcome != Outcome::Duplicate)
+            .then(|| (destination_id.to_string(), report.record_ids.clone()));
         let message = Message::Outcome {
-            destination_id: destination_id.to_string(),
-            report: Box::new(report),
-            now_ms: crate::delivery::engine::now_ms(),
+            delivered,
+            failed,
+            release,
         };
         if self.queue.send(message).await.is_err() {
             tracing::error!(destination = %destination_id, "outcome recorder stopped; outcome not persisted");
@@ -127,20 +135,13 @@ async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator
         match message {
             Message::Flush(done) => flushes.push(done),
             Message::Outcome {
-                destination_id,
-                report,
-                now_ms,
+                delivered: mut more_delivered,
+                failed: mut more_failed,
+                release,
             } => {
-                collect(
-                    &destination_id,
-                    &report,
-                    now_ms,
-                    &mut delivered,
-                    &mut failed,
-                );
-                if report.outcome != Outcome::Duplicate {
-                    released.push((destination_id, report.record_ids));
-                }
+                delivered.append(&mut more_delivered);
+                failed.append(&mut more_failed);
+                released.extend(release);
             }
         }
     }

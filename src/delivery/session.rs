@@ -445,16 +445,16 @@ async fn collect(
         if let Some(url) = &webhook_url {
             webhooks.submit(url, &destination_name, &report);
         }
+        recorder.record(&destination_id, &report).await;
         if client_listening
             && output
-                .send(StreamEvent::Report(Box::new(report.clone())))
+                .send(StreamEvent::Report(Box::new(report)))
                 .await
                 .is_err()
         {
             client_listening = false;
             tracing::info!(destination = %destination_name, "client went away; delivering and recording the rest");
         }
-        recorder.record(&destination_id, report).await;
     }
     summary
 }
