@@ -3,10 +3,27 @@
 use clap::Parser;
 use groove_destination::settings::{LogFormat, Settings};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// Blocking threads serve the store's reads. A few suffice (the store keeps four reader connections), and
+/// every extra thread would keep its own allocator cache alive.
+const MAX_BLOCKING_THREADS: usize = 8;
+
+fn main() -> std::process::ExitCode {
     let settings = Settings::parse();
     init_logging(&settings);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(settings)),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings) -> std::process::ExitCode {
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(listener) => listener,
         Err(error) => {

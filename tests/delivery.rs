@@ -909,21 +909,16 @@ async fn batching_by_rendered_request_and_max_wait() {
         .await
         .unwrap();
     // Partial batches leave after max wait, while the stream is still open.
-    let first = stream.message().await.unwrap().unwrap();
-    let second = stream.message().await.unwrap().unwrap();
+    let early = flows::next_results(&mut stream, 2).await;
     assert_eq!(
         sandbox.requests().len(),
         2,
         "two rendered URLs, two batches"
     );
     drop(requests);
-    let mut summary = None;
-    while let Some(message) = stream.message().await.unwrap() {
-        if let Some(proto::send_records_response::Message::Summary(done)) = message.message {
-            summary = Some(done);
-        }
-    }
-    assert_eq!(summary.unwrap().delivered, 6);
+    let rest = flows::drain(&mut stream).await.unwrap();
+    assert!(rest.results.is_empty());
+    assert_eq!(rest.summary.unwrap().delivered, 6);
     let mut paths: Vec<_> = sandbox
         .requests()
         .iter()
@@ -934,10 +929,8 @@ async fn batching_by_rendered_request_and_max_wait() {
         paths,
         vec!["/v1/tickets/1/messages", "/v1/tickets/2/messages"]
     );
-    for message in [first, second] {
-        let Some(proto::send_records_response::Message::Result(result)) = message.message else {
-            panic!("result expected")
-        };
+    assert_eq!(early.len(), 2);
+    for result in early {
         assert_eq!(result.record_ids.len(), 3);
     }
     server.stop().await;
@@ -1212,21 +1205,12 @@ async fn shutdown_drains_open_streams() {
         ))
         .await
         .unwrap();
-    let first = stream.message().await.unwrap().unwrap();
+    let first = flows::next_results(&mut stream, 1).await;
     server.signal_shutdown();
-    let mut results = 1;
-    let mut summary = None;
-    while let Some(message) = stream.message().await.unwrap() {
-        match message.message {
-            Some(proto::send_records_response::Message::Result(_)) => results += 1,
-            Some(proto::send_records_response::Message::Summary(done)) => summary = Some(done),
-            None => {}
-        }
-    }
-    drop(first);
-    let summary = summary.expect("a summary even when the server stops");
+    let rest = flows::drain(&mut stream).await.unwrap();
+    let summary = rest.summary.expect("a summary even when the server stops");
     assert_eq!(summary.delivered, 20);
-    assert_eq!(results, 20);
+    assert_eq!(first.len() + rest.results.len(), 20);
     drop(requests);
 }
 
@@ -1243,14 +1227,7 @@ async fn pausing_stops_an_open_stream_after_what_it_accepted() {
         ))
         .await
         .unwrap();
-    let mut results = 0;
-    while results < 5 {
-        if let Some(proto::send_records_response::Message::Result(_)) =
-            stream.message().await.unwrap().unwrap().message
-        {
-            results += 1;
-        }
-    }
+    flows::next_results(&mut stream, 5).await;
     server
         .destinations()
         .await
@@ -1258,10 +1235,9 @@ async fn pausing_stops_an_open_stream_after_what_it_accepted() {
         .await
         .unwrap();
     // The stream notices within its state-check period, sends the summary and ends FAILED_PRECONDITION.
-    let summary = match stream.message().await.unwrap().unwrap().message {
-        Some(proto::send_records_response::Message::Summary(summary)) => summary,
-        other => panic!("summary expected, got {other:?}"),
-    };
+    let last = stream.message().await.unwrap().unwrap();
+    assert!(last.results.is_empty());
+    let summary = last.summary.expect("summary expected");
     assert_eq!(summary.delivered, 5);
     let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -1297,11 +1273,7 @@ async fn outcome_only_results_leave_out_bodies_and_requests() {
         .await
         .unwrap()
         .into_inner();
-    let Some(proto::send_records_response::Message::Result(result)) =
-        stream.message().await.unwrap().unwrap().message
-    else {
-        panic!("result expected");
-    };
+    let result = flows::next_results(&mut stream, 1).await.remove(0);
     assert_eq!(result.outcome(), Outcome::Delivered);
     let response = result.response.unwrap();
     assert_eq!(response.http_status, 201);

@@ -3,9 +3,7 @@
 use std::pin::Pin;
 use std::time::Instant;
 
-use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -19,10 +17,14 @@ use crate::api::results::{
 use crate::api::AppState;
 use crate::delivery::{IncomingRecord, Interruption, StreamEvent};
 use crate::proto::delivery_service_server::DeliveryService;
-use crate::proto::{self, send_records_request, send_records_response};
+use crate::proto::{self, send_records_request};
 
 /// Events buffered towards a client that reads slowly; beyond it, delivery waits for the client.
-const OUTPUT_BUFFER: usize = 256;
+const OUTPUT_BUFFER: usize = 64;
+/// Most results in one stream message: enough to save per-message costs, few enough that full results (each
+/// may carry a batch's whole answer) stay well under a client's default 4 MiB message limit.
+const COALESCE_FULL: usize = 8;
+const COALESCE_OUTCOME_ONLY: usize = 256;
 /// Most failed records one RetryFailedRecords call takes on.
 const MAX_RETRY: u32 = 10_000;
 
@@ -38,31 +40,52 @@ impl Delivery {
 
 type ResultStream = Pin<Box<dyn Stream<Item = Result<proto::SendRecordsResponse, Status>> + Send>>;
 
-/// A session event as the stream carries it; an interruption ends the stream with its status.
-fn event_to_proto(
-    event: StreamEvent,
+/// Events that are ready together, as one stream message: results coalesce, the summary rides along with the
+/// last of them, and an interruption ends the stream with its status after whatever came before it.
+struct Coalesce {
+    events: mpsc::Receiver<StreamEvent>,
     detail: proto::ResultDetail,
-) -> Result<proto::SendRecordsResponse, Status> {
-    let message = match event {
-        StreamEvent::Report(report) => send_records_response::Message::Result(match detail {
-            proto::ResultDetail::OutcomeOnly => report_outcome_to_proto(*report),
-            proto::ResultDetail::Full | proto::ResultDetail::Unspecified => {
-                report_to_proto(*report)
+    /// An interruption seen while building a message; it becomes the next item.
+    pending_error: Option<Status>,
+}
+
+impl Coalesce {
+    async fn next_message(mut self) -> Option<(Result<proto::SendRecordsResponse, Status>, Self)> {
+        if let Some(error) = self.pending_error.take() {
+            return Some((Err(error), self));
+        }
+        let limit = match self.detail {
+            proto::ResultDetail::OutcomeOnly => COALESCE_OUTCOME_ONLY,
+            proto::ResultDetail::Full | proto::ResultDetail::Unspecified => COALESCE_FULL,
+        };
+        let mut ready = Vec::with_capacity(limit);
+        if self.events.recv_many(&mut ready, limit).await == 0 {
+            return None;
+        }
+        let mut message = proto::SendRecordsResponse::default();
+        for event in ready {
+            match event {
+                StreamEvent::Report(report) => message.results.push(match self.detail {
+                    proto::ResultDetail::OutcomeOnly => report_outcome_to_proto(*report),
+                    proto::ResultDetail::Full | proto::ResultDetail::Unspecified => {
+                        report_to_proto(*report)
+                    }
+                }),
+                StreamEvent::Summary(summary) => message.summary = Some(summary_to_proto(&summary)),
+                StreamEvent::Interrupted(interruption) => {
+                    self.pending_error = Some(match &interruption {
+                        Interruption::NotActive(why) => Status::failed_precondition(why.clone()),
+                        Interruption::Deleted(why) => Status::not_found(why.clone()),
+                    });
+                }
             }
-        }),
-        StreamEvent::Summary(summary) => {
-            send_records_response::Message::Summary(summary_to_proto(&summary))
         }
-        StreamEvent::Interrupted(interruption) => {
-            return Err(match &interruption {
-                Interruption::NotActive(why) => Status::failed_precondition(why.clone()),
-                Interruption::Deleted(why) => Status::not_found(why.clone()),
-            })
+        if message.results.is_empty() && message.summary.is_none() {
+            let error = self.pending_error.take()?;
+            return Some((Err(error), self));
         }
-    };
-    Ok(proto::SendRecordsResponse {
-        message: Some(message),
-    })
+        Some((Ok(message), self))
+    }
 }
 
 /// The client's record messages as batches of records; ends when the client half-closes or goes away.
@@ -126,8 +149,12 @@ impl DeliveryService for Delivery {
             let summary = session.run(record_batches(inbound), output).await;
             tracing::info!(destination = %name, ?summary, "record stream closed");
         });
-        let detail = start.result_detail();
-        let responses = ReceiverStream::new(events).map(move |event| event_to_proto(event, detail));
+        let coalesce = Coalesce {
+            events,
+            detail: start.result_detail(),
+            pending_error: None,
+        };
+        let responses = futures::stream::unfold(coalesce, Coalesce::next_message);
         Ok(Response::new(Box::pin(responses)))
     }
 

@@ -12,10 +12,15 @@ use crate::domain::outcome::Outcome;
 use crate::domain::render::display_headers;
 use crate::store::{FailedRecordEntry, LedgerEntry, Store, StoredRequest, LEDGER_BODY_CAP};
 
-/// Outcomes waiting for the next commit; a full queue slows the sessions down, never loses a result.
-const QUEUE_CAPACITY: usize = 16_384;
-/// Most outcomes in one commit.
-const MAX_GROUP: usize = 8_192;
+/// Reports waiting for the next commit (a report covers up to a batch of records); a full queue slows the
+/// sessions down, never loses a result. Small, because memory must stay flat however fast records arrive.
+const QUEUE_CAPACITY: usize = 256;
+/// Most reports in one commit.
+const MAX_GROUP: usize = 512;
+/// How long the recorder gathers outcomes into one commit; bounds the fsyncs to a few hundred per second.
+const GATHER_FOR: std::time::Duration = std::time::Duration::from_millis(2);
+/// Groove's answer kept with a failed record is cut to this many bytes.
+const FAILED_BODY_CAP: usize = 16 * 1024;
 /// Tries of one group commit against a failing store (about 6 s in all).
 const PERSIST_ATTEMPTS: u32 = 6;
 const PERSIST_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
@@ -113,13 +118,21 @@ async fn run(
     in_flight: Arc<InFlight>,
     mut receiver: mpsc::Receiver<Message>,
 ) {
-    let mut group = Vec::with_capacity(256);
+    let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = receiver.recv().await {
         group.push(first);
+        // Gather for a moment: every commit costs an fsync, and results do not wait for commits.
+        let deadline = tokio::time::Instant::now() + GATHER_FOR;
         while group.len() < MAX_GROUP {
             match receiver.try_recv() {
                 Ok(message) => group.push(message),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                        Ok(Some(message)) => group.push(message),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
             }
         }
         commit(&*store, &in_flight, group.drain(..)).await;
@@ -191,11 +204,12 @@ fn collect(
     let status = report.answer.as_ref().map_or(0, |answer| answer.status);
     match report.outcome {
         Outcome::Delivered => {
-            let body = report
-                .answer
-                .as_ref()
-                .map_or(&[][..], |answer| &answer.body[..]);
-            let body = &body[..body.len().min(LEDGER_BODY_CAP)];
+            // A batch's answer is about all its records: copying it into every record's entry would multiply
+            // it by the batch size, so batched records keep the status only.
+            let body = match (&report.answer, report.record_ids.len()) {
+                (Some(answer), 1) => &answer.body[..answer.body.len().min(LEDGER_BODY_CAP)],
+                _ => &[][..],
+            };
             delivered.extend(report.record_ids.iter().map(|record_id| LedgerEntry {
                 destination_id: destination_id.to_string(),
                 record_id: record_id.clone(),
@@ -206,16 +220,26 @@ fn collect(
             }));
         }
         Outcome::Rejected | Outcome::Failed => {
+            // A batch's body holds every record of the batch; each record is kept on its own anyway, so the
+            // stored request of a batched record has no body.
+            let batched = report.record_ids.len() > 1;
             let request = report.call.as_ref().map(|call| StoredRequest {
                 method: call.method.as_str().to_string(),
                 url: call.url.to_string(),
                 headers: display_headers(&call.headers, !call.body.is_empty()),
-                body: call.body.to_vec(),
+                body: if batched {
+                    Vec::new()
+                } else {
+                    call.body.to_vec()
+                },
             });
             let (headers, body) = report
                 .answer
                 .as_ref()
-                .map(|answer| (answer.headers.clone(), answer.body.clone()))
+                .map(|answer| {
+                    let body = &answer.body[..answer.body.len().min(FAILED_BODY_CAP)];
+                    (answer.headers.clone(), body.to_vec())
+                })
                 .unwrap_or_default();
             for (record_id, record) in report.record_ids.iter().zip(&report.records) {
                 failed.push(FailedRecordEntry {

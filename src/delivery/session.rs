@@ -28,7 +28,7 @@ pub const MAX_RECORD_ID_LEN: usize = 256;
 /// How often an open stream checks that its destination is still active.
 const STATE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Reports waiting for the collector.
-const REPORT_QUEUE: usize = 1024;
+const REPORT_QUEUE: usize = 256;
 
 /// What a session shares with the engine.
 #[derive(Clone)]

@@ -108,9 +108,7 @@ impl TestServer {
 pub mod flows {
     //! Small steps most delivery tests share.
 
-    use groove_destination::proto::{
-        self, destination_config::Endpoint, send_records_request, send_records_response,
-    };
+    use groove_destination::proto::{self, destination_config::Endpoint, send_records_request};
     use serde_json::Value;
 
     use super::{TestServer, SANDBOX_KEY};
@@ -284,20 +282,43 @@ pub mod flows {
             .send_records(tokio_stream::iter(requests))
             .await?
             .into_inner();
+        let answered = drain(&mut stream).await?;
+        assert!(answered.summary.is_some(), "stream ended without a summary");
+        Ok(answered)
+    }
+
+    /// Reads messages until at least `count` results came.
+    pub async fn next_results(
+        stream: &mut tonic::Streaming<proto::SendRecordsResponse>,
+        count: usize,
+    ) -> Vec<proto::DeliveryResult> {
+        let mut results = Vec::new();
+        while results.len() < count {
+            let message = stream
+                .message()
+                .await
+                .expect("stream error")
+                .expect("stream ended early");
+            assert!(message.summary.is_none(), "summary before {count} results");
+            results.extend(message.results);
+        }
+        results
+    }
+
+    /// Everything until the stream ends, or the status it ends with.
+    pub async fn drain(
+        stream: &mut tonic::Streaming<proto::SendRecordsResponse>,
+    ) -> Result<Answered, tonic::Status> {
         let mut answered = Answered::default();
         while let Some(message) = stream.message().await? {
-            match message.message {
-                Some(send_records_response::Message::Result(result)) => {
-                    assert!(answered.summary.is_none(), "result after the summary");
-                    answered.results.push(result);
-                }
-                Some(send_records_response::Message::Summary(summary)) => {
-                    answered.summary = Some(summary)
-                }
-                None => panic!("empty response message"),
-            }
+            assert!(answered.summary.is_none(), "message after the summary");
+            assert!(
+                !message.results.is_empty() || message.summary.is_some(),
+                "empty response message"
+            );
+            answered.results.extend(message.results);
+            answered.summary = message.summary;
         }
-        assert!(answered.summary.is_some(), "stream ended without a summary");
         Ok(answered)
     }
 }

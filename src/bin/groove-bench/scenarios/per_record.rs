@@ -1,0 +1,204 @@
+//! Scenario 1: one record per Groove call (Create Ticket template), sandbox answering at once, at several
+//! destination concurrency levels — the service's records/s against the raw baseline's calls/s in the same
+//! run, raw and service rounds alternating so that drift hits both alike.
+
+use crate::cpu::CpuUse;
+use crate::fail::BenchResult;
+use crate::raw::{self, RawPlan, RawTarget};
+use crate::report::{thousands, Report};
+use crate::sandbox::{SandboxFlags, API_KEY};
+use crate::service::create_ticket_config;
+use crate::stack::Stack;
+use crate::stats::Samples;
+use crate::stream::{self, StreamPlan};
+
+use super::Env;
+
+/// Totals of one variant over its rounds.
+#[derive(Default)]
+struct Tally {
+    /// Per Groove call: client-side for raw, the results' `latency` field for the service.
+    call_latencies: Samples,
+    records: u64,
+    seconds: f64,
+    rates: Vec<f64>,
+    cpu: Vec<(CpuUse, f64)>,
+    problems: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, records: u64, seconds: f64, cpu: CpuUse, problem: String) {
+        self.records += records;
+        self.seconds += seconds;
+        self.rates.push(records as f64 / seconds.max(1e-9));
+        self.cpu.push((cpu, seconds));
+        if !problem.is_empty() {
+            self.problems.push(problem);
+        }
+    }
+
+    /// Records over total measured time: longer rounds weigh more, as they should.
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds.max(1e-9)
+    }
+
+    fn spread(&self) -> String {
+        let min = self.rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.rates.iter().copied().fold(0.0, f64::max);
+        let mut note = format!(
+            "{} rounds, {}–{}/s",
+            self.rates.len(),
+            thousands(min),
+            thousands(max)
+        );
+        if let (Some(p50), Some(p99)) = (
+            self.call_latencies.quantile_ms(0.5),
+            self.call_latencies.quantile_ms(0.99),
+        ) {
+            note.push_str(&format!(", per call p50 {p50:.3} p99 {p99:.3} ms"));
+        }
+        if !self.problems.is_empty() {
+            note.push_str(&format!("; PROBLEMS: {}", self.problems.join("; ")));
+        }
+        note
+    }
+}
+
+pub async fn run(env: &Env<'_>, levels: &[u32], report: &mut Report) -> BenchResult<()> {
+    let mut stack = Stack::start(env.binaries, "per-record", &SandboxFlags::default()).await?;
+    let http = raw::client()?;
+    let plan = env.plan;
+    // Raw bodies are numbered apart from the service's record ids; only their content has to match.
+    let mut raw_seq = 1_000_000_000u64;
+    for &level in levels {
+        let destination = stack
+            .service
+            .active_destination(&format!("per-record-c{level}"), create_ticket_config(level))
+            .await?;
+        let preview = stack
+            .service
+            .preview(&destination, stack.tickets.record("preview", 0))
+            .await?;
+        let target = RawTarget::from_preview(&preview, API_KEY, &stack.tickets, 0)?;
+        if level == levels[0] {
+            report.note(format!(
+                "per-record raw baseline sends what the service previews for the same record: {}",
+                target.describe()
+            ));
+            report.note(
+                "per-record `per call` latency: client-side POST time for raw; the results' `latency` field \
+                 (first attempt → Groove's answer, inside the service) for the service. Per-call time well \
+                 above raw's at the same concurrency means the calls themselves got slower (CPU or scheduling); \
+                 close to raw's with a lower rate means the workers wait between calls",
+            );
+        }
+        let raw_plan = |duration, first_seq| RawPlan {
+            concurrency: level as usize,
+            duration,
+            max_calls: plan.max_records_per_run,
+            first_seq,
+        };
+        let stream_plan = |run: String, duration| StreamPlan {
+            target: plan.target(&destination),
+            run,
+            max_records: plan.max_records_per_run,
+            duration,
+            drain_limit: plan.drain_limit,
+        };
+
+        // Warm both paths: connection pools, allocators, and the sandbox's ticket store filling to its cap.
+        raw::run(
+            &http,
+            &target,
+            &stack.tickets,
+            raw_plan(plan.warm_up, raw_seq),
+        )
+        .await;
+        raw_seq += plan.max_records_per_run;
+        stream::throughput(
+            stack.service.delivery(),
+            &stack.tickets,
+            &stream_plan(format!("c{level}-warm"), plan.warm_up),
+        )
+        .await?;
+
+        let mut raw_tally = Tally::default();
+        let mut service_tally = Tally::default();
+        for round in 0..plan.per_record_rounds {
+            let before = stack.cpu_mark();
+            let raw_run = raw::run(
+                &http,
+                &target,
+                &stack.tickets,
+                raw_plan(plan.per_record_run, raw_seq),
+            )
+            .await;
+            let usage = before.until(&stack.cpu_mark());
+            raw_seq += plan.max_records_per_run;
+            raw_tally.call_latencies.extend(raw_run.latencies);
+            raw_tally.add(
+                raw_run.ok,
+                raw_run.elapsed.as_secs_f64(),
+                usage,
+                match (&raw_run.first_error, raw_run.errors) {
+                    (_, 0) => String::new(),
+                    (first, errors) => format!("{errors} errors, first: {first:?}"),
+                },
+            );
+
+            let before = stack.cpu_mark();
+            let outcome = stream::throughput(
+                stack.service.delivery(),
+                &stack.tickets,
+                &stream_plan(format!("c{level}-r{round}"), plan.per_record_run),
+            )
+            .await?;
+            let usage = before.until(&stack.cpu_mark());
+            service_tally
+                .call_latencies
+                .extend(outcome.call_latencies.clone());
+            eprintln!(
+                "    c{level} service round {round}: {} records, {}; raw {} calls",
+                outcome.delivered,
+                outcome.timeline(),
+                raw_run.ok
+            );
+            service_tally.add(
+                outcome.delivered,
+                outcome.elapsed.as_secs_f64(),
+                usage,
+                outcome.problems(),
+            );
+            stack.ensure_running()?;
+        }
+
+        let scenario = format!("1 per-record c{level}");
+        report.row(
+            &scenario,
+            "raw reqwest",
+            format!("{} calls/s", thousands(raw_tally.rate())),
+            raw_tally.seconds,
+            Some(CpuUse::weighted(&raw_tally.cpu)),
+            raw_tally.spread(),
+        );
+        report.row(
+            &scenario,
+            "service SendRecords",
+            format!("{} rec/s", thousands(service_tally.rate())),
+            service_tally.seconds,
+            Some(CpuUse::weighted(&service_tally.cpu)),
+            service_tally.spread(),
+        );
+        let ratio = service_tally.rate() / raw_tally.rate().max(1e-9);
+        report.row(
+            &scenario,
+            "ratio service / raw",
+            format!("{ratio:.3}"),
+            0.0,
+            None,
+            "",
+        );
+        report.headline.set_per_record_ratio(level, ratio);
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! A sandbox and a service started together for one scenario, in a scratch dir, with the bench credential
+//! stored. Each scenario gets a fresh stack so that one scenario's ledger, connections or memory peak do not
+//! leak into the next one's figures.
+
+use crate::children::{Binaries, ScratchDir};
+use crate::cpu::{CpuMark, Pids};
+use crate::fail::BenchResult;
+use crate::records::Tickets;
+use crate::sandbox::{self, SandboxChild, SandboxFlags};
+use crate::service::ServiceChild;
+
+pub struct Stack {
+    // Field order is drop order: the service goes first (it calls the sandbox), the scratch dir last.
+    pub service: ServiceChild,
+    pub sandbox: SandboxChild,
+    pub tickets: Tickets,
+    /// For the sandbox's control endpoints.
+    pub control: reqwest::Client,
+    _scratch: ScratchDir,
+}
+
+impl Stack {
+    pub async fn start(
+        binaries: &Binaries,
+        label: &str,
+        flags: &SandboxFlags,
+    ) -> BenchResult<Stack> {
+        let scratch = ScratchDir::create(label)?;
+        let sandbox = SandboxChild::start(&binaries.sandbox, flags, &scratch)?;
+        let service = ServiceChild::start(&binaries.service, &sandbox.base_url, &scratch).await?;
+        service.create_credential(sandbox::API_KEY).await?;
+        eprintln!(
+            "[{label}] sandbox pid {} at {} {flags:?}; service pid {}",
+            sandbox.pid(),
+            sandbox.base_url,
+            service.pid()
+        );
+        let tickets = Tickets::new(&sandbox.mailbox_email);
+        Ok(Stack {
+            service,
+            sandbox,
+            tickets,
+            control: reqwest::Client::new(),
+            _scratch: scratch,
+        })
+    }
+
+    pub fn pids(&self) -> Pids {
+        Pids {
+            sandbox: self.sandbox.pid(),
+            service: self.service.pid(),
+        }
+    }
+
+    pub fn cpu_mark(&self) -> CpuMark {
+        CpuMark::now(self.pids())
+    }
+
+    /// Fails (with the service's log) if either child died during a run.
+    pub fn ensure_running(&mut self) -> BenchResult<()> {
+        self.sandbox.guard.ensure_running()?;
+        self.service.guard.ensure_running().map_err(|error| {
+            crate::fail::BenchError::new(format!("{error}\n{}", self.service.log_tail()))
+        })
+    }
+}
