@@ -2,7 +2,7 @@
 //! It never carries the Groove API key, and it never slows delivery: when the queue is full, results are
 //! dropped, counted and logged.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ use crate::delivery::report::DeliveryReport;
 
 /// Results waiting to be forwarded, over all destinations.
 const QUEUE_CAPACITY: usize = 10_000;
+/// Payload bytes waiting, over all destinations.
+const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 /// Forwarding requests in flight at once.
 const WORKERS: usize = 4;
 const ATTEMPTS: u32 = 3;
@@ -30,6 +32,9 @@ struct Job {
 pub struct WebhookForwarder {
     queue: mpsc::Sender<Job>,
     dropped: Arc<AtomicU64>,
+    /// Payload bytes waiting; a batch's result can carry a large Groove answer, so the queue is bounded in bytes
+    /// as well as in results.
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl WebhookForwarder {
@@ -45,23 +50,34 @@ impl WebhookForwarder {
             .build()?;
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let receiver = Arc::new(Mutex::new(receiver));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         for _ in 0..WORKERS {
-            tokio::spawn(forward(client.clone(), receiver.clone()));
+            tokio::spawn(forward(
+                client.clone(),
+                receiver.clone(),
+                queued_bytes.clone(),
+            ));
         }
         Ok(WebhookForwarder {
             queue,
             dropped: Arc::new(AtomicU64::new(0)),
+            queued_bytes,
         })
     }
 
     /// Queues a result for `url` without waiting.
     pub fn submit(&self, url: &str, destination_name: &str, report: &DeliveryReport) {
         let payload = payload(destination_name, report).to_string().into_bytes();
+        let size = payload.len();
         let job = Job {
             url: url.to_string(),
             payload,
         };
-        if self.queue.try_send(job).is_err() {
+        // Counted before sending, so a worker that takes the job at once never subtracts first.
+        let before = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        let queued = before + size <= MAX_QUEUED_BYTES && self.queue.try_send(job).is_ok();
+        if !queued {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped == 1 || dropped.is_multiple_of(DROP_LOG_EVERY) {
                 tracing::warn!(dropped, webhook = %url, "response webhook queue full; results dropped");
@@ -92,10 +108,15 @@ pub fn payload(destination_name: &str, report: &DeliveryReport) -> Value {
     })
 }
 
-async fn forward(client: reqwest::Client, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn forward(
+    client: reqwest::Client,
+    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    queued_bytes: Arc<AtomicUsize>,
+) {
     loop {
         let job = { receiver.lock().await.recv().await };
         let Some(job) = job else { return };
+        queued_bytes.fetch_sub(job.payload.len(), Ordering::Relaxed);
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
             let sent = client
