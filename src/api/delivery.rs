@@ -7,11 +7,11 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::convert::page_request;
+use crate::api::convert::{duration, page_request};
 use crate::api::error::ApiError;
 use crate::api::names::DESTINATIONS;
 use crate::api::results::{
-    elapsed, failed_record_to_proto, incoming_record, report_outcome_to_proto, report_to_proto,
+    failed_record_to_proto, incoming_record, report_outcome_to_proto, report_to_proto,
     summary_to_proto,
 };
 use crate::api::AppState;
@@ -264,7 +264,7 @@ impl DeliveryService for Delivery {
         Ok(Response::new(proto::RetryFailedRecordsResponse {
             results,
             summary,
-            duration: elapsed(started.elapsed()),
+            duration: Some(duration(started.elapsed())),
         }))
     }
 }

@@ -1,7 +1,5 @@
 //! Delivery results, requests and Groove answers as the contract shows them.
 
-use std::time::Duration;
-
 use crate::api::convert::{duration, method_to_proto, timestamp};
 use crate::api::json::{json_to_value, struct_to_json};
 use crate::delivery::{DeliveryReport, IncomingRecord, PlannedCall, Summary};
@@ -194,8 +192,4 @@ pub fn failed_record_to_proto(
         first_failure_time: Some(timestamp(entry.first_failure_ms)),
         last_failure_time: Some(timestamp(entry.last_failure_ms)),
     }
-}
-
-pub fn elapsed(elapsed: Duration) -> Option<prost_types::Duration> {
-    Some(duration(elapsed))
 }

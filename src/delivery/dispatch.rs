@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 
 use crate::delivery::attempt::{deliver, CallContext};
-use crate::delivery::report::{DeliveryReport, DeliveryUnit};
+use crate::delivery::report::DeliveryUnit;
+use crate::delivery::sink::ReportSink;
 
 /// Units queued per lane beyond the one in flight; small, so that memory stays flat and the stream is read
 /// only as fast as Groove answers.
@@ -24,7 +25,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts the workers; each finished unit's report goes to `reports`.
-    pub fn start(context: CallContext, reports: mpsc::Sender<DeliveryReport>) -> Self {
+    pub fn start(context: CallContext, reports: ReportSink) -> Self {
         let concurrency = context.options.concurrency.max(1) as usize;
         let (shared, shared_rx) = mpsc::channel(concurrency * LANE_CAPACITY);
         let shared_rx = Arc::new(Mutex::new(shared_rx));
@@ -86,7 +87,7 @@ async fn work(
     context: CallContext,
     mut lane: mpsc::Receiver<DeliveryUnit>,
     shared: Arc<Mutex<mpsc::Receiver<DeliveryUnit>>>,
-    reports: mpsc::Sender<DeliveryReport>,
+    reports: ReportSink,
 ) {
     let mut lane_open = true;
     let mut shared_open = true;
@@ -109,11 +110,7 @@ async fn work(
                 }
             },
         };
-        let report = deliver(&context, unit).await;
-        if reports.send(report).await.is_err() {
-            // The session stopped listening; it accounts for what is left itself.
-            tracing::debug!("delivery report dropped: session gone");
-        }
+        reports.report(deliver(&context, unit).await).await;
     }
 }
 

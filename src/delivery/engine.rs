@@ -124,8 +124,8 @@ impl Engine {
         self.session_for(destination, name).await
     }
 
-    /// A session regardless of state (TestDestination sends even while paused).
-    pub async fn session_for(
+    /// Compiles the destination's configuration and binds its key and pacer.
+    async fn session_for(
         &self,
         destination: Destination,
         name: &str,

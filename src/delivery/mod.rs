@@ -12,6 +12,7 @@ mod recorder;
 mod report;
 pub mod retry;
 mod session;
+mod sink;
 mod webhook;
 
 pub use engine::{DeliveryError, Engine, EngineOptions};

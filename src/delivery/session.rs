@@ -15,6 +15,7 @@ use crate::delivery::recorder::{InFlight, Recorder};
 use crate::delivery::report::{
     DeliveryReport, DeliveryUnit, IncomingRecord, Interruption, PlannedCall, StreamEvent, Summary,
 };
+use crate::delivery::sink::ReportSink;
 use crate::delivery::webhook::WebhookForwarder;
 use crate::domain::batching::{Batch, Batcher};
 use crate::domain::destination::{Destination, DestinationState};
@@ -27,8 +28,6 @@ use crate::store::{Store, StoreError};
 pub const MAX_RECORD_ID_LEN: usize = 256;
 /// How often an open stream checks that its destination is still active.
 const STATE_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// Reports waiting for the collector.
-const REPORT_QUEUE: usize = 256;
 
 /// What a session shares with the engine.
 #[derive(Clone)]
@@ -63,27 +62,18 @@ impl Session {
     where
         S: Stream<Item = Vec<IncomingRecord>> + Send + Unpin,
     {
-        let (reports, report_queue) = mpsc::channel(REPORT_QUEUE);
-        let collector = tokio::spawn(collect(
-            report_queue,
+        let reports = ReportSink::new(
             output.clone(),
             self.shared.recorder.clone(),
             self.shared.webhooks.clone(),
             self.destination.id.clone(),
             self.name.clone(),
             self.destination.config.response_webhook.clone(),
-        ));
+        );
         let dispatcher = Dispatcher::start(self.context.clone(), reports.clone());
         let (received, interruption) = self.pump(input, &dispatcher, &reports).await;
         dispatcher.finish().await;
-        drop(reports);
-        let mut summary = match collector.await {
-            Ok(summary) => summary,
-            Err(error) => {
-                tracing::error!(%error, destination = %self.name, "result collector failed");
-                Summary::default()
-            }
-        };
+        let mut summary = reports.summary();
         self.shared.recorder.flush().await;
         summary.records_received = received;
         let _ = output.send(StreamEvent::Summary(summary.clone())).await;
@@ -99,7 +89,7 @@ impl Session {
         &self,
         mut input: S,
         dispatcher: &Dispatcher,
-        reports: &mpsc::Sender<DeliveryReport>,
+        reports: &ReportSink,
     ) -> (u64, Option<Interruption>)
     where
         S: Stream<Item = Vec<IncomingRecord>> + Send + Unpin,
@@ -185,7 +175,7 @@ impl Session {
         records: Vec<IncomingRecord>,
         dispatcher: &Dispatcher,
         mut batcher: Option<&mut Batcher<Accepted>>,
-        reports: &mpsc::Sender<DeliveryReport>,
+        reports: &ReportSink,
     ) {
         let accepted = self.admit(records, reports).await;
         for record in accepted {
@@ -197,11 +187,13 @@ impl Session {
                         .first()
                         .map(|violation| violation.field.clone())
                         .unwrap_or_default();
-                    report(
-                        reports,
-                        DeliveryReport::invalid(record.id, field, violations.to_string()),
-                    )
-                    .await;
+                    reports
+                        .report(DeliveryReport::invalid(
+                            record.id,
+                            field,
+                            violations.to_string(),
+                        ))
+                        .await;
                     continue;
                 }
             };
@@ -237,40 +229,38 @@ impl Session {
 
     /// Checks ids and JSON, refuses repeats (in this message, in flight elsewhere, or already delivered) and
     /// claims the rest for delivery.
-    async fn admit(
-        &self,
-        records: Vec<IncomingRecord>,
-        reports: &mpsc::Sender<DeliveryReport>,
-    ) -> Vec<Accepted> {
+    async fn admit(&self, records: Vec<IncomingRecord>, reports: &ReportSink) -> Vec<Accepted> {
         let mut seen = HashSet::with_capacity(records.len());
         let mut candidates = Vec::with_capacity(records.len());
         for record in records {
             if record.id.is_empty() {
-                report(
-                    reports,
-                    DeliveryReport::invalid(record.id, "record.id", "record id is required"),
-                )
-                .await;
+                reports
+                    .report(DeliveryReport::invalid(
+                        record.id,
+                        "record.id",
+                        "record id is required",
+                    ))
+                    .await;
                 continue;
             }
             if record.id.len() > MAX_RECORD_ID_LEN {
-                report(
-                    reports,
-                    DeliveryReport::invalid(
+                reports
+                    .report(DeliveryReport::invalid(
                         record.id,
                         "record.id",
                         format!("record id is longer than {MAX_RECORD_ID_LEN} bytes"),
-                    ),
-                )
-                .await;
+                    ))
+                    .await;
                 continue;
             }
             if !seen.insert(record.id.clone()) {
-                report(
-                    reports,
-                    duplicate(record.id, None, "record id repeated in the same message"),
-                )
-                .await;
+                reports
+                    .report(duplicate(
+                        record.id,
+                        None,
+                        "record id repeated in the same message",
+                    ))
+                    .await;
                 continue;
             }
             match record.json {
@@ -279,11 +269,9 @@ impl Session {
                     json: Arc::from(json),
                 }),
                 Err(problem) => {
-                    report(
-                        reports,
-                        DeliveryReport::invalid(record.id, "record", problem),
-                    )
-                    .await
+                    reports
+                        .report(DeliveryReport::invalid(record.id, "record", problem))
+                        .await
                 }
             }
         }
@@ -294,15 +282,13 @@ impl Session {
             if claimed_now {
                 claimed.push(record);
             } else {
-                report(
-                    reports,
-                    duplicate(
+                reports
+                    .report(duplicate(
                         record.id,
                         None,
                         "record id is being delivered by another stream",
-                    ),
-                )
-                .await;
+                    ))
+                    .await;
             }
         }
         if claimed.is_empty() {
@@ -321,9 +307,8 @@ impl Session {
                 tracing::error!(%error, destination = %self.name, "ledger lookup failed; records kept as failed");
                 let failed: Vec<String> = claimed.iter().map(|record| record.id.clone()).collect();
                 let records = claimed.iter().map(|record| record.json.clone()).collect();
-                report(
-                    reports,
-                    DeliveryReport {
+                reports
+                    .report(DeliveryReport {
                         record_ids: failed,
                         outcome: Outcome::Failed,
                         answer: None,
@@ -333,9 +318,8 @@ impl Session {
                         field: String::new(),
                         call: None,
                         records,
-                    },
-                )
-                .await;
+                    })
+                    .await;
                 return Vec::new();
             }
         };
@@ -354,15 +338,13 @@ impl Session {
                         body: entry.response_body.clone(),
                         latency: Duration::ZERO,
                     };
-                    report(
-                        reports,
-                        duplicate(
+                    reports
+                        .report(duplicate(
                             record.id,
                             Some(original),
                             "record id was delivered before; not sent again",
-                        ),
-                    )
-                    .await;
+                        ))
+                        .await;
                 }
                 None => fresh.push(record),
             }
@@ -385,12 +367,6 @@ fn duplicate(record_id: String, original: Option<GrooveAnswer>, why: &str) -> De
         field: String::new(),
         call: None,
         records: Vec::new(),
-    }
-}
-
-async fn report(reports: &mpsc::Sender<DeliveryReport>, report: DeliveryReport) {
-    if reports.send(report).await.is_err() {
-        tracing::error!("result collector stopped; report lost");
     }
 }
 
@@ -426,35 +402,4 @@ async fn sleep_until_deadline(deadline: Option<std::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
         None => std::future::pending().await,
     }
-}
-
-/// Counts, forwards and records every report; returns the summary when the last reporter is gone.
-async fn collect(
-    mut reports: mpsc::Receiver<DeliveryReport>,
-    output: mpsc::Sender<StreamEvent>,
-    recorder: Recorder,
-    webhooks: WebhookForwarder,
-    destination_id: String,
-    destination_name: String,
-    webhook_url: Option<String>,
-) -> Summary {
-    let mut summary = Summary::default();
-    let mut client_listening = true;
-    while let Some(report) = reports.recv().await {
-        summary.count(&report);
-        if let Some(url) = &webhook_url {
-            webhooks.submit(url, &destination_name, &report);
-        }
-        recorder.record(&destination_id, &report).await;
-        if client_listening
-            && output
-                .send(StreamEvent::Report(Box::new(report)))
-                .await
-                .is_err()
-        {
-            client_listening = false;
-            tracing::info!(destination = %destination_name, "client went away; delivering and recording the rest");
-        }
-    }
-    summary
 }

@@ -1,0 +1,86 @@
+//! Where every report of a session goes: counted for the summary, forwarded to the response webhook, queued
+//! for the store and sent to the client — called directly by whoever produced the report (a dispatch worker,
+//! or the session for records refused before any call), with no task in between.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::mpsc;
+
+use crate::delivery::recorder::Recorder;
+use crate::delivery::report::{DeliveryReport, StreamEvent, Summary};
+use crate::delivery::webhook::WebhookForwarder;
+
+#[derive(Clone)]
+pub(crate) struct ReportSink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    output: mpsc::Sender<StreamEvent>,
+    /// Cleared when the client is gone; delivery and recording go on regardless.
+    client_listening: AtomicBool,
+    recorder: Recorder,
+    webhooks: WebhookForwarder,
+    destination_id: String,
+    destination_name: String,
+    webhook_url: Option<String>,
+    summary: Mutex<Summary>,
+}
+
+impl ReportSink {
+    pub fn new(
+        output: mpsc::Sender<StreamEvent>,
+        recorder: Recorder,
+        webhooks: WebhookForwarder,
+        destination_id: String,
+        destination_name: String,
+        webhook_url: Option<String>,
+    ) -> Self {
+        ReportSink {
+            inner: Arc::new(Inner {
+                output,
+                client_listening: AtomicBool::new(true),
+                recorder,
+                webhooks,
+                destination_id,
+                destination_name,
+                webhook_url,
+                summary: Mutex::new(Summary::default()),
+            }),
+        }
+    }
+
+    /// Takes one report. Waits while the store's or the client's queue is full: that is the backpressure.
+    pub async fn report(&self, report: DeliveryReport) {
+        let inner = &*self.inner;
+        inner
+            .summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .count(&report);
+        if let Some(url) = &inner.webhook_url {
+            inner.webhooks.submit(url, &inner.destination_name, &report);
+        }
+        inner.recorder.record(&inner.destination_id, &report).await;
+        if inner.client_listening.load(Ordering::Relaxed)
+            && inner
+                .output
+                .send(StreamEvent::Report(Box::new(report)))
+                .await
+                .is_err()
+            && inner.client_listening.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(destination = %inner.destination_name, "client went away; delivering and recording the rest");
+        }
+    }
+
+    /// The counts so far.
+    pub fn summary(&self) -> Summary {
+        self.inner
+            .summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
