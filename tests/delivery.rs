@@ -1280,3 +1280,31 @@ async fn outcome_only_results_leave_out_bodies_and_requests() {
     assert!(response.body.is_none() && response.headers.is_empty() && result.request.is_none());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn deleting_the_destination_ends_an_open_stream_with_not_found() {
+    let (_sandbox, _dir, server) = setup().await;
+    let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    let (requests, mut stream) = flows::open(&server, &name).await;
+    requests
+        .send(flows::batch(vec![raw("r-1", ticket(1))]))
+        .await
+        .unwrap();
+    flows::next_results(&mut stream, 1).await;
+    server
+        .destinations()
+        .await
+        .delete_destination(proto::DeleteDestinationRequest {
+            name: name.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+    let last = stream.message().await.unwrap().unwrap();
+    assert_eq!(last.summary.expect("summary before the end").delivered, 1);
+    let status = stream.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("deleted"), "{}", status.message());
+    drop(requests);
+    server.stop().await;
+}

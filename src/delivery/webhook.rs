@@ -153,3 +153,70 @@ async fn forward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::outcome::Outcome;
+    use crate::groove::GrooveAnswer;
+
+    impl WebhookForwarder {
+        fn dropped(&self) -> u64 {
+            self.dropped.load(Ordering::Relaxed)
+        }
+    }
+
+    fn big_report(body_bytes: usize) -> DeliveryReport {
+        DeliveryReport {
+            record_ids: vec!["r-1".into()],
+            outcome: Outcome::Delivered,
+            answer: Some(GrooveAnswer {
+                status: 201,
+                headers: Vec::new(),
+                body: format!("\"{}\"", "x".repeat(body_bytes)).into_bytes(),
+                latency: std::time::Duration::ZERO,
+            }),
+            attempts: 1,
+            latency: std::time::Duration::ZERO,
+            error: String::new(),
+            field: String::new(),
+            call: None,
+            records: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_webhook_costs_a_bounded_number_of_bytes_then_drops() {
+        // A receiver that accepts connections and never answers: every forward hangs until its timeout.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let _hold = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let forwarder = WebhookForwarder::start().unwrap();
+        let report = big_report(1024 * 1024);
+        for _ in 0..40 {
+            forwarder.submit(&url, "destinations/d", &report);
+        }
+        // 4 in the workers' hands, 16 MiB queued at most; the rest of the 40 MiB is dropped, not buffered.
+        assert!(
+            forwarder.dropped() >= 40 - 4 - 16,
+            "dropped {}",
+            forwarder.dropped()
+        );
+        assert!(forwarder.queued_bytes.load(Ordering::Relaxed) <= MAX_QUEUED_BYTES);
+    }
+
+    #[test]
+    fn the_payload_carries_the_result_but_no_request() {
+        let payload = payload("destinations/d", &big_report(3));
+        assert_eq!(payload["destination"], "destinations/d");
+        assert_eq!(payload["outcome"], "delivered");
+        assert_eq!(payload["http_status"], 201);
+        assert_eq!(payload["response"]["body"], "xxx");
+        assert!(payload.get("request").is_none());
+    }
+}
