@@ -518,7 +518,7 @@ async fn a_rate_limit_storm_is_waited_out_and_everything_delivered() {
             .unwrap()
             .parse()
             .unwrap();
-        let quiet_from = request.received_at_ms + 100;
+        let quiet_from = request.received_at_ms + 250;
         let quiet_until = request.received_at_ms + retry_after * 1000 - 10;
         let early: Vec<_> = requests
             .iter()
