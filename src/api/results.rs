@@ -68,7 +68,7 @@ fn header(name: &str, value: &str) -> proto::HttpHeader {
 }
 
 pub fn answer_to_proto(answer: &GrooveAnswer) -> proto::GrooveResponse {
-    groove_response(answer.status, &answer.headers, &answer.body)
+    groove_response(answer.status, &answer.header_pairs(), &answer.body)
 }
 
 /// The request as sent, `Authorization` redacted.

@@ -82,7 +82,7 @@ async fn send_with_retries(context: &CallContext, call: &PlannedCall) -> CallRes
         let permit = context.pacer.acquire().await;
         let result = context.client.send(&context.key, &request).await;
         match &result {
-            Ok(answer) => permit.observe(answer.status, &answer.headers),
+            Ok(answer) => permit.observe(answer.status, &answer.pacing_headers()),
             Err(_) => drop(permit),
         }
         attempts.record(&result);

@@ -238,7 +238,7 @@ fn collect(
                 .as_ref()
                 .map(|answer| {
                     let body = &answer.body[..answer.body.len().min(FAILED_BODY_CAP)];
-                    (answer.headers.clone(), body.to_vec())
+                    (answer.header_pairs(), body.to_vec())
                 })
                 .unwrap_or_default();
             for (record_id, record) in report.record_ids.iter().zip(&report.records) {

@@ -175,7 +175,7 @@ impl Budget {
 }
 
 fn waited_for(answer: &GrooveAnswer) -> Duration {
-    retry_after(&answer.headers, SystemTime::now()).unwrap_or(Duration::ZERO)
+    retry_after(&answer.pacing_headers(), SystemTime::now()).unwrap_or(Duration::ZERO)
 }
 
 fn not_repeated(method: HttpMethod, why: &str) -> Decision {
@@ -215,7 +215,12 @@ mod tests {
             status,
             headers: headers
                 .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .map(|(n, v)| {
+                    (
+                        reqwest::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        reqwest::header::HeaderValue::from_str(v).unwrap(),
+                    )
+                })
                 .collect(),
             body: Vec::new(),
             latency: Duration::from_millis(3),

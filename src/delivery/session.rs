@@ -334,7 +334,7 @@ impl Session {
                     repeated.push(record.id.clone());
                     let original = GrooveAnswer {
                         status: entry.http_status,
-                        headers: Vec::new(),
+                        headers: Default::default(),
                         body: entry.response_body.clone(),
                         latency: Duration::ZERO,
                     };

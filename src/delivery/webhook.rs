@@ -172,7 +172,7 @@ mod tests {
             outcome: Outcome::Delivered,
             answer: Some(GrooveAnswer {
                 status: 201,
-                headers: Vec::new(),
+                headers: Default::default(),
                 body: format!("\"{}\"", "x".repeat(body_bytes)).into_bytes(),
                 latency: std::time::Duration::ZERO,
             }),

@@ -31,9 +31,37 @@ pub struct OutgoingRequest {
 #[derive(Clone, Debug)]
 pub struct GrooveAnswer {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    /// Taken over from the HTTP response as it is: most answers never need their headers as text.
+    pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub latency: Duration,
+}
+
+impl GrooveAnswer {
+    /// Every header as text, for display and for the failed-records store.
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_string(), header_text(value)))
+            .collect()
+    }
+
+    /// Only the headers that steer pacing and retries (`Retry-After`, `X-RateLimit-*`). Usually there are
+    /// none, and then nothing is allocated.
+    pub fn pacing_headers(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .filter(|(name, _)| {
+                let name = name.as_str();
+                name == "retry-after" || name.starts_with("x-ratelimit-")
+            })
+            .map(|(name, value)| (name.as_str().to_string(), header_text(value)))
+            .collect()
+    }
+}
+
+fn header_text(value: &HeaderValue) -> String {
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
 /// A call that got no answer. The distinction matters for retries: a create that may have reached Groove must
@@ -107,18 +135,9 @@ impl GrooveClient {
             builder = builder.body(body.clone());
         }
         let started = Instant::now();
-        let response = builder.send().await.map_err(classify)?;
+        let mut response = builder.send().await.map_err(classify)?;
         let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str().to_string(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = std::mem::take(response.headers_mut());
         let body = response.bytes().await.map_err(classify)?.to_vec();
         Ok(GrooveAnswer {
             status,
