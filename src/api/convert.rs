@@ -2,7 +2,7 @@
 //! durations, pages, etags). Violations name fields from the message root they are given (`config.…`).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::api::error::ApiError;
 use crate::api::names::{CREDENTIALS, DESTINATIONS};
@@ -34,12 +34,7 @@ pub fn check_display_name(field: &str, display_name: &str, violations: &mut Viol
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::delivery::now_ms;
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {

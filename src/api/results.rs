@@ -3,6 +3,7 @@
 use crate::api::convert::{duration, method_to_proto, timestamp};
 use crate::api::json::{json_to_value, struct_to_json};
 use crate::delivery::{DeliveryReport, IncomingRecord, PlannedCall, Summary};
+use crate::domain::destination::HttpMethod;
 use crate::domain::outcome::Outcome;
 use crate::domain::render::display_headers;
 use crate::groove::GrooveAnswer;
@@ -132,14 +133,8 @@ pub fn summary_to_proto(summary: &Summary) -> proto::DeliverySummary {
 }
 
 fn stored_request(request: &StoredRequest, record_id: &str) -> proto::PlannedRequest {
-    let method = match request.method.as_str() {
-        "GET" => proto::HttpMethod::Get,
-        "POST" => proto::HttpMethod::Post,
-        "PUT" => proto::HttpMethod::Put,
-        "PATCH" => proto::HttpMethod::Patch,
-        "DELETE" => proto::HttpMethod::Delete,
-        _ => proto::HttpMethod::Unspecified,
-    };
+    let method =
+        HttpMethod::parse(&request.method).map_or(proto::HttpMethod::Unspecified, method_to_proto);
     proto::PlannedRequest {
         method: method as i32,
         url: request.url.clone(),

@@ -15,6 +15,6 @@ mod session;
 mod sink;
 mod webhook;
 
-pub use engine::{DeliveryError, Engine, EngineOptions};
+pub use engine::{now_ms, DeliveryError, Engine, EngineOptions};
 pub use report::{DeliveryReport, IncomingRecord, Interruption, PlannedCall, StreamEvent, Summary};
 pub use session::Session;

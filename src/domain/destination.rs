@@ -113,6 +113,19 @@ impl HttpMethod {
         }
     }
 
+    /// The method named by `as_str`'s spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            HttpMethod::Get,
+            HttpMethod::Post,
+            HttpMethod::Put,
+            HttpMethod::Patch,
+            HttpMethod::Delete,
+        ]
+        .into_iter()
+        .find(|method| method.as_str() == text)
+    }
+
     /// A retried non-idempotent call may create a second resource in Groove (Groove has no idempotency keys).
     pub fn is_idempotent(self) -> bool {
         !matches!(self, HttpMethod::Post | HttpMethod::Patch)
@@ -206,5 +219,24 @@ impl Default for DeliveryOptions {
             ordering_key_attribute: None,
             retry_unsafe_requests: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_round_trip_through_their_names() {
+        for method in [
+            HttpMethod::Get,
+            HttpMethod::Post,
+            HttpMethod::Put,
+            HttpMethod::Patch,
+            HttpMethod::Delete,
+        ] {
+            assert_eq!(HttpMethod::parse(method.as_str()), Some(method));
+        }
+        assert_eq!(HttpMethod::parse("get"), None);
     }
 }
