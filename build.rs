@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Groove's answers travel as encoded bytes rather than as a prost tree: see `src/api/json_wire.rs`.
+        .extern_path(".google.protobuf.Value", "crate::api::json_wire::JsonValue")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -17,7 +17,7 @@ pub fn struct_to_json(record: &prost_types::Struct) -> Value {
     )
 }
 
-fn value_to_json(value: &prost_types::Value) -> Value {
+pub(crate) fn value_to_json(value: &prost_types::Value) -> Value {
     match &value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
         Some(Kind::BoolValue(flag)) => Value::Bool(*flag),
@@ -30,7 +30,7 @@ fn value_to_json(value: &prost_types::Value) -> Value {
     }
 }
 
-fn number_to_json(number: f64) -> Value {
+pub(crate) fn number_to_json(number: f64) -> Value {
     if number.fract() == 0.0 && number.abs() <= MAX_EXACT_INTEGER {
         return Value::Number(Number::from(number as i64));
     }

@@ -6,6 +6,7 @@ mod delivery;
 mod destinations;
 pub mod error;
 mod json;
+pub mod json_wire;
 mod names;
 mod results;
 mod templates;

@@ -2,6 +2,7 @@
 
 use crate::api::convert::{duration, method_to_proto, timestamp};
 use crate::api::json::{json_to_value, struct_to_json};
+use crate::api::json_wire::JsonValue;
 use crate::delivery::{DeliveryReport, IncomingRecord, PlannedCall, Summary};
 use crate::domain::destination::HttpMethod;
 use crate::domain::outcome::Outcome;
@@ -45,7 +46,7 @@ pub fn groove_response(
         None
     } else {
         Some(match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(json) => proto::groove_response::Body::Json(json_to_value(&json)),
+            Ok(json) => proto::groove_response::Body::Json(JsonValue::from_json(&json)),
             Err(_) => {
                 proto::groove_response::Body::Text(String::from_utf8_lossy(body).into_owned())
             }
