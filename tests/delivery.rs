@@ -1037,10 +1037,14 @@ async fn test_send_works_while_paused_and_stays_out_of_the_ledger() {
         .into_inner();
     let response = tested.response.unwrap();
     assert_eq!(response.http_status, 201);
-    assert!(matches!(
-        response.body,
-        Some(proto::groove_response::Body::Json(_))
-    ));
+    let Some(proto::groove_response::Body::Json(body)) = &response.body else {
+        panic!("expected a json body, got {:?}", response.body);
+    };
+    let body = body.to_json().unwrap();
+    assert!(
+        body["ticket"]["number"].as_u64().is_some(),
+        "the created ticket comes back: {body}"
+    );
     assert!(response
         .headers
         .iter()
