@@ -122,7 +122,23 @@ pub(super) fn resolve(conn: &Connection, delivered: &[LedgerEntry]) -> Result<()
     let mut statement = conn
         .prepare_cached("DELETE FROM failed_records WHERE destination_id = ?1 AND record_id = ?2")
         .context(|| "preparing to resolve failed records".to_string())?;
+    // Most destinations have no failed records at all: one probe per destination then spares a delete per
+    // delivered record. Entries come grouped by stream, so remembering the last answer is enough.
+    let mut last_checked: Option<(&str, bool)> = None;
     for entry in delivered {
+        let has_failures = match last_checked {
+            Some((destination_id, has_failures)) if destination_id == entry.destination_id => {
+                has_failures
+            }
+            _ => {
+                let has_failures = has_failed_records(conn, &entry.destination_id)?;
+                last_checked = Some((&entry.destination_id, has_failures));
+                has_failures
+            }
+        };
+        if !has_failures {
+            continue;
+        }
         statement
             .execute(params![entry.destination_id, entry.record_id])
             .context(|| {
@@ -133,6 +149,14 @@ pub(super) fn resolve(conn: &Connection, delivered: &[LedgerEntry]) -> Result<()
             })?;
     }
     Ok(())
+}
+
+fn has_failed_records(conn: &Connection, destination_id: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM failed_records WHERE destination_id = ?1)")
+        .and_then(|mut statement| statement.query_row(params![destination_id], |row| row.get(0)))
+        .context(|| {
+            format!("checking for failed records of destination destinations/{destination_id}")
+        })
 }
 
 /// Up to `limit` failed records of the destination after `after` (first failure, record id), oldest first.

@@ -349,6 +349,38 @@ async fn only_rejected_and_failed_records_are_kept() {
 }
 
 #[tokio::test]
+async fn deliveries_of_several_destinations_in_one_group_resolve_only_their_own_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_destinations(dir.path()).await;
+    store
+        .record_outcomes(vec![], vec![failed("b", "r1", 1), failed("b", "r2", 1)])
+        .await
+        .unwrap();
+    // "a" has no failures and comes first; "b"'s entries between its own must still be resolved.
+    store
+        .record_outcomes(
+            vec![
+                delivered("a", "r1", 5),
+                delivered("b", "r1", 5),
+                delivered("a", "r2", 5),
+                delivered("b", "r2", 5),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.failed_record_ids("b", 100).await.unwrap(), ids(&[]));
+    assert_eq!(
+        store
+            .ledger_lookup("a", ids(&["r1", "r2"]))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
 async fn delivering_a_failed_record_resolves_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_destinations(dir.path()).await;
