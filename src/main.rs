@@ -56,3 +56,9 @@ fn init_logging(settings: &Settings) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+/// jemalloc rather than glibc's malloc: about a tenth less CPU per record on the per-record path (measured
+/// with groove-bench, alternating runs), with peak memory as low as glibc's. mimalloc was faster still but
+/// held three to four times the memory.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
