@@ -198,7 +198,73 @@ pub async fn run(env: &Env<'_>, levels: &[u32], report: &mut Report) -> BenchRes
             None,
             "",
         );
+        let budget = CpuBudget::new(&raw_tally, &service_tally);
+        report.row(
+            &scenario,
+            "CPU µs per record",
+            format!("{:.1} / {:.1}", budget.raw_total(), budget.service_total()),
+            0.0,
+            None,
+            budget.explain(),
+        );
         report.headline.set_per_record_ratio(level, ratio);
     }
     Ok(())
+}
+
+/// Where the CPU of one record goes, in µs, for both variants; it tells what limits each rate.
+struct CpuBudget {
+    raw_client: f64,
+    raw_sandbox: f64,
+    producer: f64,
+    service_sandbox: f64,
+    service: f64,
+    raw_machine_cores: f64,
+}
+
+impl CpuBudget {
+    fn new(raw: &Tally, service: &Tally) -> CpuBudget {
+        let raw_cpu = CpuUse::weighted(&raw.cpu);
+        let service_cpu = CpuUse::weighted(&service.cpu);
+        let per_record = |cores: f64, rate: f64| cores / rate.max(1e-9) * 1e6;
+        CpuBudget {
+            raw_client: per_record(raw_cpu.bench, raw.rate()),
+            raw_sandbox: per_record(raw_cpu.sandbox, raw.rate()),
+            producer: per_record(service_cpu.bench, service.rate()),
+            service_sandbox: per_record(service_cpu.sandbox, service.rate()),
+            service: per_record(service_cpu.service, service.rate()),
+            raw_machine_cores: raw_cpu.bench + raw_cpu.sandbox + raw_cpu.service + raw_cpu.other,
+        }
+    }
+
+    fn raw_total(&self) -> f64 {
+        self.raw_client + self.raw_sandbox
+    }
+
+    fn service_total(&self) -> f64 {
+        self.producer + self.service_sandbox + self.service
+    }
+
+    /// The ratio the service could reach if the CPU were the only limit and it spent on a record no more than
+    /// the bare reqwest loop spends on a call: the service has to make that call too.
+    fn ceiling(&self) -> f64 {
+        self.raw_total() / (self.producer + self.service_sandbox + self.raw_client).max(1e-9)
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "raw: client {:.1} + sandbox {:.1} (machine busy {:.2} cores); service: producer {:.1} + sandbox \
+             {:.1} + service {:.1}, of which a bare call is {:.1} (the raw client's) and the rest, {:.1}, is the \
+             service's own; if it had none, CPU would cap the ratio at {:.2}",
+            self.raw_client,
+            self.raw_sandbox,
+            self.raw_machine_cores,
+            self.producer,
+            self.service_sandbox,
+            self.service,
+            self.raw_client,
+            self.service - self.raw_client,
+            self.ceiling()
+        )
+    }
 }
