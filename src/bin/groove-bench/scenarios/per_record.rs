@@ -252,10 +252,16 @@ impl CpuBudget {
     }
 
     fn explain(&self) -> String {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let caveat = if self.raw_machine_cores < 0.9 * cores {
+            "; the raw run left cores idle, so its rate is bound by latency, not CPU, and this cap is loose"
+        } else {
+            ""
+        };
         format!(
             "raw: client {:.1} + sandbox {:.1} (machine busy {:.2} cores); service: producer {:.1} + sandbox \
              {:.1} + service {:.1}, of which a bare call is {:.1} (the raw client's) and the rest, {:.1}, is the \
-             service's own; if it had none, CPU would cap the ratio at {:.2}",
+             service's own; if it had none, CPU would cap the ratio at {:.2}{caveat}",
             self.raw_client,
             self.raw_sandbox,
             self.raw_machine_cores,
