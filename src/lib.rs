@@ -39,8 +39,10 @@ pub enum ServeError {
     Store { path: String, source: StoreError },
     #[error("{0} (GROOVE_DESTINATION_SECRET_KEY or <data-dir>/secret.key)")]
     SecretKey(StoreError),
-    #[error("cannot build the http client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    GrooveClient(#[from] crate::groove::ClientBuildError),
+    #[error("cannot build the webhook http client: {0}")]
+    WebhookClient(#[from] reqwest::Error),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("grpc server failed: {0}")]

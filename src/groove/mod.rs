@@ -4,5 +4,7 @@
 mod client;
 pub mod pacer;
 
-pub use client::{CallError, GrooveAnswer, GrooveClient, OutgoingRequest, Verification};
+pub use client::{
+    CallError, ClientBuildError, GrooveAnswer, GrooveClient, OutgoingRequest, Verification,
+};
 pub use pacer::{retry_after, Pacer, PacerRegistry, Permit};
