@@ -335,6 +335,146 @@ mod tests {
         }
     }
 
+    /// A one-connection server: reads what the client sends until it pauses, answers `reply`
+    /// (nothing when `None`), and hands back what it read.
+    async fn one_shot_server(
+        reply: Option<&'static [u8]>,
+    ) -> (Url, tokio::task::JoinHandle<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(Ok(read)) =
+                tokio::time::timeout(Duration::from_millis(300), socket.read(&mut chunk)).await
+            {
+                if read == 0 {
+                    break;
+                }
+                received.extend_from_slice(&chunk[..read]);
+            }
+            match reply {
+                Some(reply) => {
+                    let _ = socket.write_all(reply).await;
+                }
+                None => tokio::time::sleep(Duration::from_secs(5)).await,
+            }
+            received
+        });
+        (url(&format!("http://127.0.0.1:{port}/v1/")), served)
+    }
+
+    fn post_tickets(base: &Url, timeout: Duration) -> OutgoingRequest {
+        OutgoingRequest {
+            method: HttpMethod::Post,
+            url: base.join("tickets").unwrap(),
+            headers: Arc::from([("X-Source".to_string(), "crm".to_string())]),
+            body: Some(Bytes::from_static(b"{\"body\":\"hi\"}")),
+            timeout,
+        }
+    }
+
+    const KEY: &str = "supersecretkey1234";
+
+    #[tokio::test]
+    async fn sends_the_key_and_headers_and_reads_the_whole_answer() {
+        let (base, served) = one_shot_server(Some(
+            b"HTTP/1.1 201 Created\r\nlocation: /v1/tickets/7\r\ncontent-length: 14\r\n\r\n{\"ticket\":\"7\"}",
+        ))
+        .await;
+        let client = GrooveClient::new(&base).unwrap();
+        let answer = client
+            .send(
+                &ApiKey::new(KEY),
+                &post_tickets(&base, Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 201);
+        assert_eq!(answer.body, b"{\"ticket\":\"7\"}");
+        assert_eq!(answer.headers["location"], "/v1/tickets/7");
+        let request = String::from_utf8(served.await.unwrap()).unwrap();
+        assert!(request.ends_with("\r\n\r\n{\"body\":\"hi\"}"), "{request}");
+        let request = request.to_lowercase();
+        assert!(
+            request.starts_with("post /v1/tickets http/1.1\r\n"),
+            "{request}"
+        );
+        for header in [
+            "authorization: bearer supersecretkey1234",
+            "content-type: application/json",
+            "accept: application/json",
+            "x-source: crm",
+            "user-agent: groove-destination/",
+        ] {
+            assert!(request.contains(header), "{header} missing from {request}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_https_base_url_speaks_tls_and_never_sends_the_key_in_clear() {
+        // The server answers in plain HTTP: a client that skipped TLS would take it as a success.
+        let (plain_base, served) =
+            one_shot_server(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")).await;
+        let base = url(&plain_base.as_str().replacen("http://", "https://", 1));
+        let client = GrooveClient::new(&base).unwrap();
+        let outcome = client
+            .send(
+                &ApiKey::new(KEY),
+                &post_tickets(&base, Duration::from_secs(5)),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(CallError::NotSent { .. })),
+            "{outcome:?}"
+        );
+        let received = served.await.unwrap();
+        // 0x16: a TLS handshake record (the ClientHello).
+        assert_eq!(received.first(), Some(&0x16), "{received:?}");
+        assert!(!received
+            .windows(KEY.len())
+            .any(|window| window == KEY.as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_not_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let base = url(&format!("http://127.0.0.1:{port}/v1/"));
+        let outcome = GrooveClient::new(&base)
+            .unwrap()
+            .send(
+                &ApiKey::new(KEY),
+                &post_tickets(&base, Duration::from_secs(5)),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(CallError::NotSent { .. })),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_answer_in_time_may_have_been_sent() {
+        let (base, _served) = one_shot_server(None).await;
+        let outcome = GrooveClient::new(&base)
+            .unwrap()
+            .send(
+                &ApiKey::new(KEY),
+                &post_tickets(&base, Duration::from_millis(300)),
+            )
+            .await;
+        match outcome {
+            Err(CallError::MaybeSent { reason }) => {
+                assert!(reason.contains("no complete answer within"), "{reason}")
+            }
+            other => panic!("expected MaybeSent, got {other:?}"),
+        }
+    }
+
     #[test]
     fn base_url_gains_a_trailing_slash_once() {
         assert_eq!(
