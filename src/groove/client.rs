@@ -378,20 +378,20 @@ mod tests {
 
     const KEY: &str = "supersecretkey1234";
 
+    async fn post_with_key(base: &Url, timeout: Duration) -> Result<GrooveAnswer, CallError> {
+        GrooveClient::new(base)
+            .unwrap()
+            .send(&ApiKey::new(KEY), &post_tickets(base, timeout))
+            .await
+    }
+
     #[tokio::test]
     async fn sends_the_key_and_headers_and_reads_the_whole_answer() {
         let (base, served) = one_shot_server(Some(
             b"HTTP/1.1 201 Created\r\nlocation: /v1/tickets/7\r\ncontent-length: 14\r\n\r\n{\"ticket\":\"7\"}",
         ))
         .await;
-        let client = GrooveClient::new(&base).unwrap();
-        let answer = client
-            .send(
-                &ApiKey::new(KEY),
-                &post_tickets(&base, Duration::from_secs(5)),
-            )
-            .await
-            .unwrap();
+        let answer = post_with_key(&base, Duration::from_secs(5)).await.unwrap();
         assert_eq!(answer.status, 201);
         assert_eq!(answer.body, b"{\"ticket\":\"7\"}");
         assert_eq!(answer.headers["location"], "/v1/tickets/7");
@@ -419,13 +419,7 @@ mod tests {
         let (plain_base, served) =
             one_shot_server(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")).await;
         let base = url(&plain_base.as_str().replacen("http://", "https://", 1));
-        let client = GrooveClient::new(&base).unwrap();
-        let outcome = client
-            .send(
-                &ApiKey::new(KEY),
-                &post_tickets(&base, Duration::from_secs(5)),
-            )
-            .await;
+        let outcome = post_with_key(&base, Duration::from_secs(5)).await;
         assert!(
             matches!(outcome, Err(CallError::NotSent { .. })),
             "{outcome:?}"
@@ -444,13 +438,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let base = url(&format!("http://127.0.0.1:{port}/v1/"));
-        let outcome = GrooveClient::new(&base)
-            .unwrap()
-            .send(
-                &ApiKey::new(KEY),
-                &post_tickets(&base, Duration::from_secs(5)),
-            )
-            .await;
+        let outcome = post_with_key(&base, Duration::from_secs(5)).await;
         assert!(
             matches!(outcome, Err(CallError::NotSent { .. })),
             "{outcome:?}"
@@ -460,13 +448,7 @@ mod tests {
     #[tokio::test]
     async fn no_answer_in_time_may_have_been_sent() {
         let (base, _served) = one_shot_server(None).await;
-        let outcome = GrooveClient::new(&base)
-            .unwrap()
-            .send(
-                &ApiKey::new(KEY),
-                &post_tickets(&base, Duration::from_millis(300)),
-            )
-            .await;
+        let outcome = post_with_key(&base, Duration::from_millis(300)).await;
         match outcome {
             Err(CallError::MaybeSent { reason }) => {
                 assert!(reason.contains("no complete answer within"), "{reason}")
