@@ -8,7 +8,7 @@ use http::header::{
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thiserror::Error;
 use url::Url;
 
@@ -127,7 +127,9 @@ impl GrooveClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
+        // The timer lets the pool close idle connections in the background, not only when next checked out.
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .pool_idle_timeout(IDLE_TIMEOUT)
             .build(connector);
