@@ -31,7 +31,8 @@ const USER_AGENT_VALUE: &str = concat!("groove-destination/", env!("CARGO_PKG_VE
 pub struct OutgoingRequest {
     pub method: HttpMethod,
     pub url: Url,
-    /// Extra headers; `Authorization` and `Content-Type` are set by the client.
+    /// Extra headers. The client sets `Authorization`, `Content-Type` (with a body), `User-Agent`, and
+    /// `Accept: application/json` unless one is given here.
     pub headers: Arc<[(String, String)]>,
     /// JSON body; `None` sends no body. `Bytes`, so a retry re-sends it without a copy.
     pub body: Option<Bytes>,
