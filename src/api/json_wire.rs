@@ -69,12 +69,6 @@ impl JsonValue {
     }
 }
 
-impl From<&Value> for JsonValue {
-    fn from(json: &Value) -> JsonValue {
-        JsonValue::from_json(json)
-    }
-}
-
 impl fmt::Debug for JsonValue {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.to_json() {
