@@ -31,7 +31,8 @@ mod field {
     pub const ENTRY_VALUE: u32 = 2;
 }
 
-/// Deeper nesting is refused when decoding, as prost refuses it (serde_json stops at 128 when parsing).
+/// Deeper nesting is refused when decoding, so malformed input cannot exhaust the stack. Nothing the service
+/// encodes goes deeper: serde_json stops at 128 levels when it parses Groove's answers.
 const MAX_DEPTH: u32 = 128;
 
 /// A `google.protobuf.Value` held as its encoded bytes.
