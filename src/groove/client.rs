@@ -338,9 +338,10 @@ mod tests {
         }
     }
 
-    /// A one-connection server: reads what the client sends until it pauses, answers `reply`
-    /// (nothing when `None`), and hands back what it read.
+    /// A one-connection server: reads what the client sends until `complete` says it has it all (or 5 s
+    /// pass), answers `reply` (nothing when `None`), and hands back what it read.
     async fn one_shot_server(
+        complete: fn(&[u8]) -> bool,
         reply: Option<&'static [u8]>,
     ) -> (Url, tokio::task::JoinHandle<Vec<u8>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -350,13 +351,12 @@ mod tests {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut received = Vec::new();
             let mut chunk = [0u8; 4096];
-            while let Ok(Ok(read)) =
-                tokio::time::timeout(Duration::from_millis(300), socket.read(&mut chunk)).await
-            {
-                if read == 0 {
-                    break;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !complete(&received) {
+                match tokio::time::timeout_at(deadline, socket.read(&mut chunk)).await {
+                    Ok(Ok(read)) if read > 0 => received.extend_from_slice(&chunk[..read]),
+                    _ => break,
                 }
-                received.extend_from_slice(&chunk[..read]);
             }
             match reply {
                 Some(reply) => {
@@ -369,12 +369,25 @@ mod tests {
         (url(&format!("http://127.0.0.1:{port}/v1/")), served)
     }
 
+    /// The request of `post_tickets`, head and body.
+    fn whole_post(received: &[u8]) -> bool {
+        received.ends_with(BODY)
+    }
+
+    /// One whole TLS record: 5-byte header whose last two bytes are the length.
+    fn one_tls_record(received: &[u8]) -> bool {
+        received.len() >= 5
+            && received.len() >= 5 + usize::from(u16::from_be_bytes([received[3], received[4]]))
+    }
+
+    const BODY: &[u8] = b"{\"body\":\"hi\"}";
+
     fn post_tickets(base: &Url, timeout: Duration) -> OutgoingRequest {
         OutgoingRequest {
             method: HttpMethod::Post,
             url: base.join("tickets").unwrap(),
             headers: Arc::from([("X-Source".to_string(), "crm".to_string())]),
-            body: Some(Bytes::from_static(b"{\"body\":\"hi\"}")),
+            body: Some(Bytes::from_static(BODY)),
             timeout,
         }
     }
@@ -390,7 +403,7 @@ mod tests {
 
     #[tokio::test]
     async fn sends_the_key_and_headers_and_reads_the_whole_answer() {
-        let (base, served) = one_shot_server(Some(
+        let (base, served) = one_shot_server(whole_post, Some(
             b"HTTP/1.1 201 Created\r\nlocation: /v1/tickets/7\r\ncontent-length: 14\r\n\r\n{\"ticket\":\"7\"}",
         ))
         .await;
@@ -419,8 +432,11 @@ mod tests {
     #[tokio::test]
     async fn an_https_base_url_speaks_tls_and_never_sends_the_key_in_clear() {
         // The server answers in plain HTTP: a client that skipped TLS would take it as a success.
-        let (plain_base, served) =
-            one_shot_server(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")).await;
+        let (plain_base, served) = one_shot_server(
+            one_tls_record,
+            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"),
+        )
+        .await;
         let base = url(&plain_base.as_str().replacen("http://", "https://", 1));
         let outcome = post_with_key(&base, Duration::from_secs(5)).await;
         assert!(
@@ -450,7 +466,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_answer_in_time_may_have_been_sent() {
-        let (base, _served) = one_shot_server(None).await;
+        let (base, _served) = one_shot_server(whole_post, None).await;
         let outcome = post_with_key(&base, Duration::from_millis(300)).await;
         match outcome {
             Err(CallError::MaybeSent { reason }) => {
