@@ -139,6 +139,11 @@ fn delimited_len(content: usize) -> usize {
     1 + encoding::encoded_len_varint(content as u64) + content
 }
 
+/// Length of a `Struct` map entry: the key, then the value of `value_len` bytes.
+fn entry_len(name: &str, value_len: usize) -> usize {
+    delimited_len(name.len()) + delimited_len(value_len)
+}
+
 fn scalar_len(json: &Value) -> Option<usize> {
     match json {
         Value::Null | Value::Bool(_) => Some(2),
@@ -165,9 +170,7 @@ fn measure(json: &Value, container_sizes: &mut Vec<usize>) -> usize {
         }
         Value::Object(fields) => {
             for (name, value) in fields {
-                let entry =
-                    delimited_len(name.len()) + delimited_len(measure(value, container_sizes));
-                content += delimited_len(entry);
+                content += delimited_len(entry_len(name, measure(value, container_sizes)));
             }
         }
         _ => {}
@@ -197,6 +200,13 @@ impl Writer<'_> {
         self.length(length);
     }
 
+    /// Writes the header of the next Struct or ListValue, whose content length `measure` recorded.
+    fn enter_container(&mut self, tag: u32) {
+        let content = self.container_sizes[self.next_container];
+        self.next_container += 1;
+        self.delimited_header(tag, content);
+    }
+
     fn value(&mut self, json: &Value) {
         match json {
             Value::Null => self.out.extend([key(field::NULL, WireType::Varint), 0]),
@@ -213,9 +223,7 @@ impl Writer<'_> {
                 self.out.extend(text.as_bytes());
             }
             Value::Array(items) => {
-                let content = self.container_sizes[self.next_container];
-                self.next_container += 1;
-                self.delimited_header(field::LIST, content);
+                self.enter_container(field::LIST);
                 for item in items {
                     let length = self.len_of_next(item);
                     self.delimited_header(field::ITEM, length);
@@ -223,13 +231,10 @@ impl Writer<'_> {
                 }
             }
             Value::Object(fields) => {
-                let content = self.container_sizes[self.next_container];
-                self.next_container += 1;
-                self.delimited_header(field::STRUCT, content);
+                self.enter_container(field::STRUCT);
                 for (name, value) in fields {
                     let value_len = self.len_of_next(value);
-                    let entry = delimited_len(name.len()) + delimited_len(value_len);
-                    self.delimited_header(field::ITEM, entry);
+                    self.delimited_header(field::ITEM, entry_len(name, value_len));
                     self.delimited_header(field::ENTRY_KEY, name.len());
                     self.out.extend(name.as_bytes());
                     self.delimited_header(field::ENTRY_VALUE, value_len);

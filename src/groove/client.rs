@@ -109,7 +109,8 @@ type Transport = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector
 ///
 /// Plain hyper rather than reqwest: Groove calls need no redirects, cookies or proxies, and reqwest's
 /// per-request machinery for them cost more CPU than the rest of a delivery. Calls go straight to the Groove
-/// host; HTTP(S)_PROXY variables are not read.
+/// host; HTTP(S)_PROXY variables are not read. hyper follows no redirect, so a 3xx comes back as Groove's
+/// answer and the Authorization header never travels to another host.
 #[derive(Clone, Debug)]
 pub struct GrooveClient {
     http: Transport,

@@ -173,12 +173,14 @@ pub async fn run(env: &Env<'_>, levels: &[u32], report: &mut Report) -> BenchRes
         }
 
         let scenario = format!("1 per-record c{level}");
+        let raw_cpu = CpuUse::weighted(&raw_tally.cpu);
+        let service_cpu = CpuUse::weighted(&service_tally.cpu);
         report.row(
             &scenario,
             "raw reqwest",
             format!("{} calls/s", thousands(raw_tally.rate())),
             raw_tally.seconds,
-            Some(CpuUse::weighted(&raw_tally.cpu)),
+            Some(raw_cpu),
             raw_tally.spread(),
         );
         report.row(
@@ -186,7 +188,7 @@ pub async fn run(env: &Env<'_>, levels: &[u32], report: &mut Report) -> BenchRes
             "service SendRecords",
             format!("{} rec/s", thousands(service_tally.rate())),
             service_tally.seconds,
-            Some(CpuUse::weighted(&service_tally.cpu)),
+            Some(service_cpu),
             service_tally.spread(),
         );
         let ratio = service_tally.rate() / raw_tally.rate().max(1e-9);
@@ -198,7 +200,10 @@ pub async fn run(env: &Env<'_>, levels: &[u32], report: &mut Report) -> BenchRes
             None,
             "",
         );
-        let budget = CpuBudget::new(&raw_tally, &service_tally);
+        let budget = CpuBudget::new(
+            (&raw_cpu, raw_tally.rate()),
+            (&service_cpu, service_tally.rate()),
+        );
         report.row(
             &scenario,
             "CPU µs per record",
@@ -223,16 +228,18 @@ struct CpuBudget {
 }
 
 impl CpuBudget {
-    fn new(raw: &Tally, service: &Tally) -> CpuBudget {
-        let raw_cpu = CpuUse::weighted(&raw.cpu);
-        let service_cpu = CpuUse::weighted(&service.cpu);
+    /// From each variant's CPU use (cores) and rate (records or calls per second).
+    fn new(
+        (raw_cpu, raw_rate): (&CpuUse, f64),
+        (service_cpu, service_rate): (&CpuUse, f64),
+    ) -> CpuBudget {
         let per_record = |cores: f64, rate: f64| cores / rate.max(1e-9) * 1e6;
         CpuBudget {
-            raw_client: per_record(raw_cpu.bench, raw.rate()),
-            raw_sandbox: per_record(raw_cpu.sandbox, raw.rate()),
-            producer: per_record(service_cpu.bench, service.rate()),
-            service_sandbox: per_record(service_cpu.sandbox, service.rate()),
-            service: per_record(service_cpu.service, service.rate()),
+            raw_client: per_record(raw_cpu.bench, raw_rate),
+            raw_sandbox: per_record(raw_cpu.sandbox, raw_rate),
+            producer: per_record(service_cpu.bench, service_rate),
+            service_sandbox: per_record(service_cpu.sandbox, service_rate),
+            service: per_record(service_cpu.service, service_rate),
             raw_machine_cores: raw_cpu.bench + raw_cpu.sandbox + raw_cpu.service + raw_cpu.other,
         }
     }
