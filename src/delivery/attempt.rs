@@ -9,7 +9,7 @@ use crate::domain::credential::ApiKey;
 use crate::domain::destination::{DeliveryOptions, HttpMethod};
 use crate::domain::outcome::Outcome;
 use crate::groove::pacer::Pacer;
-use crate::groove::{CallError, GrooveAnswer, GrooveClient, OutgoingRequest};
+use crate::groove::{CallError, GrooveAnswer, GrooveClient, GrooveConnection, OutgoingRequest};
 
 /// Everything needed to call Groove for one destination.
 #[derive(Clone)]
@@ -28,14 +28,18 @@ struct CallResult {
     error: String,
 }
 
-/// Sends a unit's calls in order; the first that does not succeed decides the unit's outcome, and the calls
-/// after it are not sent.
-pub async fn deliver(context: &CallContext, unit: DeliveryUnit) -> DeliveryReport {
+/// Sends a unit's calls in order over the worker's connection; the first that does not succeed decides the
+/// unit's outcome, and the calls after it are not sent.
+pub async fn deliver(
+    context: &CallContext,
+    connection: &mut GrooveConnection,
+    unit: DeliveryUnit,
+) -> DeliveryReport {
     let started = Instant::now();
     let mut attempts = 0;
     let mut last: Option<(CallResult, PlannedCall)> = None;
     for call in unit.calls {
-        let result = send_with_retries(context, &call).await;
+        let result = send_with_retries(context, connection, &call).await;
         attempts += result.attempts;
         let delivered = result.outcome == Outcome::Delivered;
         last = Some((result, call));
@@ -69,7 +73,11 @@ pub async fn deliver(context: &CallContext, unit: DeliveryUnit) -> DeliveryRepor
     }
 }
 
-async fn send_with_retries(context: &CallContext, call: &PlannedCall) -> CallResult {
+async fn send_with_retries(
+    context: &CallContext,
+    connection: &mut GrooveConnection,
+    call: &PlannedCall,
+) -> CallResult {
     let request = OutgoingRequest {
         method: call.method,
         url: call.url.clone(),
@@ -80,7 +88,7 @@ async fn send_with_retries(context: &CallContext, call: &PlannedCall) -> CallRes
     let mut attempts = Attempts::default();
     loop {
         let permit = context.pacer.acquire().await;
-        let result = context.client.send(&context.key, &request).await;
+        let result = connection.send(&context.key, &request).await;
         match &result {
             Ok(answer) => permit.observe(answer.status, &answer.pacing_headers()),
             Err(_) => drop(permit),

@@ -89,6 +89,7 @@ async fn work(
     shared: Arc<Mutex<mpsc::Receiver<DeliveryUnit>>>,
     reports: ReportSink,
 ) {
+    let mut connection = context.client.connection();
     let mut lane_open = true;
     let mut shared_open = true;
     while lane_open || shared_open {
@@ -109,8 +110,12 @@ async fn work(
                     continue;
                 }
             },
+            // Idle: let go of the connection as soon as Groove closes it.
+            () = connection.closed() => continue,
         };
-        reports.report(deliver(&context, unit).await).await;
+        reports
+            .report(deliver(&context, &mut connection, unit).await)
+            .await;
     }
 }
 

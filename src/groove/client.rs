@@ -1,28 +1,24 @@
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT,
 };
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thiserror::Error;
 use url::Url;
 
 use crate::domain::credential::ApiKey;
 use crate::domain::destination::HttpMethod;
+use crate::groove::connection::GrooveConnection;
 
 /// Time allowed for a VerifyCredential call.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The cheap authenticated read used to check a key: documented, unpaginated and small.
 const VERIFY_PATH: &str = "mailboxes";
-/// Idle connections kept per host: one per delivery worker of a busy destination.
-const MAX_IDLE_PER_HOST: usize = 256;
-/// An idle connection older than this is closed rather than reused (load balancers drop them around here).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const USER_AGENT_VALUE: &str = concat!("groove-destination/", env!("CARGO_PKG_VERSION"));
 
@@ -100,21 +96,32 @@ pub enum Verification {
 
 /// Why the Groove client could not be built.
 #[derive(Debug, Error)]
-#[error("cannot set up tls for groove calls: {0}")]
-pub struct ClientBuildError(#[from] rustls::Error);
+pub enum ClientBuildError {
+    #[error("cannot set up tls for groove calls: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("groove base url cannot address requests: {0}")]
+    BaseUrl(String),
+}
 
-type Transport = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(super) type Connector = HttpsConnector<HttpConnector>;
 
-/// Shared, cheap to clone (the connection pool is reference counted).
+/// Shared and cheap to clone: the base URL, what every request to it carries, and how to open a connection.
 ///
 /// Plain hyper rather than reqwest: Groove calls need no redirects, cookies or proxies, and reqwest's
 /// per-request machinery for them cost more CPU than the rest of a delivery. Calls go straight to the Groove
 /// host; HTTP(S)_PROXY variables are not read. hyper follows no redirect, so a 3xx comes back as Groove's
 /// answer and the Authorization header never travels to another host.
+///
+/// There is no shared pool: each delivery worker owns a [`GrooveConnection`] and drives it in its own task,
+/// which spares every call two hand-overs between tasks (see `connection.rs`).
 #[derive(Clone, Debug)]
 pub struct GrooveClient {
-    http: Transport,
+    connector: Connector,
     base_url: Url,
+    /// Where connections go: the base URL's scheme, host and port.
+    origin: http::Uri,
+    /// The `Host` header of every request: every URL sent is under the base URL, so it is always this one.
+    host: HeaderValue,
 }
 
 impl GrooveClient {
@@ -129,15 +136,21 @@ impl GrooveClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
-        // The timer lets the pool close idle connections in the background, not only when next checked out.
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(connector);
+        let base_url = with_trailing_slash(base_url);
+        let authority = authority(&base_url);
+        let origin = http::Uri::builder()
+            .scheme(base_url.scheme())
+            .authority(authority.as_str())
+            .path_and_query("/")
+            .build()
+            .map_err(|error| ClientBuildError::BaseUrl(error.to_string()))?;
+        let host = HeaderValue::from_str(&authority)
+            .map_err(|error| ClientBuildError::BaseUrl(error.to_string()))?;
         Ok(GrooveClient {
-            http,
-            base_url: with_trailing_slash(base_url),
+            connector,
+            base_url,
+            origin,
+            host,
         })
     }
 
@@ -146,54 +159,56 @@ impl GrooveClient {
         &self.base_url
     }
 
-    /// Sends one request with the key. Refuses, without sending, a URL outside the base URL.
+    /// A connection of its own, for a caller that makes many calls one after another.
+    pub fn connection(&self) -> GrooveConnection {
+        GrooveConnection::new(self.clone())
+    }
+
+    /// Sends one request with the key on a connection of its own. For occasional calls (a test send, a key
+    /// check); deliveries keep a [`GrooveConnection`] per worker.
     pub async fn send(
         &self,
         key: &ApiKey,
         request: &OutgoingRequest,
     ) -> Result<GrooveAnswer, CallError> {
+        self.connection().send(key, request).await
+    }
+
+    pub(super) fn connector(&self) -> Connector {
+        self.connector.clone()
+    }
+
+    pub(super) fn origin(&self) -> &http::Uri {
+        &self.origin
+    }
+
+    /// The HTTP request for `request`, with the key. Refuses, before anything is sent, a URL outside the base
+    /// URL.
+    pub(super) fn prepare(
+        &self,
+        key: &ApiKey,
+        request: &OutgoingRequest,
+    ) -> Result<http::Request<Full<Bytes>>, CallError> {
         if !is_under_base(&self.base_url, &request.url) {
             return Err(CallError::OutsideBaseUrl {
                 url: request.url.to_string(),
                 base: self.base_url.to_string(),
             });
         }
-        let uri: http::Uri = request
-            .url
-            .as_str()
-            .parse()
-            .map_err(|error| CallError::NotSent {
-                reason: format!("url {} is not a valid request uri: {error}", request.url),
-            })?;
+        // HTTP/1.1 to an origin server takes the path and query only; the host goes in `Host`.
+        let target: http::Uri =
+            request.url[url::Position::BeforePath..]
+                .parse()
+                .map_err(|error| CallError::NotSent {
+                    reason: format!("url {} is not a valid request uri: {error}", request.url),
+                })?;
         let mut outgoing = http::Request::new(Full::new(request.body.clone().unwrap_or_default()));
         *outgoing.method_mut() = method(request.method);
-        *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() = build_headers(key, request)?;
-
-        let started = Instant::now();
-        let exchange = async {
-            let response = self.http.request(outgoing).await.map_err(classify)?;
-            let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|error| CallError::MaybeSent {
-                    reason: format!("reading the answer failed: {}", error_chain(&error)),
-                })?
-                .to_bytes();
-            Ok((parts, body))
-        };
-        let (parts, body) = tokio::time::timeout(request.timeout, exchange)
-            .await
-            .map_err(|_| CallError::MaybeSent {
-                reason: format!("no complete answer within {:?}", request.timeout),
-            })??;
-        Ok(GrooveAnswer {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: Vec::from(body),
-            latency: started.elapsed(),
-        })
+        *outgoing.uri_mut() = target;
+        let headers = outgoing.headers_mut();
+        *headers = build_headers(key, request)?;
+        headers.insert(HOST, self.host.clone());
+        Ok(outgoing)
     }
 
     /// One cheap authenticated GET: does Groove accept this key?
@@ -230,6 +245,19 @@ impl GrooveClient {
                 detail: error.to_string(),
             },
         }
+    }
+}
+
+/// `host` or `host:port` when the port is not the scheme's default, as `Host` and the connection need it.
+fn authority(url: &Url) -> String {
+    let host = match url.host() {
+        Some(url::Host::Ipv6(address)) => format!("[{address}]"),
+        Some(host) => host.to_string(),
+        None => String::new(),
+    };
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
     }
 }
 
@@ -289,19 +317,9 @@ fn method(method: HttpMethod) -> http::Method {
     }
 }
 
-/// A connect failure happened before any byte of the request left; anything else may have reached Groove.
-fn classify(error: hyper_util::client::legacy::Error) -> CallError {
-    let reason = error_chain(&error);
-    if error.is_connect() {
-        CallError::NotSent { reason }
-    } else {
-        CallError::MaybeSent { reason }
-    }
-}
-
 /// hyper's top-level messages are vague ("client error (Connect)"); the causes say what happened. hyper never
 /// puts header values in its errors, so the key cannot leak through here.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -419,7 +437,9 @@ mod tests {
             request.starts_with("post /v1/tickets http/1.1\r\n"),
             "{request}"
         );
+        let host = format!("host: {}", base.authority());
         for header in [
+            host.as_str(),
             "authorization: bearer supersecretkey1234",
             "content-type: application/json",
             "accept: application/json",

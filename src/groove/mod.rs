@@ -2,9 +2,11 @@
 //! sends it — as `Authorization: Bearer <key>`, to URLs under the configured base URL and nowhere else.
 
 mod client;
+mod connection;
 pub mod pacer;
 
 pub use client::{
     CallError, ClientBuildError, GrooveAnswer, GrooveClient, OutgoingRequest, Verification,
 };
+pub use connection::GrooveConnection;
 pub use pacer::{retry_after, Pacer, PacerRegistry, Permit};

@@ -1,0 +1,397 @@
+//! One HTTP/1.1 connection to Groove, owned by one caller and driven inside the caller's own task.
+//!
+//! A pooled client runs each connection as a task of its own: every call hands the request over to that task
+//! and the answer back, two wake-ups that often cross runtime threads. A delivery worker sends one call at a
+//! time anyway, so it keeps its connection and polls it itself while a call is in flight; the profile of the
+//! per-record path showed those hand-overs and the pool's bookkeeping as a fifth of the service's CPU.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::response::Parts;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use super::client::{error_chain, CallError, GrooveAnswer, GrooveClient, OutgoingRequest};
+use crate::domain::credential::ApiKey;
+
+/// A connection idle for longer than this is closed rather than reused: load balancers drop idle connections
+/// around here without telling, and a create sent into such a connection would end with no known outcome.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// Calls to Groove one after another over one kept-alive connection, opened on first use and again whenever
+/// Groove closed it, a call failed, or it sat idle too long.
+pub struct GrooveConnection {
+    client: GrooveClient,
+    open: Option<OpenConnection>,
+}
+
+struct OpenConnection {
+    sender: http1::SendRequest<Full<Bytes>>,
+    /// Reads and writes the socket; nothing moves unless it is polled.
+    driver: Pin<Box<http1::Connection<Stream, Full<Bytes>>>>,
+    last_used: Instant,
+}
+
+/// How an exchange on an open connection ended, and whether the connection can carry the next one.
+struct Exchanged {
+    result: Result<(Parts, Bytes), CallError>,
+    reusable: bool,
+}
+
+impl GrooveConnection {
+    pub(super) fn new(client: GrooveClient) -> Self {
+        GrooveConnection { client, open: None }
+    }
+
+    /// Sends one request with the key and reads the whole answer, within the request's timeout. Refuses,
+    /// without sending, a URL outside the base URL.
+    pub async fn send(
+        &mut self,
+        key: &ApiKey,
+        request: &OutgoingRequest,
+    ) -> Result<GrooveAnswer, CallError> {
+        let outgoing = self.client.prepare(key, request)?;
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + request.timeout;
+        let open = match self.reusable().await {
+            Some(open) => open,
+            None => {
+                let opened = tokio::time::timeout_at(deadline, self.client.open())
+                    .await
+                    .map_err(|_| CallError::NotSent {
+                        reason: format!("no connection within {:?}", request.timeout),
+                    })??;
+                self.open.insert(opened)
+            }
+        };
+        let exchanged = tokio::time::timeout_at(deadline, open.exchange(outgoing)).await;
+        let result = match exchanged {
+            Ok(Exchanged { result, reusable }) => {
+                if reusable && result.is_ok() {
+                    open.last_used = Instant::now();
+                } else {
+                    self.open = None;
+                }
+                result
+            }
+            // Half an exchange leaves the connection in an unknown state.
+            Err(_) => {
+                self.open = None;
+                Err(CallError::MaybeSent {
+                    reason: format!("no complete answer within {:?}", request.timeout),
+                })
+            }
+        };
+        let (parts, body) = result?;
+        Ok(GrooveAnswer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: Vec::from(body),
+            latency: started.elapsed(),
+        })
+    }
+
+    /// Waits until Groove closes the open connection, then lets it go. Pending for ever while none is open.
+    /// Polled while the owner waits for work, so an idle connection is closed with Groove's side instead of
+    /// lingering half-closed.
+    pub async fn closed(&mut self) {
+        match self.open.as_mut() {
+            Some(open) => {
+                let _ = open.driver.as_mut().await;
+                self.open = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The open connection, if it can take another request: not idle too long, and not closed by Groove in
+    /// the meantime. Polling the driver once lets it read a pending end of stream without waiting.
+    async fn reusable(&mut self) -> Option<&mut OpenConnection> {
+        let usable = match self.open.as_mut() {
+            Some(open) => {
+                open.last_used.elapsed() < IDLE_TIMEOUT
+                    && !open.sender.is_closed()
+                    && !has_ended(&mut open.driver).await
+            }
+            None => false,
+        };
+        if !usable {
+            self.open = None;
+        }
+        self.open.as_mut()
+    }
+}
+
+impl GrooveClient {
+    /// A new connection to the base URL's host: TCP, then TLS for https. Nothing of a request has been sent
+    /// when this fails.
+    async fn open(&self) -> Result<OpenConnection, CallError> {
+        let not_sent = |error: &(dyn std::error::Error + 'static)| CallError::NotSent {
+            reason: format!("cannot connect to groove: {}", error_chain(error)),
+        };
+        let mut connector = self.connector();
+        let io = connector
+            .call(self.origin().clone())
+            .await
+            .map_err(|error| not_sent(error.as_ref()))?;
+        let (sender, driver) = http1::handshake(io)
+            .await
+            .map_err(|error| not_sent(&error))?;
+        Ok(OpenConnection {
+            sender,
+            driver: Box::pin(driver),
+            last_used: Instant::now(),
+        })
+    }
+}
+
+impl OpenConnection {
+    /// Sends the request and reads the answer, polling the connection alongside in this task.
+    async fn exchange(&mut self, request: http::Request<Full<Bytes>>) -> Exchanged {
+        let OpenConnection { sender, driver, .. } = self;
+        let call = async {
+            sender.ready().await.map_err(|error| CallError::NotSent {
+                reason: format!(
+                    "the connection closed before the request left: {}",
+                    error_chain(&error)
+                ),
+            })?;
+            let response = sender.send_request(request).await.map_err(classify)?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|error| CallError::MaybeSent {
+                    reason: format!("reading the answer failed: {}", error_chain(&error)),
+                })?
+                .to_bytes();
+            Ok((parts, body))
+        };
+        tokio::pin!(call);
+        tokio::select! {
+            biased;
+            result = &mut call => Exchanged { result, reusable: true },
+            // The connection ended (Groove closed it, or it broke): what it had read is still delivered to the
+            // call, which then completes or fails on its own.
+            _ = driver.as_mut() => Exchanged { result: call.await, reusable: false },
+        }
+    }
+}
+
+/// Polls the driver once, with the task's waker: has the connection ended (closed by the peer, or broken)?
+async fn has_ended(driver: &mut Pin<Box<http1::Connection<Stream, Full<Bytes>>>>) -> bool {
+    poll_fn(|context| Poll::Ready(driver.as_mut().poll(context).is_ready())).await
+}
+
+/// A request that never left (the connection closed before hyper wrote it) was surely not sent; anything else
+/// may have reached Groove.
+fn classify(error: hyper::Error) -> CallError {
+    let reason = error_chain(&error);
+    if error.is_canceled() {
+        CallError::NotSent { reason }
+    } else {
+        CallError::MaybeSent { reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use url::Url;
+
+    use super::*;
+    use crate::domain::destination::HttpMethod;
+
+    /// What the test server does after answering a request.
+    #[derive(Clone, Copy)]
+    enum AfterAnswer {
+        KeepAlive,
+        /// Says `connection: close` in the answer and closes.
+        AnnounceClose,
+        /// Closes a little later without having said so, as an idle timeout on Groove's side does.
+        CloseSilently,
+    }
+
+    /// An HTTP/1.1 server that answers every request `201` with a JSON body naming the connection and the
+    /// request's number on it; hands back its base URL and how many connections it accepted.
+    async fn counting_server(after: AfterAnswer) -> (Url, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let connection = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(serve_connection(socket, connection, after));
+            }
+        });
+        let base = Url::parse(&format!("http://127.0.0.1:{port}/v1/")).unwrap();
+        (base, accepted)
+    }
+
+    async fn serve_connection(socket: TcpStream, connection: usize, after: AfterAnswer) {
+        let mut socket = BufReader::new(socket);
+        for request in 1.. {
+            let mut content_length = 0;
+            loop {
+                let mut line = String::new();
+                if socket.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        content_length = value.trim().parse().unwrap();
+                    }
+                }
+            }
+            let mut body = vec![0; content_length];
+            socket.read_exact(&mut body).await.unwrap();
+            let answer = format!("{{\"connection\":{connection},\"request\":{request}}}");
+            let close = matches!(after, AfterAnswer::AnnounceClose);
+            let head = format!(
+                "HTTP/1.1 201 Created\r\ncontent-length: {}\r\n{}\r\n",
+                answer.len(),
+                if close { "connection: close\r\n" } else { "" }
+            );
+            let socket = socket.get_mut();
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            match after {
+                AfterAnswer::KeepAlive => {}
+                AfterAnswer::AnnounceClose => return,
+                AfterAnswer::CloseSilently => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn post(base: &Url) -> OutgoingRequest {
+        OutgoingRequest {
+            method: HttpMethod::Post,
+            url: base.join("tickets").unwrap(),
+            headers: Arc::from([]),
+            body: Some(Bytes::from_static(b"{\"body\":\"hi\"}")),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Sends `calls` requests one after another, pausing between them so a close reaches the client, and
+    /// returns the answers' bodies.
+    async fn send_in_turn(base: &Url, calls: usize) -> Vec<String> {
+        let mut connection = GrooveClient::new(base).unwrap().connection();
+        let mut bodies = Vec::new();
+        for _ in 0..calls {
+            let answer = connection
+                .send(&ApiKey::new("key"), &post(base))
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 201);
+            bodies.push(String::from_utf8(answer.body).unwrap());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bodies
+    }
+
+    #[tokio::test]
+    async fn calls_one_after_another_share_one_connection() {
+        let (base, accepted) = counting_server(AfterAnswer::KeepAlive).await;
+        let bodies = send_in_turn(&base, 3).await;
+        assert_eq!(
+            bodies,
+            [
+                r#"{"connection":1,"request":1}"#,
+                r#"{"connection":1,"request":2}"#,
+                r#"{"connection":1,"request":3}"#,
+            ]
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_announced_close_opens_a_new_connection_for_the_next_call() {
+        let (base, accepted) = counting_server(AfterAnswer::AnnounceClose).await;
+        let bodies = send_in_turn(&base, 2).await;
+        assert_eq!(
+            bodies,
+            [
+                r#"{"connection":1,"request":1}"#,
+                r#"{"connection":2,"request":1}"#,
+            ]
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A create sent into a connection Groove has already closed would end with no known outcome; the close
+    /// must be noticed before the next request goes out.
+    #[tokio::test]
+    async fn a_connection_groove_closed_while_idle_is_not_reused() {
+        let (base, accepted) = counting_server(AfterAnswer::CloseSilently).await;
+        let bodies = send_in_turn(&base, 3).await;
+        assert_eq!(
+            bodies,
+            [
+                r#"{"connection":1,"request":1}"#,
+                r#"{"connection":2,"request":1}"#,
+                r#"{"connection":3,"request":1}"#,
+            ]
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_work_lets_go_of_a_connection_groove_closed() {
+        let (base, _) = counting_server(AfterAnswer::CloseSilently).await;
+        let mut connection = GrooveClient::new(&base).unwrap().connection();
+        connection
+            .send(&ApiKey::new("key"), &post(&base))
+            .await
+            .unwrap();
+        assert!(connection.open.is_some());
+        tokio::time::timeout(Duration::from_secs(5), connection.closed())
+            .await
+            .expect("the close was noticed");
+        assert!(connection.open.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_call_does_not_leave_its_connection_for_the_next() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and never answers.
+        let silent = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                sockets.push(socket);
+            }
+        });
+        let base = Url::parse(&format!("http://127.0.0.1:{port}/v1/")).unwrap();
+        let mut connection = GrooveClient::new(&base).unwrap().connection();
+        let mut request = post(&base);
+        request.timeout = Duration::from_millis(200);
+        let outcome = connection.send(&ApiKey::new("key"), &request).await;
+        assert!(
+            matches!(outcome, Err(CallError::MaybeSent { .. })),
+            "{outcome:?}"
+        );
+        assert!(connection.open.is_none());
+        silent.abort();
+    }
+}
