@@ -13,7 +13,7 @@ use url::Url;
 
 use crate::domain::credential::ApiKey;
 use crate::domain::destination::HttpMethod;
-use crate::groove::connection::GrooveConnection;
+use crate::groove::connection::{GrooveConnection, ParkedConnections};
 
 /// Time allowed for a VerifyCredential call.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,8 +112,8 @@ pub(super) type Connector = HttpsConnector<HttpConnector>;
 /// host; HTTP(S)_PROXY variables are not read. hyper follows no redirect, so a 3xx comes back as Groove's
 /// answer and the Authorization header never travels to another host.
 ///
-/// There is no shared pool: each delivery worker owns a [`GrooveConnection`] and drives it in its own task,
-/// which spares every call two hand-overs between tasks (see `connection.rs`).
+/// Each delivery worker owns a [`GrooveConnection`] and drives it in its own task, which spares every call two
+/// hand-overs between tasks (see `connection.rs`); connections outlive their worker only parked here.
 #[derive(Clone, Debug)]
 pub struct GrooveClient {
     connector: Connector,
@@ -122,6 +122,7 @@ pub struct GrooveClient {
     origin: http::Uri,
     /// The `Host` header of every request: every URL sent is under the base URL, so it is always this one.
     host: HeaderValue,
+    parked: Arc<ParkedConnections>,
 }
 
 impl GrooveClient {
@@ -151,6 +152,7 @@ impl GrooveClient {
             base_url,
             origin,
             host,
+            parked: Arc::default(),
         })
     }
 
@@ -164,8 +166,8 @@ impl GrooveClient {
         GrooveConnection::new(self.clone())
     }
 
-    /// Sends one request with the key on a connection of its own. For occasional calls (a test send, a key
-    /// check); deliveries keep a [`GrooveConnection`] per worker.
+    /// Sends one request with the key, on a parked connection or a new one. For occasional calls (a test send,
+    /// a key check); deliveries keep a [`GrooveConnection`] per worker.
     pub async fn send(
         &self,
         key: &ApiKey,
@@ -180,6 +182,10 @@ impl GrooveClient {
 
     pub(super) fn origin(&self) -> &http::Uri {
         &self.origin
+    }
+
+    pub(super) fn parked(&self) -> &ParkedConnections {
+        &self.parked
     }
 
     /// The HTTP request for `request`, with the key. Refuses, before anything is sent, a URL outside the base

@@ -4,9 +4,13 @@
 //! and the answer back, two wake-ups that often cross runtime threads. A delivery worker sends one call at a
 //! time anyway, so it keeps its connection and polls it itself while a call is in flight; the profile of the
 //! per-record path showed those hand-overs and the pool's bookkeeping as a fifth of the service's CPU.
+//!
+//! When its owner ends (a stream's workers finish), a connection still fit for use is parked with the client,
+//! and the next owner takes it instead of paying a new TCP and TLS handshake.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,8 @@ use crate::domain::credential::ApiKey;
 /// A connection idle for longer than this is closed rather than reused: load balancers drop idle connections
 /// around here without telling, and a create sent into such a connection would end with no known outcome.
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections parked between owners: as many as the delivery workers of the busiest streams.
+const MAX_PARKED: usize = 256;
 
 type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
 
@@ -40,6 +46,38 @@ struct OpenConnection {
     /// Reads and writes the socket; nothing moves unless it is polled.
     driver: Pin<Box<http1::Connection<Stream, Full<Bytes>>>>,
     last_used: Instant,
+}
+
+impl OpenConnection {
+    fn idle_too_long(&self) -> bool {
+        self.last_used.elapsed() >= IDLE_TIMEOUT
+    }
+}
+
+/// Connections whose owner ended while they were still fit for use, newest last. Nobody polls them while they
+/// are parked; whoever takes one checks it first (see `GrooveConnection::reusable`).
+#[derive(Default)]
+pub(super) struct ParkedConnections(Mutex<Vec<OpenConnection>>);
+
+impl std::fmt::Debug for ParkedConnections {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ParkedConnections")
+    }
+}
+
+impl ParkedConnections {
+    fn park(&self, open: OpenConnection) {
+        let mut parked = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        parked.retain(|parked| !parked.idle_too_long());
+        if parked.len() < MAX_PARKED {
+            parked.push(open);
+        }
+    }
+
+    /// The most recently parked: the least likely to have been closed by Groove meanwhile.
+    fn take(&self) -> Option<OpenConnection> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
+    }
 }
 
 /// How an exchange on an open connection ended, and whether the connection can carry the next one.
@@ -114,21 +152,33 @@ impl GrooveConnection {
         }
     }
 
-    /// The open connection, if it can take another request: not idle too long, and not closed by Groove in
-    /// the meantime. Polling the driver once lets it read a pending end of stream without waiting.
+    /// The open connection, or else a parked one, if it can take another request: not idle too long, and
+    /// not closed by Groove in the meantime. Polling the driver once lets it read a pending end of stream
+    /// without waiting.
     async fn reusable(&mut self) -> Option<&mut OpenConnection> {
-        let usable = match self.open.as_mut() {
-            Some(open) => {
-                open.last_used.elapsed() < IDLE_TIMEOUT
-                    && !open.sender.is_closed()
-                    && !has_ended(&mut open.driver).await
+        loop {
+            let open = match &mut self.open {
+                Some(open) => open,
+                None => self.open.insert(self.client.parked().take()?),
+            };
+            if !open.idle_too_long()
+                && !open.sender.is_closed()
+                && !has_ended(&mut open.driver).await
+            {
+                return self.open.as_mut();
             }
-            None => false,
-        };
-        if !usable {
             self.open = None;
         }
-        self.open.as_mut()
+    }
+}
+
+impl Drop for GrooveConnection {
+    fn drop(&mut self) {
+        if let Some(open) = self.open.take() {
+            if !open.idle_too_long() && !open.sender.is_closed() {
+                self.client.parked().park(open);
+            }
+        }
     }
 }
 
@@ -354,6 +404,56 @@ mod tests {
             ]
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn the_next_owner_takes_over_a_parked_connection() {
+        let (base, accepted) = counting_server(AfterAnswer::KeepAlive).await;
+        let client = GrooveClient::new(&base).unwrap();
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let mut connection = client.connection();
+            let answer = connection
+                .send(&ApiKey::new("key"), &post(&base))
+                .await
+                .unwrap();
+            bodies.push(String::from_utf8(answer.body).unwrap());
+        }
+        // The one-off path parks and takes too.
+        let answer = client
+            .send(&ApiKey::new("key"), &post(&base))
+            .await
+            .unwrap();
+        bodies.push(String::from_utf8(answer.body).unwrap());
+        assert_eq!(
+            bodies,
+            [
+                r#"{"connection":1,"request":1}"#,
+                r#"{"connection":1,"request":2}"#,
+                r#"{"connection":1,"request":3}"#,
+            ]
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_groove_closed_is_passed_over() {
+        let (base, accepted) = counting_server(AfterAnswer::CloseSilently).await;
+        let client = GrooveClient::new(&base).unwrap();
+        for expected in [
+            r#"{"connection":1,"request":1}"#,
+            r#"{"connection":2,"request":1}"#,
+        ] {
+            let mut connection = client.connection();
+            let answer = connection
+                .send(&ApiKey::new("key"), &post(&base))
+                .await
+                .unwrap();
+            assert_eq!(String::from_utf8(answer.body).unwrap(), expected);
+            drop(connection);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
