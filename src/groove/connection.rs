@@ -101,34 +101,28 @@ impl GrooveConnection {
         let outgoing = self.client.prepare(key, request)?;
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + request.timeout;
-        let open = match self.reusable().await {
+        // Out of `self` while in use: if this future is dropped half-way, the connection goes with it instead
+        // of being parked or reused with a request of unknown fate still in it.
+        let mut open = match self.take_reusable().await {
             Some(open) => open,
-            None => {
-                let opened = tokio::time::timeout_at(deadline, self.client.open())
-                    .await
-                    .map_err(|_| CallError::NotSent {
-                        reason: format!("no connection within {:?}", request.timeout),
-                    })??;
-                self.open.insert(opened)
-            }
+            None => tokio::time::timeout_at(deadline, self.client.open())
+                .await
+                .map_err(|_| CallError::NotSent {
+                    reason: format!("no connection within {:?}", request.timeout),
+                })??,
         };
-        let exchanged = tokio::time::timeout_at(deadline, open.exchange(outgoing)).await;
-        let result = match exchanged {
+        let result = match tokio::time::timeout_at(deadline, open.exchange(outgoing)).await {
             Ok(Exchanged { result, reusable }) => {
                 if reusable && result.is_ok() {
                     open.last_used = Instant::now();
-                } else {
-                    self.open = None;
+                    self.open = Some(open);
                 }
                 result
             }
-            // Half an exchange leaves the connection in an unknown state.
-            Err(_) => {
-                self.open = None;
-                Err(CallError::MaybeSent {
-                    reason: format!("no complete answer within {:?}", request.timeout),
-                })
-            }
+            // Half an exchange leaves the connection in an unknown state: it is dropped.
+            Err(_) => Err(CallError::MaybeSent {
+                reason: format!("no complete answer within {:?}", request.timeout),
+            }),
         };
         let (parts, body) = result?;
         Ok(GrooveAnswer {
@@ -152,22 +146,21 @@ impl GrooveConnection {
         }
     }
 
-    /// The open connection, or else a parked one, if it can take another request: not idle too long, and
-    /// not closed by Groove in the meantime. Polling the driver once lets it read a pending end of stream
+    /// Takes the open connection, or else a parked one, if it can carry another request: not idle too long,
+    /// and not closed by Groove in the meantime. Polling the driver once lets it read a pending end of stream
     /// without waiting.
-    async fn reusable(&mut self) -> Option<&mut OpenConnection> {
+    async fn take_reusable(&mut self) -> Option<OpenConnection> {
         loop {
-            let open = match &mut self.open {
+            let mut open = match self.open.take() {
                 Some(open) => open,
-                None => self.open.insert(self.client.parked().take()?),
+                None => self.client.parked().take()?,
             };
             if !open.idle_too_long()
                 && !open.sender.is_closed()
                 && !has_ended(&mut open.driver).await
             {
-                return self.open.as_mut();
+                return Some(open);
             }
-            self.open = None;
         }
     }
 }
@@ -471,18 +464,42 @@ mod tests {
         assert!(connection.open.is_none());
     }
 
+    /// A call abandoned half-way (its stream ended, its task aborted) leaves a request of unknown fate in its
+    /// connection: nobody else may send on it.
     #[tokio::test]
-    async fn a_timed_out_call_does_not_leave_its_connection_for_the_next() {
+    async fn an_abandoned_call_does_not_park_its_connection() {
+        let (base, _silent) = silent_server().await;
+        let client = GrooveClient::new(&base).unwrap();
+        let mut connection = client.connection();
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(200),
+            connection.send(&ApiKey::new("key"), &post(&base)),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the server never answers");
+        drop(connection);
+        assert!(client.parked().take().is_none());
+    }
+
+    /// A server that accepts connections and never answers.
+    async fn silent_server() -> (Url, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        // Accepts and never answers.
         let silent = tokio::spawn(async move {
             let mut sockets = Vec::new();
             while let Ok((socket, _)) = listener.accept().await {
                 sockets.push(socket);
             }
         });
-        let base = Url::parse(&format!("http://127.0.0.1:{port}/v1/")).unwrap();
+        (
+            Url::parse(&format!("http://127.0.0.1:{port}/v1/")).unwrap(),
+            silent,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_call_does_not_leave_its_connection_for_the_next() {
+        let (base, silent) = silent_server().await;
         let mut connection = GrooveClient::new(&base).unwrap().connection();
         let mut request = post(&base);
         request.timeout = Duration::from_millis(200);
