@@ -504,6 +504,20 @@ mod tests {
     }
 
     #[test]
+    fn the_host_header_names_the_port_only_when_it_is_not_the_default() {
+        for (base, host) in [
+            ("https://api.groovehq.com/v1/", "api.groovehq.com"),
+            ("https://api.groovehq.com:443/v1/", "api.groovehq.com"),
+            ("http://127.0.0.1:8080/v1/", "127.0.0.1:8080"),
+            ("http://[::1]:8080/v1/", "[::1]:8080"),
+        ] {
+            let client = GrooveClient::new(&url(base)).unwrap();
+            assert_eq!(client.host, host, "{base}");
+            assert_eq!(client.origin.authority().unwrap().as_str(), host, "{base}");
+        }
+    }
+
+    #[test]
     fn base_url_gains_a_trailing_slash_once() {
         assert_eq!(
             with_trailing_slash(&url("http://127.0.0.1:9/v1")).as_str(),
