@@ -2,8 +2,9 @@
 //!
 //! A pooled client runs each connection as a task of its own: every call hands the request over to that task
 //! and the answer back, two wake-ups that often cross runtime threads. A delivery worker sends one call at a
-//! time anyway, so it keeps its connection and polls it itself while a call is in flight; the profile of the
-//! per-record path showed those hand-overs and the pool's bookkeeping as a fifth of the service's CPU.
+//! time anyway, so it keeps its connection and polls it itself while a call is in flight. Measured with
+//! groove-bench: a sixth less service CPU per record at concurrency 1, where those wake-ups cost the most, and
+//! a few percent under saturation.
 //!
 //! When its owner ends (a stream's workers finish), a connection still fit for use is parked with the client,
 //! and the next owner takes it instead of paying a new TCP and TLS handshake.
@@ -55,7 +56,7 @@ impl OpenConnection {
 }
 
 /// Connections whose owner ended while they were still fit for use, newest last. Nobody polls them while they
-/// are parked; whoever takes one checks it first (see `GrooveConnection::reusable`).
+/// are parked; whoever takes one checks it first (see `GrooveConnection::take_reusable`).
 #[derive(Default)]
 pub(super) struct ParkedConnections(Mutex<Vec<OpenConnection>>);
 
