@@ -306,7 +306,7 @@ mod tests {
             }
             let mut body = vec![0; content_length];
             socket.read_exact(&mut body).await.unwrap();
-            let answer = format!("{{\"connection\":{connection},\"request\":{request}}}");
+            let answer = answered(connection, request);
             let close = matches!(after, AfterAnswer::AnnounceClose);
             let head = format!(
                 "HTTP/1.1 201 Created\r\ncontent-length: {}\r\n{}\r\n",
@@ -337,96 +337,64 @@ mod tests {
         }
     }
 
-    /// Sends `calls` requests one after another, pausing between them so a close reaches the client, and
-    /// returns the answers' bodies.
-    async fn send_in_turn(base: &Url, calls: usize) -> Vec<String> {
-        let mut connection = GrooveClient::new(base).unwrap().connection();
-        let mut bodies = Vec::new();
-        for _ in 0..calls {
+    /// The body the test server answers with: which connection, and which request on it.
+    fn answered(connection: usize, request: usize) -> String {
+        format!("{{\"connection\":{connection},\"request\":{request}}}")
+    }
+
+    /// Sends requests one after another on one `GrooveConnection`, pausing between them so that a close
+    /// reaches the client, and checks which server connection answered each (`(connection, request on it)`).
+    async fn assert_served_in_turn(after: AfterAnswer, expected: &[(usize, usize)]) {
+        let (base, accepted) = counting_server(after).await;
+        let mut connection = GrooveClient::new(&base).unwrap().connection();
+        for &(on_connection, request) in expected {
             let answer = connection
-                .send(&ApiKey::new("key"), &post(base))
+                .send(&ApiKey::new("key"), &post(&base))
                 .await
                 .unwrap();
             assert_eq!(answer.status, 201);
-            bodies.push(String::from_utf8(answer.body).unwrap());
+            assert_eq!(answer.body, answered(on_connection, request).into_bytes());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bodies
+        let connections = expected.iter().map(|&(connection, _)| connection).max();
+        assert_eq!(accepted.load(Ordering::SeqCst), connections.unwrap_or(0));
     }
 
     #[tokio::test]
     async fn calls_one_after_another_share_one_connection() {
-        let (base, accepted) = counting_server(AfterAnswer::KeepAlive).await;
-        let bodies = send_in_turn(&base, 3).await;
-        assert_eq!(
-            bodies,
-            [
-                r#"{"connection":1,"request":1}"#,
-                r#"{"connection":1,"request":2}"#,
-                r#"{"connection":1,"request":3}"#,
-            ]
-        );
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_served_in_turn(AfterAnswer::KeepAlive, &[(1, 1), (1, 2), (1, 3)]).await;
     }
 
     #[tokio::test]
     async fn an_announced_close_opens_a_new_connection_for_the_next_call() {
-        let (base, accepted) = counting_server(AfterAnswer::AnnounceClose).await;
-        let bodies = send_in_turn(&base, 2).await;
-        assert_eq!(
-            bodies,
-            [
-                r#"{"connection":1,"request":1}"#,
-                r#"{"connection":2,"request":1}"#,
-            ]
-        );
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_served_in_turn(AfterAnswer::AnnounceClose, &[(1, 1), (2, 1)]).await;
     }
 
     /// A create sent into a connection Groove has already closed would end with no known outcome; the close
     /// must be noticed before the next request goes out.
     #[tokio::test]
     async fn a_connection_groove_closed_while_idle_is_not_reused() {
-        let (base, accepted) = counting_server(AfterAnswer::CloseSilently).await;
-        let bodies = send_in_turn(&base, 3).await;
-        assert_eq!(
-            bodies,
-            [
-                r#"{"connection":1,"request":1}"#,
-                r#"{"connection":2,"request":1}"#,
-                r#"{"connection":3,"request":1}"#,
-            ]
-        );
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_served_in_turn(AfterAnswer::CloseSilently, &[(1, 1), (2, 1), (3, 1)]).await;
     }
 
     #[tokio::test]
     async fn the_next_owner_takes_over_a_parked_connection() {
         let (base, accepted) = counting_server(AfterAnswer::KeepAlive).await;
         let client = GrooveClient::new(&base).unwrap();
-        let mut bodies = Vec::new();
-        for _ in 0..2 {
-            let mut connection = client.connection();
-            let answer = connection
+        for request in 1..=2 {
+            let answer = client
+                .connection()
                 .send(&ApiKey::new("key"), &post(&base))
                 .await
                 .unwrap();
-            bodies.push(String::from_utf8(answer.body).unwrap());
+            assert_eq!(answer.body, answered(1, request).into_bytes());
         }
         // The one-off path parks and takes too.
         let answer = client
             .send(&ApiKey::new("key"), &post(&base))
             .await
             .unwrap();
-        bodies.push(String::from_utf8(answer.body).unwrap());
-        assert_eq!(
-            bodies,
-            [
-                r#"{"connection":1,"request":1}"#,
-                r#"{"connection":1,"request":2}"#,
-                r#"{"connection":1,"request":3}"#,
-            ]
-        );
+        assert_eq!(answer.body, answered(1, 3).into_bytes());
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
@@ -434,17 +402,13 @@ mod tests {
     async fn a_parked_connection_groove_closed_is_passed_over() {
         let (base, accepted) = counting_server(AfterAnswer::CloseSilently).await;
         let client = GrooveClient::new(&base).unwrap();
-        for expected in [
-            r#"{"connection":1,"request":1}"#,
-            r#"{"connection":2,"request":1}"#,
-        ] {
-            let mut connection = client.connection();
-            let answer = connection
+        for connection in 1..=2 {
+            let answer = client
+                .connection()
                 .send(&ApiKey::new("key"), &post(&base))
                 .await
                 .unwrap();
-            assert_eq!(String::from_utf8(answer.body).unwrap(), expected);
-            drop(connection);
+            assert_eq!(answer.body, answered(connection, 1).into_bytes());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
