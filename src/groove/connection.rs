@@ -67,9 +67,16 @@ impl std::fmt::Debug for ParkedConnections {
 }
 
 impl ParkedConnections {
-    fn park(&self, open: OpenConnection) {
+    /// Both park and take let go of connections idle too long, so that sockets Groove closed meanwhile do not
+    /// linger past the next stream.
+    fn fresh(&self) -> std::sync::MutexGuard<'_, Vec<OpenConnection>> {
         let mut parked = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         parked.retain(|parked| !parked.idle_too_long());
+        parked
+    }
+
+    fn park(&self, open: OpenConnection) {
+        let mut parked = self.fresh();
         if parked.len() < MAX_PARKED {
             parked.push(open);
         }
@@ -77,7 +84,7 @@ impl ParkedConnections {
 
     /// The most recently parked: the least likely to have been closed by Groove meanwhile.
     fn take(&self) -> Option<OpenConnection> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
+        self.fresh().pop()
     }
 }
 
