@@ -126,14 +126,32 @@ pub struct GrooveClient {
 }
 
 impl GrooveClient {
+    /// A client that trusts Mozilla's root certificates, as every public Groove host needs.
     pub fn new(base_url: &Url) -> Result<Self, ClientBuildError> {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        Self::trusting(base_url, roots)
+    }
+
+    /// A client that trusts only `roots`: how tests reach a TLS server of their own.
+    pub(crate) fn trusting(
+        base_url: &Url,
+        roots: rustls::RootCertStore,
+    ) -> Result<Self, ClientBuildError> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         // http is allowed for a local sandbox; the key only ever goes to the configured base URL.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);

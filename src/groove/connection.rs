@@ -276,27 +276,68 @@ mod tests {
         CloseSilently,
     }
 
-    /// An HTTP/1.1 server that answers every request `201` with a JSON body naming the connection and the
-    /// request's number on it; hands back its base URL and how many connections it accepted.
-    async fn counting_server(after: AfterAnswer) -> (Url, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let connection = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::spawn(serve_connection(socket, connection, after));
-            }
-        });
-        let base = Url::parse(&format!("http://127.0.0.1:{port}/v1/")).unwrap();
-        (base, accepted)
+    /// What a test server saw: connections accepted, and the head of every request, as the server read it.
+    #[derive(Default)]
+    struct Served {
+        accepted: AtomicUsize,
+        heads: std::sync::Mutex<Vec<String>>,
     }
 
-    async fn serve_connection(socket: TcpStream, connection: usize, after: AfterAnswer) {
+    impl Served {
+        fn connections(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+    }
+
+    /// An HTTP/1.1 server that answers every request `201` with a JSON body naming the connection and the
+    /// request's number on it; over TLS with `tls`.
+    async fn counting_server_with(
+        after: AfterAnswer,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (Url, Arc<Served>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = Arc::new(Served::default());
+        let seen = served.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let connection = seen.accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                let seen = seen.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(socket) = tls.accept(socket).await {
+                                serve_connection(socket, connection, after, &seen).await
+                            }
+                        }
+                        None => serve_connection(socket, connection, after, &seen).await,
+                    }
+                });
+            }
+        });
+        let host = if scheme == "https" {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        let base = Url::parse(&format!("{scheme}://{host}:{port}/v1/")).unwrap();
+        (base, served)
+    }
+
+    async fn counting_server(after: AfterAnswer) -> (Url, Arc<Served>) {
+        counting_server_with(after, None).await
+    }
+
+    async fn serve_connection<S>(socket: S, connection: usize, after: AfterAnswer, seen: &Served)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let mut socket = BufReader::new(socket);
         for request in 1.. {
             let mut content_length = 0;
+            let mut head = String::new();
             loop {
                 let mut line = String::new();
                 if socket.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -310,7 +351,9 @@ mod tests {
                         content_length = value.trim().parse().unwrap();
                     }
                 }
+                head.push_str(&line);
             }
+            seen.heads.lock().unwrap().push(head);
             let mut body = vec![0; content_length];
             socket.read_exact(&mut body).await.unwrap();
             let answer = answered(connection, request);
@@ -352,7 +395,7 @@ mod tests {
     /// Sends requests one after another on one `GrooveConnection`, pausing between them so that a close
     /// reaches the client, and checks which server connection answered each (`(connection, request on it)`).
     async fn assert_served_in_turn(after: AfterAnswer, expected: &[(usize, usize)]) {
-        let (base, accepted) = counting_server(after).await;
+        let (base, served) = counting_server(after).await;
         let mut connection = GrooveClient::new(&base).unwrap().connection();
         for &(on_connection, request) in expected {
             let answer = connection
@@ -364,7 +407,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let connections = expected.iter().map(|&(connection, _)| connection).max();
-        assert_eq!(accepted.load(Ordering::SeqCst), connections.unwrap_or(0));
+        assert_eq!(served.connections(), connections.unwrap_or(0));
     }
 
     #[tokio::test]
@@ -386,7 +429,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_next_owner_takes_over_a_parked_connection() {
-        let (base, accepted) = counting_server(AfterAnswer::KeepAlive).await;
+        let (base, served) = counting_server(AfterAnswer::KeepAlive).await;
         let client = GrooveClient::new(&base).unwrap();
         for request in 1..=2 {
             let answer = client
@@ -402,12 +445,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer.body, answered(1, 3).into_bytes());
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(served.connections(), 1);
     }
 
     #[tokio::test]
     async fn a_parked_connection_groove_closed_is_passed_over() {
-        let (base, accepted) = counting_server(AfterAnswer::CloseSilently).await;
+        let (base, served) = counting_server(AfterAnswer::CloseSilently).await;
         let client = GrooveClient::new(&base).unwrap();
         for connection in 1..=2 {
             let answer = client
@@ -418,7 +461,7 @@ mod tests {
             assert_eq!(answer.body, answered(connection, 1).into_bytes());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(served.connections(), 2);
     }
 
     #[tokio::test]
@@ -482,5 +525,72 @@ mod tests {
         );
         assert!(connection.open.is_none());
         silent.abort();
+    }
+
+    /// A TLS server setup for `localhost` with a fresh self-signed certificate, and that certificate.
+    fn self_signed_tls() -> (
+        rustls::pki_types::CertificateDer<'static>,
+        tokio_rustls::TlsAcceptor,
+    ) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let certificate = certified.cert.der().clone();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate.clone()], key)
+        .unwrap();
+        (
+            certificate,
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        )
+    }
+
+    /// The whole https path: TLS handshake against a certificate the client trusts, the key inside TLS, and
+    /// both calls on one TLS connection.
+    #[tokio::test]
+    async fn https_calls_share_one_tls_connection_with_the_key_inside_it() {
+        let (certificate, acceptor) = self_signed_tls();
+        let (base, served) = counting_server_with(AfterAnswer::KeepAlive, Some(acceptor)).await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certificate).unwrap();
+        let mut connection = GrooveClient::trusting(&base, roots).unwrap().connection();
+        for request in 1..=2 {
+            let answer = connection
+                .send(&ApiKey::new("tls-only-key"), &post(&base))
+                .await
+                .unwrap();
+            assert_eq!(answer.body, answered(1, request).into_bytes());
+        }
+        assert_eq!(served.connections(), 1);
+        let heads = served.heads.lock().unwrap().join("").to_lowercase();
+        assert_eq!(
+            heads.matches("authorization: bearer tls-only-key").count(),
+            2,
+            "{heads}"
+        );
+        assert_eq!(heads.matches("host: localhost:").count(), 2, "{heads}");
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_refused_before_anything_is_sent() {
+        let (_, acceptor) = self_signed_tls();
+        let (base, served) = counting_server_with(AfterAnswer::KeepAlive, Some(acceptor)).await;
+        // Mozilla's roots, as in production: a self-signed certificate is not among them.
+        let outcome = GrooveClient::new(&base)
+            .unwrap()
+            .send(&ApiKey::new("tls-only-key"), &post(&base))
+            .await;
+        match outcome {
+            Err(CallError::NotSent { reason }) => {
+                assert!(reason.contains("certificate"), "{reason}")
+            }
+            other => panic!("expected NotSent, got {other:?}"),
+        }
+        assert!(served.heads.lock().unwrap().is_empty());
     }
 }
