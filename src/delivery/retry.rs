@@ -194,14 +194,6 @@ mod tests {
 
     use super::*;
 
-    const ALL: [HttpMethod; 5] = [
-        HttpMethod::Get,
-        HttpMethod::Put,
-        HttpMethod::Delete,
-        HttpMethod::Post,
-        HttpMethod::Patch,
-    ];
-
     fn rng() -> StdRng {
         StdRng::seed_from_u64(7)
     }
@@ -217,8 +209,8 @@ mod tests {
                 .iter()
                 .map(|(n, v)| {
                     (
-                        reqwest::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                        reqwest::header::HeaderValue::from_str(v).unwrap(),
+                        http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        http::HeaderValue::from_str(v).unwrap(),
                     )
                 })
                 .collect(),
@@ -254,7 +246,7 @@ mod tests {
 
     #[test]
     fn successes_and_refusals_are_final() {
-        for method in ALL {
+        for method in HttpMethod::ALL {
             for code in [200, 201, 204, 301, 400, 401, 403, 404, 409, 422, 501, 505] {
                 assert_eq!(
                     first(method, false, &status(code)),
@@ -267,7 +259,7 @@ mod tests {
 
     #[test]
     fn transient_failures_are_retried_for_every_method() {
-        for method in ALL {
+        for method in HttpMethod::ALL {
             for outcome in [
                 status(408),
                 status(429),
@@ -327,7 +319,7 @@ mod tests {
         let header = Err(CallError::InvalidHeader {
             name: "x-bad".to_string(),
         });
-        for method in ALL {
+        for method in HttpMethod::ALL {
             for outcome in [&outside, &header] {
                 let Decision::GiveUp { reason } = decide(method, true, outcome, 1, 20, &mut rng())
                 else {

@@ -103,6 +103,14 @@ pub enum HttpMethod {
 }
 
 impl HttpMethod {
+    pub const ALL: [HttpMethod; 5] = [
+        HttpMethod::Get,
+        HttpMethod::Post,
+        HttpMethod::Put,
+        HttpMethod::Patch,
+        HttpMethod::Delete,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             HttpMethod::Get => "GET",
@@ -115,15 +123,7 @@ impl HttpMethod {
 
     /// The method named by `as_str`'s spelling.
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            HttpMethod::Get,
-            HttpMethod::Post,
-            HttpMethod::Put,
-            HttpMethod::Patch,
-            HttpMethod::Delete,
-        ]
-        .into_iter()
-        .find(|method| method.as_str() == text)
+        Self::ALL.into_iter().find(|method| method.as_str() == text)
     }
 
     /// A retried non-idempotent call may create a second resource in Groove (Groove has no idempotency keys).
@@ -228,13 +228,7 @@ mod tests {
 
     #[test]
     fn methods_round_trip_through_their_names() {
-        for method in [
-            HttpMethod::Get,
-            HttpMethod::Post,
-            HttpMethod::Put,
-            HttpMethod::Patch,
-            HttpMethod::Delete,
-        ] {
+        for method in HttpMethod::ALL {
             assert_eq!(HttpMethod::parse(method.as_str()), Some(method));
         }
         assert_eq!(HttpMethod::parse("get"), None);
