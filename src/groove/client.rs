@@ -159,11 +159,11 @@ impl GrooveClient {
         let authority = authority(&base_url);
         let origin = http::Uri::builder()
             .scheme(base_url.scheme())
-            .authority(authority.as_str())
+            .authority(authority)
             .path_and_query("/")
             .build()
             .map_err(|error| ClientBuildError::BaseUrl(error.to_string()))?;
-        let host = HeaderValue::from_str(&authority)
+        let host = HeaderValue::from_str(authority)
             .map_err(|error| ClientBuildError::BaseUrl(error.to_string()))?;
         Ok(GrooveClient {
             connector,
@@ -272,17 +272,10 @@ impl GrooveClient {
     }
 }
 
-/// `host` or `host:port` when the port is not the scheme's default, as `Host` and the connection need it.
-fn authority(url: &Url) -> String {
-    let host = match url.host() {
-        Some(url::Host::Ipv6(address)) => format!("[{address}]"),
-        Some(host) => host.to_string(),
-        None => String::new(),
-    };
-    match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host,
-    }
+/// `host` or `host:port` when the port is not the scheme's default, as `Host` and the connection need it: the
+/// URL's own serialization of that part (brackets around IPv6, default ports left out).
+fn authority(url: &Url) -> &str {
+    &url[url::Position::BeforeHost..url::Position::AfterPort]
 }
 
 fn with_trailing_slash(url: &Url) -> Url {
@@ -306,7 +299,8 @@ fn is_under_base(base: &Url, url: &Url) -> bool {
 }
 
 fn build_headers(key: &ApiKey, request: &OutgoingRequest) -> Result<HeaderMap, CallError> {
-    let mut headers = HeaderMap::with_capacity(request.headers.len() + 2);
+    // The extra headers, then Content-Type, User-Agent, Accept, Authorization and (in `prepare`) Host.
+    let mut headers = HeaderMap::with_capacity(request.headers.len() + 5);
     for (name, value) in request.headers.iter() {
         let invalid = || CallError::InvalidHeader { name: name.clone() };
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
