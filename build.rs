@@ -27,8 +27,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Groove's answers travel as encoded bytes rather than as a prost tree: see `src/api/json_wire.rs`.
+        // Groove's answers and Struct records travel as encoded bytes rather than as prost trees: see
+        // `src/api/json_wire.rs`.
         .extern_path(".google.protobuf.Value", "crate::api::json_wire::JsonValue")
+        .extern_path(
+            ".google.protobuf.Struct",
+            "crate::api::json_wire::JsonObject",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -41,8 +41,8 @@ pub enum ServeError {
     SecretKey(StoreError),
     #[error(transparent)]
     GrooveClient(#[from] crate::groove::ClientBuildError),
-    #[error("cannot build the webhook http client: {0}")]
-    WebhookClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Engine(#[from] delivery::EngineStartError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("grpc server failed: {0}")]
@@ -68,7 +68,7 @@ pub async fn serve(
         })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let groove = groove::GrooveClient::new(&settings.groove_url)?;
-    let engine = delivery::Engine::start(store.clone(), groove, settings.engine_options())?;
+    let engine = delivery::Engine::start(store.clone(), groove, settings.engine_options()).await?;
     let state = api::AppState::new(store, engine);
     api::run(state, listener, shutdown).await
 }

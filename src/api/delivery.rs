@@ -1,5 +1,6 @@
 //! DeliveryService: streaming delivery and failed records.
 
+use std::error::Error as _;
 use std::pin::Pin;
 use std::time::Instant;
 
@@ -15,9 +16,11 @@ use crate::api::results::{
     summary_to_proto,
 };
 use crate::api::AppState;
-use crate::delivery::{IncomingRecord, Interruption, StreamEvent};
+use crate::delivery::{IncomingRecord, Interruption, StreamEvent, Unreadable};
+use crate::domain::outcome::Outcome;
 use crate::proto::delivery_service_server::DeliveryService;
 use crate::proto::{self, send_records_request};
+use crate::store::{FailedRecordFilter, FailedRecordSelection};
 
 /// Events buffered towards a client that reads slowly; beyond it, delivery waits for the client.
 const OUTPUT_BUFFER: usize = 64;
@@ -73,10 +76,7 @@ impl Coalesce {
                 }),
                 StreamEvent::Summary(summary) => message.summary = Some(summary_to_proto(&summary)),
                 StreamEvent::Interrupted(interruption) => {
-                    self.pending_error = Some(match &interruption {
-                        Interruption::NotActive(why) => Status::failed_precondition(why.clone()),
-                        Interruption::Deleted(why) => Status::not_found(why.clone()),
-                    });
+                    self.pending_error = Some(ApiError::from(interruption).into());
                 }
             }
         }
@@ -88,31 +88,61 @@ impl Coalesce {
     }
 }
 
-/// The client's record messages as batches of records; ends when the client half-closes or goes away.
+/// The client's record messages as batches of records; ends when the client half-closes. A message that cannot
+/// be read, or a broken connection, is the last item.
 fn record_batches(
     inbound: Streaming<proto::SendRecordsRequest>,
-) -> impl Stream<Item = Vec<IncomingRecord>> + Send + Unpin {
-    Box::pin(futures::stream::unfold(inbound, |mut inbound| async move {
-        loop {
-            match inbound.message().await {
-                Ok(Some(request)) => match request.message {
-                    Some(send_records_request::Message::Records(batch)) => {
-                        let records = batch.records.into_iter().map(incoming_record).collect();
-                        return Some((records, inbound));
-                    }
-                    Some(send_records_request::Message::Start(_)) => {
-                        tracing::warn!("start sent again in the middle of a stream; ignored");
-                    }
-                    None => {}
-                },
-                Ok(None) => return None,
-                Err(status) => {
-                    tracing::info!(code = ?status.code(), message = status.message(), "record stream ended by the client");
-                    return None;
+) -> impl Stream<Item = Result<Vec<IncomingRecord>, Interruption>> + Send + Unpin {
+    Box::pin(futures::stream::unfold(
+        Some(inbound),
+        |inbound| async move {
+            let mut inbound = inbound?;
+            loop {
+                match inbound.message().await {
+                    Ok(Some(request)) => match request.message {
+                        Some(send_records_request::Message::Records(batch)) => {
+                            let records = batch.records.into_iter().map(incoming_record).collect();
+                            return Some((Ok(records), Some(inbound)));
+                        }
+                        Some(send_records_request::Message::Start(_)) => {
+                            tracing::warn!("start sent again in the middle of a stream; ignored");
+                        }
+                        None => {}
+                    },
+                    Ok(None) => return None,
+                    Err(status) => return Some((Err(why_input_ended(&status)), None)),
                 }
             }
+        },
+    ))
+}
+
+/// Tells a message the server cannot read from a client or connection that went away. tonic reports both as
+/// a status: transport failures carry their h2 or hyper error as the source, decoding failures carry none.
+fn why_input_ended(status: &Status) -> Interruption {
+    use tonic::Code;
+    let unreadable = status.source().is_none();
+    match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted if unreadable => {
+            Interruption::Unreadable(Unreadable::TooLarge(format!(
+                "a records message is too large ({}); the records before it were delivered, the ones in it \
+                 and after it were not read: send at most 16 MiB per message",
+                status.message()
+            )))
         }
-    }))
+        // A message cut short by the end of the stream is a client that went away mid-message.
+        Code::Internal if unreadable && !status.message().starts_with("Unexpected EOF") => {
+            Interruption::Unreadable(Unreadable::Malformed(format!(
+                "a records message cannot be decoded ({}); the records before it were delivered, the ones \
+                 in it and after it were not read",
+                status.message()
+            )))
+        }
+        code => {
+            tracing::info!(?code, message = status.message(), "record stream broken by the client or its connection");
+            Interruption::ClientGone
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -147,7 +177,18 @@ impl DeliveryService for Delivery {
         let name = start.destination.clone();
         tokio::spawn(async move {
             let summary = session.run(record_batches(inbound), output).await;
-            tracing::info!(destination = %name, ?summary, "record stream closed");
+            tracing::info!(
+                destination = %name,
+                received = summary.records_received,
+                delivered = summary.delivered,
+                rejected = summary.rejected,
+                invalid = summary.invalid,
+                failed = summary.failed,
+                duplicate = summary.duplicate,
+                unanswered = summary.unanswered,
+                calls = summary.calls,
+                "record stream closed"
+            );
         });
         let coalesce = Coalesce {
             events,
@@ -165,6 +206,21 @@ impl DeliveryService for Delivery {
         let request = request.into_inner();
         let id = DESTINATIONS.parse_name("destination", &request.destination)?;
         let page = page_request(request.page_size, &request.page_token)?;
+        let filter = FailedRecordFilter {
+            outcome: match request.outcome() {
+                proto::Outcome::Unspecified => None,
+                proto::Outcome::Rejected => Some(Outcome::Rejected),
+                proto::Outcome::Failed => Some(Outcome::Failed),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "outcome",
+                        "failed records are OUTCOME_REJECTED or OUTCOME_FAILED; leave it unspecified for both",
+                    )
+                    .into())
+                }
+            },
+            maybe_delivered_only: request.maybe_delivered_only,
+        };
         // A listing for a destination that does not exist is an error, not an empty page.
         self.state
             .store
@@ -174,7 +230,7 @@ impl DeliveryService for Delivery {
         let page = self
             .state
             .store
-            .list_failed_records(&id, page)
+            .list_failed_records(&id, filter, page)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(proto::ListFailedRecordsResponse {
@@ -206,7 +262,8 @@ impl DeliveryService for Delivery {
             .engine
             .open_session(&id, &request.destination)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)?
+            .resending_maybe_delivered();
         let record_ids = if request.all {
             self.state
                 .store
@@ -242,10 +299,11 @@ impl DeliveryService for Delivery {
             .map(|entry| IncomingRecord {
                 id: entry.record_id,
                 json: Ok(entry.record_json),
+                encoding: entry.record_encoding,
             })
             .collect();
         let (output, mut events) = mpsc::channel(OUTPUT_BUFFER);
-        let run = tokio::spawn(session.run(futures::stream::iter(vec![records]), output));
+        let run = tokio::spawn(session.run(futures::stream::iter(vec![Ok(records)]), output));
         let mut results = Vec::new();
         let mut summary = None;
         while let Some(event) = events.recv().await {
@@ -265,6 +323,35 @@ impl DeliveryService for Delivery {
             results,
             summary,
             duration: Some(duration(started.elapsed())),
+        }))
+    }
+
+    async fn delete_failed_records(
+        &self,
+        request: Request<proto::DeleteFailedRecordsRequest>,
+    ) -> Result<Response<proto::DeleteFailedRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let id = DESTINATIONS.parse_name("destination", &request.destination)?;
+        let selection = match (request.all, request.record_ids.is_empty()) {
+            (true, true) => FailedRecordSelection::All,
+            (false, false) => FailedRecordSelection::Ids(request.record_ids),
+            _ => {
+                return Err(ApiError::invalid(
+                    "record_ids",
+                    "give record_ids or set all, not both and not neither",
+                )
+                .into())
+            }
+        };
+        let deleted_count = self
+            .state
+            .store
+            .delete_failed_records(&id, selection)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(destination = %request.destination, deleted_count, "failed records deleted");
+        Ok(Response::new(proto::DeleteFailedRecordsResponse {
+            deleted_count,
         }))
     }
 }

@@ -4,7 +4,7 @@ use thiserror::Error;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::delivery::DeliveryError;
+use crate::delivery::{DeliveryError, Interruption, Unreadable};
 use crate::domain::validation::Violations;
 use crate::store::StoreError;
 
@@ -23,6 +23,10 @@ pub enum ApiError {
     Unimplemented(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Cancelled(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -63,6 +67,24 @@ impl From<DeliveryError> for ApiError {
     }
 }
 
+/// How a SendRecords stream that stopped early ends.
+impl From<Interruption> for ApiError {
+    fn from(interruption: Interruption) -> Self {
+        match interruption {
+            Interruption::NotActive(why) => ApiError::FailedPrecondition(why),
+            Interruption::Deleted(why) => ApiError::NotFound(why),
+            Interruption::ShuttingDown(why) => ApiError::Unavailable(why),
+            Interruption::ClientGone => ApiError::Cancelled(
+                "the client went away; records without a result were not sent".into(),
+            ),
+            Interruption::Unreadable(Unreadable::TooLarge(why)) => ApiError::ResourceExhausted(why),
+            Interruption::Unreadable(Unreadable::Malformed(why)) => {
+                ApiError::invalid("records", why)
+            }
+        }
+    }
+}
+
 impl From<Violations> for ApiError {
     fn from(violations: Violations) -> Self {
         ApiError::InvalidArgument(violations)
@@ -84,6 +106,8 @@ impl From<ApiError> for Status {
             ApiError::Aborted(message) => Status::aborted(message),
             ApiError::Unimplemented(message) => Status::unimplemented(message),
             ApiError::Unavailable(message) => Status::unavailable(message),
+            ApiError::ResourceExhausted(message) => Status::resource_exhausted(message),
+            ApiError::Cancelled(message) => Status::cancelled(message),
             ApiError::Store(store_error) => store_status(store_error),
         }
     }

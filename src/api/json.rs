@@ -1,12 +1,17 @@
-//! `google.protobuf.Struct`/`Value` ⇄ JSON. grpcurl users send records as Struct; Groove answers in JSON.
+//! JSON numbers from protobuf doubles, and (for tests) prost's own `Struct`/`Value` ⇄ JSON, the reference
+//! `json_wire`'s encoding is checked against.
 
+#[cfg(test)]
 use prost_types::value::Kind;
-use serde_json::{Map, Number, Value};
+#[cfg(test)]
+use serde_json::Map;
+use serde_json::{Number, Value};
 
 /// Largest integer a double holds exactly; integral numbers up to it are written without a fraction, so that a
 /// ticket number sent through a Struct (where every number is a double) renders as `12`, not `12.0`.
 const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 
+#[cfg(test)]
 pub fn struct_to_json(record: &prost_types::Struct) -> Value {
     Value::Object(
         record
@@ -17,6 +22,7 @@ pub fn struct_to_json(record: &prost_types::Struct) -> Value {
     )
 }
 
+#[cfg(test)]
 pub(crate) fn value_to_json(value: &prost_types::Value) -> Value {
     match &value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
@@ -38,6 +44,7 @@ pub(crate) fn number_to_json(number: f64) -> Value {
     Number::from_f64(number).map_or(Value::Null, Value::Number)
 }
 
+#[cfg(test)]
 pub fn json_to_value(json: &Value) -> prost_types::Value {
     let kind = match json {
         Value::Null => Kind::NullValue(0),

@@ -1,4 +1,5 @@
-//! `google.protobuf.Value` kept in its wire encoding, for Groove's answers in results.
+//! `google.protobuf.Value` and `Struct` kept in their wire encoding: Groove's answers in results, and records
+//! sent as Structs.
 //!
 //! A batched call's answer can be a hundred tickets. Building it as a prost `Value` tree (a `BTreeMap` and a
 //! heap string per key, a box per nesting level) and then encoding that tree cost more than everything else
@@ -6,6 +7,11 @@
 //! `build.rs` maps `google.protobuf.Value` to: JSON is encoded straight into protobuf bytes, which are sent
 //! as they are; a client built from this crate decodes the bytes back into JSON only when it asks for it.
 //! On the wire nothing changes: other clients see an ordinary `google.protobuf.Value`.
+//!
+//! `JsonObject` is what `google.protobuf.Struct` maps to, for a second reason: prost stops decoding at 100
+//! nested messages, and every JSON level of a Struct costs three (Struct, map entry, Value), so a record nested
+//! 33 levels deep failed the whole stream message. Kept as bytes, a Struct costs prost one level; its content is
+//! read here, with this module's own depth limit, and a record over it is refused alone.
 
 use std::fmt;
 
@@ -32,7 +38,7 @@ mod field {
 }
 
 /// Deeper nesting is refused when decoding, so malformed input cannot exhaust the stack. Nothing the service
-/// encodes goes deeper: serde_json stops at 128 levels when it parses Groove's answers.
+/// encodes goes deeper: serde_json stops at 128 levels when it parses Groove's answers and records.
 const MAX_DEPTH: u32 = 128;
 
 /// A `google.protobuf.Value` held as its encoded bytes.
@@ -79,54 +85,107 @@ impl fmt::Debug for JsonValue {
     }
 }
 
-impl prost::Message for JsonValue {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.wire);
+/// A `google.protobuf.Struct` held as its encoded bytes.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct JsonObject {
+    wire: Vec<u8>,
+}
+
+impl JsonObject {
+    pub fn from_json(object: &Map<String, Value>) -> JsonObject {
+        // A Value holding a Struct is the Struct's bytes behind one field header.
+        let value = JsonValue::from_json(&Value::Object(object.clone()));
+        let mut fields = Fields { rest: &value.wire };
+        let wire = match fields.next_field() {
+            Ok(Some((field::STRUCT, FieldValue::Delimited(content)))) => content.to_vec(),
+            _ => Vec::new(),
+        };
+        JsonObject { wire }
     }
 
-    /// Keeps each field as it came; `to_json` makes sense of them.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        match wire_type {
-            WireType::Varint => {
-                let mut number = 0u64;
-                encoding::uint64::merge(wire_type, &mut number, buf, ctx)?;
-                encoding::uint64::encode(tag, &number, &mut self.wire);
+    /// The JSON object this Struct holds. Numbers are doubles in a Struct; integral ones come back as integers.
+    pub fn to_json(&self) -> Result<Value, MalformedValue> {
+        decode_struct(&self.wire, 0)
+    }
+}
+
+impl fmt::Debug for JsonObject {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_json() {
+            Ok(json) => write!(formatter, "JsonObject({json})"),
+            Err(error) => write!(formatter, "JsonObject(<{error}>)"),
+        }
+    }
+}
+
+/// Implements `prost::Message` for a type that keeps its encoded fields in `wire`.
+macro_rules! kept_in_wire_encoding {
+    ($kept:ty) => {
+        impl prost::Message for $kept {
+            fn encode_raw(&self, buf: &mut impl BufMut) {
+                buf.put_slice(&self.wire);
             }
-            WireType::SixtyFourBit => {
-                let mut number = 0u64;
-                encoding::fixed64::merge(wire_type, &mut number, buf, ctx)?;
-                encoding::fixed64::encode(tag, &number, &mut self.wire);
+
+            /// Keeps each field as it came; `to_json` makes sense of them.
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), DecodeError> {
+                keep_field(&mut self.wire, tag, wire_type, buf, ctx)
             }
-            WireType::ThirtyTwoBit => {
-                let mut number = 0u32;
-                encoding::fixed32::merge(wire_type, &mut number, buf, ctx)?;
-                encoding::fixed32::encode(tag, &number, &mut self.wire);
+
+            fn encoded_len(&self) -> usize {
+                self.wire.len()
             }
-            WireType::LengthDelimited => {
-                let mut content = Vec::new();
-                encoding::bytes::merge(wire_type, &mut content, buf, ctx)?;
-                encoding::bytes::encode(tag, &content, &mut self.wire);
-            }
-            WireType::StartGroup | WireType::EndGroup => {
-                encoding::skip_field(wire_type, tag, buf, ctx)?;
+
+            fn clear(&mut self) {
+                self.wire.clear();
             }
         }
-        Ok(())
-    }
+    };
+}
 
-    fn encoded_len(&self) -> usize {
-        self.wire.len()
-    }
+kept_in_wire_encoding!(JsonValue);
+kept_in_wire_encoding!(JsonObject);
 
-    fn clear(&mut self) {
-        self.wire.clear();
+/// Appends one decoded field to `wire`, re-encoded as it came. Nested messages stay bytes, so they cost prost
+/// no recursion.
+fn keep_field(
+    wire: &mut Vec<u8>,
+    tag: u32,
+    wire_type: WireType,
+    buf: &mut impl Buf,
+    ctx: DecodeContext,
+) -> Result<(), DecodeError> {
+    match wire_type {
+        WireType::Varint => {
+            let mut number = 0u64;
+            encoding::uint64::merge(wire_type, &mut number, buf, ctx)?;
+            encoding::uint64::encode(tag, &number, wire);
+        }
+        WireType::SixtyFourBit => {
+            let mut number = 0u64;
+            encoding::fixed64::merge(wire_type, &mut number, buf, ctx)?;
+            encoding::fixed64::encode(tag, &number, wire);
+        }
+        WireType::ThirtyTwoBit => {
+            let mut number = 0u32;
+            encoding::fixed32::merge(wire_type, &mut number, buf, ctx)?;
+            encoding::fixed32::encode(tag, &number, wire);
+        }
+        WireType::LengthDelimited => {
+            let mut content = Vec::new();
+            encoding::bytes::merge(wire_type, &mut content, buf, ctx)?;
+            encoding::bytes::encode(tag, &content, wire);
+        }
+        WireType::StartGroup | WireType::EndGroup => {
+            encoding::skip_field(wire_type, tag, buf, ctx)?;
+        }
     }
+    Ok(())
 }
 
 /// One byte: every field number here is below 16.
@@ -465,6 +524,66 @@ mod tests {
             encoding::bytes::encode(field::LIST, &list_content, &mut wire);
         }
         let deep = JsonValue { wire };
+        assert_eq!(deep.to_json(), Err(MalformedValue("nested too deeply")));
+    }
+
+    /// `{"a": {"a": … {"leaf": true}}}`, `levels` objects deep.
+    fn nested_object(levels: usize) -> Value {
+        let mut json = json!({"leaf": true});
+        for _ in 1..levels {
+            json = json!({ "a": json });
+        }
+        json
+    }
+
+    #[test]
+    fn a_struct_round_trips_through_prost() {
+        let Value::Object(object) = sample() else {
+            unreachable!()
+        };
+        let ours = JsonObject::from_json(&object);
+        let prost_struct = prost_types::Struct::decode(ours.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(prost_struct.encode_to_vec(), ours.encode_to_vec());
+        assert_eq!(ours.to_json().unwrap(), sample());
+    }
+
+    #[test]
+    fn a_record_nested_64_levels_decodes_inside_a_stream_message() {
+        let Value::Object(object) = nested_object(64) else {
+            unreachable!()
+        };
+        let request = crate::proto::SendRecordsRequest {
+            message: Some(crate::proto::send_records_request::Message::Records(
+                crate::proto::RecordBatch {
+                    records: vec![crate::proto::Record {
+                        id: "deep".to_string(),
+                        data: Some(crate::proto::record::Data::Json(JsonObject::from_json(
+                            &object,
+                        ))),
+                    }],
+                },
+            )),
+        };
+        let decoded =
+            crate::proto::SendRecordsRequest::decode(request.encode_to_vec().as_slice()).unwrap();
+        let Some(crate::proto::send_records_request::Message::Records(batch)) = decoded.message
+        else {
+            panic!("records expected")
+        };
+        let Some(crate::proto::record::Data::Json(record)) = &batch.records[0].data else {
+            panic!("json expected")
+        };
+        assert_eq!(record.to_json().unwrap(), nested_object(64));
+        // prost's own Struct gives up far earlier: this is what the stream used to die of.
+        assert!(prost_types::Struct::decode(record.encode_to_vec().as_slice()).is_err());
+    }
+
+    #[test]
+    fn a_struct_nested_past_the_limit_is_an_error_for_that_record_only() {
+        let Value::Object(object) = nested_object(MAX_DEPTH as usize + 2) else {
+            unreachable!()
+        };
+        let deep = JsonObject::from_json(&object);
         assert_eq!(deep.to_json(), Err(MalformedValue("nested too deeply")));
     }
 }

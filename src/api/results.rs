@@ -1,11 +1,11 @@
 //! Delivery results, requests and Groove answers as the contract shows them.
 
 use crate::api::convert::{duration, method_to_proto, timestamp};
-use crate::api::json::{json_to_value, struct_to_json};
-use crate::api::json_wire::JsonValue;
+use crate::api::json_wire::{JsonObject, JsonValue};
 use crate::delivery::{DeliveryReport, IncomingRecord, PlannedCall, Summary};
 use crate::domain::destination::HttpMethod;
 use crate::domain::outcome::Outcome;
+use crate::domain::record::RecordEncoding;
 use crate::domain::render::display_headers;
 use crate::groove::GrooveAnswer;
 use crate::proto;
@@ -24,15 +24,27 @@ pub fn outcome_to_proto(outcome: Outcome) -> proto::Outcome {
 /// A record from the stream: a Struct is turned into JSON text once, raw JSON is taken as it is (and checked
 /// when rendered).
 pub fn incoming_record(record: proto::Record) -> IncomingRecord {
-    let json = match record.data {
-        Some(proto::record::Data::RawJson(bytes)) => Ok(bytes),
-        Some(proto::record::Data::Json(object)) => serde_json::to_vec(&struct_to_json(&object))
-            .map_err(|error| format!("record cannot be written as json: {error}")),
-        None => Err("record has neither json nor raw_json".to_string()),
+    let (json, encoding) = match record.data {
+        Some(proto::record::Data::RawJson(bytes)) => (Ok(bytes), RecordEncoding::RawJson),
+        Some(proto::record::Data::Json(object)) => {
+            let json = object
+                .to_json()
+                .map_err(|error| format!("record json cannot be read: {error}"))
+                .and_then(|json| {
+                    serde_json::to_vec(&json)
+                        .map_err(|error| format!("record cannot be written as json: {error}"))
+                });
+            (json, RecordEncoding::Struct)
+        }
+        None => (
+            Err("record has neither json nor raw_json".to_string()),
+            RecordEncoding::RawJson,
+        ),
     };
     IncomingRecord {
         id: record.id,
         json,
+        encoding,
     }
 }
 
@@ -130,6 +142,7 @@ pub fn summary_to_proto(summary: &Summary) -> proto::DeliverySummary {
         failed: summary.failed,
         duplicate: summary.duplicate,
         calls: summary.calls,
+        unanswered: summary.unanswered,
     }
 }
 
@@ -149,16 +162,19 @@ fn stored_request(request: &StoredRequest, record_id: &str) -> proto::PlannedReq
     }
 }
 
-/// A stored record is shown as a Struct when it is a JSON object (readable in grpcurl), as raw bytes otherwise.
-fn stored_record(record_id: &str, json: &[u8]) -> proto::Record {
-    let data = match serde_json::from_slice::<serde_json::Value>(json) {
-        Ok(value @ serde_json::Value::Object(_)) => match json_to_value(&value).kind {
-            Some(prost_types::value::Kind::StructValue(object)) => {
-                proto::record::Data::Json(object)
-            }
-            _ => proto::record::Data::RawJson(json.to_vec()),
+/// A stored record in the form it arrived in: raw JSON byte for byte, a Struct as a Struct (readable in
+/// grpcurl) — unless it does not hold an object, which only raw bytes can show.
+fn stored_record(record_id: &str, json: &[u8], encoding: RecordEncoding) -> proto::Record {
+    let as_struct = match encoding {
+        RecordEncoding::RawJson => None,
+        RecordEncoding::Struct => match serde_json::from_slice::<serde_json::Value>(json) {
+            Ok(serde_json::Value::Object(object)) => Some(JsonObject::from_json(&object)),
+            _ => None,
         },
-        _ => proto::record::Data::RawJson(json.to_vec()),
+    };
+    let data = match as_struct {
+        Some(object) => proto::record::Data::Json(object),
+        None => proto::record::Data::RawJson(json.to_vec()),
     };
     proto::Record {
         id: record_id.to_string(),
@@ -172,7 +188,11 @@ pub fn failed_record_to_proto(
 ) -> proto::FailedRecord {
     proto::FailedRecord {
         name: format!("{destination_name}/failedRecords/{}", entry.record_id),
-        record: Some(stored_record(&entry.record_id, &entry.record_json)),
+        record: Some(stored_record(
+            &entry.record_id,
+            &entry.record_json,
+            entry.record_encoding,
+        )),
         outcome: outcome_to_proto(entry.outcome) as i32,
         request: entry
             .request
@@ -187,5 +207,6 @@ pub fn failed_record_to_proto(
         attempts: entry.attempts,
         first_failure_time: Some(timestamp(entry.first_failure_ms)),
         last_failure_time: Some(timestamp(entry.last_failure_ms)),
+        maybe_delivered: entry.maybe_delivered,
     }
 }

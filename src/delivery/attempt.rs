@@ -1,7 +1,9 @@
-//! One unit's calls, each paced and retried by the rules in `retry`.
+//! One unit's calls, each paced and retried by the rules in `retry`, until they end or the stream stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::delivery::report::{DeliveryReport, DeliveryUnit, PlannedCall};
 use crate::delivery::retry::{decide, Attempts, Decision};
@@ -20,64 +22,107 @@ pub struct CallContext {
     pub options: DeliveryOptions,
 }
 
+/// How a unit's delivery ended.
+pub enum UnitEnd {
+    /// It has an outcome.
+    Reported(Box<DeliveryReport>),
+    /// The stream stopped before anything of it could have reached Groove (or before a repeatable unit was
+    /// done): it was not delivered, and sending it again later is safe.
+    Released(DeliveryUnit),
+}
+
 /// The end of one call after its retries.
+enum CallEnd {
+    Finished(CallResult),
+    /// The stream stopped while the call waited (for the pacer, or before a retry); no attempt of it that could
+    /// have reached Groove was made.
+    Stopped,
+}
+
 struct CallResult {
     outcome: Outcome,
     answer: Option<GrooveAnswer>,
     attempts: u32,
     error: String,
+    maybe_delivered: bool,
 }
 
 /// Sends a unit's calls in order over the worker's connection; the first that does not succeed decides the
-/// unit's outcome, and the calls after it are not sent.
+/// unit's outcome, and the calls after it are not sent. `stop` ends the waiting: a call already sent finishes,
+/// but no new attempt starts.
 pub async fn deliver(
     context: &CallContext,
     connection: &mut GrooveConnection,
     unit: DeliveryUnit,
-) -> DeliveryReport {
+    stop: &CancellationToken,
+) -> UnitEnd {
     let started = Instant::now();
     let mut attempts = 0;
-    let mut last: Option<(CallResult, PlannedCall)> = None;
-    for call in unit.calls {
-        let result = send_with_retries(context, connection, &call).await;
+    let mut last: Option<(CallResult, usize)> = None;
+    for (index, call) in unit.calls.iter().enumerate() {
+        let result = match send_with_retries(context, connection, call, stop).await {
+            CallEnd::Finished(result) => result,
+            CallEnd::Stopped if index == 0 || unit.repeatable => return UnitEnd::Released(unit),
+            // Earlier calls of a create were delivered: sending the unit again would repeat them.
+            CallEnd::Stopped => CallResult {
+                outcome: Outcome::Failed,
+                answer: None,
+                attempts: 0,
+                error: format!(
+                    "stopped after {index} of {} calls, which were delivered; not sent again on its own",
+                    unit.calls.len()
+                ),
+                maybe_delivered: true,
+            },
+        };
         attempts += result.attempts;
         let delivered = result.outcome == Outcome::Delivered;
-        last = Some((result, call));
+        last = Some((result, index));
         if !delivered {
             break;
         }
     }
-    let Some((result, call)) = last else {
-        return DeliveryReport {
-            record_ids: unit.record_ids,
-            outcome: Outcome::Invalid,
-            answer: None,
-            attempts: 0,
-            latency: started.elapsed(),
-            error: "record renders to no call".to_string(),
-            field: "record".to_string(),
-            call: None,
-            records: unit.records,
-        };
+    let Some((mut result, index)) = last else {
+        let mut report =
+            DeliveryReport::invalid(String::new(), "record", "record renders to no call");
+        report.record_ids = unit.record_ids;
+        report.records = unit.records;
+        return UnitEnd::Reported(Box::new(report));
     };
-    DeliveryReport {
-        record_ids: unit.record_ids,
+    if result.outcome != Outcome::Delivered && index > 0 && !unit.repeatable {
+        result.maybe_delivered = true;
+        result.error = format!(
+            "{} (after {index} of {} calls were delivered, so it is not sent again on its own)",
+            result.error,
+            unit.calls.len()
+        );
+    }
+    let DeliveryUnit {
+        record_ids,
+        records,
+        mut calls,
+        ..
+    } = unit;
+    UnitEnd::Reported(Box::new(DeliveryReport {
+        record_ids,
         outcome: result.outcome,
         answer: result.answer,
         attempts,
         latency: started.elapsed(),
         error: result.error,
         field: String::new(),
-        call: Some(call),
-        records: unit.records,
-    }
+        call: Some(calls.swap_remove(index)),
+        records,
+        maybe_delivered: result.maybe_delivered,
+    }))
 }
 
 async fn send_with_retries(
     context: &CallContext,
     connection: &mut GrooveConnection,
     call: &PlannedCall,
-) -> CallResult {
+    stop: &CancellationToken,
+) -> CallEnd {
     let request = OutgoingRequest {
         method: call.method,
         url: call.url.clone(),
@@ -87,7 +132,13 @@ async fn send_with_retries(
     };
     let mut attempts = Attempts::default();
     loop {
-        let permit = context.pacer.acquire().await;
+        // Waiting for the pacer or for a retry is not being on the wire: a stopped stream ends it. A retry is
+        // only ever waited for when the attempts so far are safe to repeat, so nothing is lost by stopping.
+        let permit = tokio::select! {
+            biased;
+            () = stop.cancelled() => return CallEnd::Stopped,
+            permit = context.pacer.acquire() => permit,
+        };
         let result = connection.send(&context.key, &request).await;
         match &result {
             Ok(answer) => permit.observe(answer.status, &answer.pacing_headers()),
@@ -103,15 +154,19 @@ async fn send_with_retries(
             &mut rand::rng(),
         );
         match decision {
-            Decision::Retry { after } => tokio::time::sleep(after).await,
-            Decision::Done => return finished(result, attempts.total),
-            Decision::GiveUp { reason } => {
-                return CallResult {
-                    outcome: Outcome::Failed,
-                    answer: result.ok(),
-                    attempts: attempts.total,
-                    error: reason,
+            Decision::Retry { after } => {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return CallEnd::Stopped,
+                    () = tokio::time::sleep(after) => {}
                 }
+            }
+            Decision::Done => return CallEnd::Finished(finished(result, attempts.total)),
+            Decision::GiveUp { reason } => {
+                return CallEnd::Finished(failed(result, attempts.total, reason, false))
+            }
+            Decision::Ambiguous { reason } => {
+                return CallEnd::Finished(failed(result, attempts.total, reason, true))
             }
         }
     }
@@ -124,19 +179,37 @@ fn finished(result: Result<GrooveAnswer, CallError>, attempts: u32) -> CallResul
             answer: Some(answer),
             attempts,
             error: String::new(),
+            maybe_delivered: false,
         },
         Ok(answer) => CallResult {
             outcome: Outcome::Rejected,
             error: format!("groove answered {}", answer.status),
             answer: Some(answer),
             attempts,
+            maybe_delivered: false,
         },
         Err(error) => CallResult {
             outcome: Outcome::Failed,
             answer: None,
             attempts,
             error: error.to_string(),
+            maybe_delivered: false,
         },
+    }
+}
+
+fn failed(
+    result: Result<GrooveAnswer, CallError>,
+    attempts: u32,
+    reason: String,
+    maybe_delivered: bool,
+) -> CallResult {
+    CallResult {
+        outcome: Outcome::Failed,
+        answer: result.ok(),
+        attempts,
+        error: reason,
+        maybe_delivered,
     }
 }
 

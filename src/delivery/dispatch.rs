@@ -1,6 +1,6 @@
 //! Concurrency with order: `concurrency` workers; units sharing an ordering key always go to the same worker
 //! (its lane), so they are sent one after another in arrival order; units without a key go to whichever worker
-//! is free.
+//! is free. Once the stream stops, units still queued are released instead of sent.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use crate::delivery::attempt::{deliver, CallContext};
+use crate::delivery::attempt::{deliver, CallContext, UnitEnd};
 use crate::delivery::report::DeliveryUnit;
 use crate::delivery::sink::ReportSink;
 
@@ -21,11 +22,13 @@ pub struct Dispatcher {
     lanes: Vec<mpsc::Sender<DeliveryUnit>>,
     shared: mpsc::Sender<DeliveryUnit>,
     workers: JoinSet<()>,
+    stop: CancellationToken,
 }
 
 impl Dispatcher {
-    /// Starts the workers; each finished unit's report goes to `reports`.
-    pub fn start(context: CallContext, reports: ReportSink) -> Self {
+    /// Starts the workers; each finished unit's report goes to `reports`. Once `stop` is cancelled no unit is
+    /// sent any more: calls on the wire finish, the rest is released.
+    pub fn start(context: CallContext, reports: ReportSink, stop: CancellationToken) -> Self {
         let concurrency = context.options.concurrency.max(1) as usize;
         let (shared, shared_rx) = mpsc::channel(concurrency * LANE_CAPACITY);
         let shared_rx = Arc::new(Mutex::new(shared_rx));
@@ -39,24 +42,39 @@ impl Dispatcher {
                 lane_rx,
                 shared_rx.clone(),
                 reports.clone(),
+                stop.clone(),
             ));
         }
         Dispatcher {
             lanes,
             shared,
             workers,
+            stop,
         }
     }
 
-    /// Queues a unit, waiting while its queue is full (this is the backpressure).
-    pub async fn dispatch(&self, unit: DeliveryUnit) {
+    /// Queues a unit, waiting while its queue is full (this is the backpressure). Gives the unit back if the
+    /// stream stops first.
+    pub async fn dispatch(&self, unit: DeliveryUnit) -> Result<(), DeliveryUnit> {
         let sender = match &unit.ordering_key {
             Some(key) => &self.lanes[lane_of(key, self.lanes.len())],
             None => &self.shared,
         };
-        // Workers only stop after the senders are dropped, so a send cannot fail while `self` lives.
-        if sender.send(unit).await.is_err() {
-            tracing::error!("delivery worker stopped early");
+        let slot = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => return Err(unit),
+            slot = sender.reserve() => slot,
+        };
+        match slot {
+            Ok(slot) => {
+                slot.send(unit);
+                Ok(())
+            }
+            // Workers only stop after the senders are dropped, so this cannot happen while `self` lives.
+            Err(_) => {
+                tracing::error!("delivery worker stopped early");
+                Err(unit)
+            }
         }
     }
 
@@ -66,6 +84,7 @@ impl Dispatcher {
             lanes,
             shared,
             mut workers,
+            ..
         } = self;
         drop(lanes);
         drop(shared);
@@ -88,6 +107,7 @@ async fn work(
     mut lane: mpsc::Receiver<DeliveryUnit>,
     shared: Arc<Mutex<mpsc::Receiver<DeliveryUnit>>>,
     reports: ReportSink,
+    stop: CancellationToken,
 ) {
     let mut connection = context.client.connection();
     let mut lane_open = true;
@@ -113,9 +133,14 @@ async fn work(
             // Idle: let go of the connection as soon as Groove closes it.
             () = connection.closed() => continue,
         };
-        reports
-            .report(deliver(&context, &mut connection, unit).await)
-            .await;
+        if stop.is_cancelled() {
+            reports.release(unit).await;
+            continue;
+        }
+        match deliver(&context, &mut connection, unit, &stop).await {
+            UnitEnd::Reported(report) => reports.report(*report).await,
+            UnitEnd::Released(unit) => reports.release(unit).await,
+        }
     }
 }
 

@@ -8,8 +8,9 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::delivery::attempt::CallContext;
-use crate::delivery::recorder::{InFlight, Recorder};
-use crate::delivery::session::{Session, Shared};
+use crate::delivery::in_flight::InFlight;
+use crate::delivery::recorder::Recorder;
+use crate::delivery::session::{Replays, Session, Shared};
 use crate::delivery::webhook::WebhookForwarder;
 use crate::domain::destination::{Destination, DestinationState};
 use crate::domain::render::Renderer;
@@ -49,6 +50,10 @@ impl Default for EngineOptions {
 /// How often the ledger retention is applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// Why a record claimed by a process that stopped is kept as failed.
+const ORPHANED_CLAIM: &str = "the server stopped while this record was being sent; groove may have received \
+     it, so it is not sent again on its own: retry it with RetryFailedRecords if a second copy is acceptable";
+
 #[derive(Debug, Error)]
 pub enum DeliveryError {
     #[error(transparent)]
@@ -72,13 +77,33 @@ pub struct Engine {
     stopping: Arc<watch::Sender<bool>>,
 }
 
+/// Why the engine could not start.
+#[derive(Debug, Error)]
+pub enum EngineStartError {
+    #[error("cannot build the webhook http client: {0}")]
+    WebhookClient(#[from] reqwest::Error),
+    #[error("cannot settle the records a previous run left in flight: {0}")]
+    Orphans(#[from] StoreError),
+}
+
 impl Engine {
-    /// Starts the engine's background tasks (recorder, webhook forwarders, ledger pruning).
-    pub fn start(
+    /// Settles what a previous process left in flight, then starts the engine's background tasks (recorder,
+    /// webhook forwarders, ledger pruning).
+    ///
+    /// Every claim in the store at this point belongs to a process that stopped (crashed, or was killed) while
+    /// sending: its record becomes a failed record that may have been delivered, never silently sent again.
+    pub async fn start(
         store: Arc<dyn Store>,
         groove: GrooveClient,
         options: EngineOptions,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, EngineStartError> {
+        let orphans = store.fail_orphaned_claims(ORPHANED_CLAIM, now_ms()).await?;
+        if orphans > 0 {
+            tracing::warn!(
+                records = orphans,
+                "records left in flight by a previous run are kept as failed records that may have been delivered"
+            );
+        }
         let in_flight = Arc::new(InFlight::default());
         let (stopping, shutdown) = watch::channel(false);
         let shared = Shared {
@@ -157,6 +182,7 @@ impl Engine {
             context,
             shared: self.shared.clone(),
             destination,
+            replays: Replays::Refuse,
         })
     }
 }

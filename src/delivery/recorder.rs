@@ -1,16 +1,21 @@
 //! Persists outcomes in group commits: delivered ids into the ledger, rejected and failed records into the
-//! failed-records store. One task for the whole server; whatever queued up while the previous commit ran goes
-//! into the next one, so the number of transactions stays small however fast results arrive.
+//! failed-records store, and ends the records' claims with them. One task for the whole server; whatever queued
+//! up while the previous commit ran goes into the next one, so the number of transactions stays small however
+//! fast results arrive. A record id is let go in memory only once its outcome is committed, so a stream waiting
+//! for it then finds the outcome in the store.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::delivery::in_flight::InFlight;
 use crate::delivery::report::DeliveryReport;
 use crate::domain::outcome::Outcome;
 use crate::domain::render::display_headers;
-use crate::store::{FailedRecordEntry, LedgerEntry, Store, StoredRequest, LEDGER_BODY_CAP};
+use crate::store::{
+    FailedRecordEntry, LedgerEntry, Store, StoreError, StoredRequest, LEDGER_BODY_CAP,
+};
 
 /// Reports waiting for the next commit (a report covers up to a batch of records); a full queue slows the
 /// sessions down, never loses a result. Small, because memory must stay flat however fast records arrive.
@@ -30,48 +35,18 @@ enum Message {
     Outcome {
         delivered: Vec<LedgerEntry>,
         failed: Vec<FailedRecordEntry>,
-        /// Claims to release once committed: (destination id, record ids).
-        release: Option<(String, Vec<String>)>,
+        /// Records whose claims end without a stored outcome (an outcome that is not kept).
+        unrecorded: Vec<(String, String)>,
+        /// Ids to let go in memory once committed: (destination id, record ids).
+        in_flight: (String, Vec<String>),
+    },
+    /// Records let go unsent: their claims end, and their ids are let go in memory.
+    Release {
+        destination_id: String,
+        record_ids: Vec<String>,
     },
     /// Answered once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
-}
-
-/// Record ids being delivered right now, per destination: a replay that arrives before the first delivery is
-/// committed must still be caught.
-#[derive(Default)]
-pub struct InFlight {
-    ids: Mutex<HashMap<String, HashSet<String>>>,
-}
-
-impl InFlight {
-    /// Claims each id for delivery; `false` where another delivery already holds it.
-    pub fn claim(&self, destination_id: &str, record_ids: &[&str]) -> Vec<bool> {
-        let mut ids = self
-            .ids
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let held = ids.entry(destination_id.to_string()).or_default();
-        record_ids
-            .iter()
-            .map(|id| held.insert((*id).to_string()))
-            .collect()
-    }
-
-    pub fn release(&self, destination_id: &str, record_ids: &[String]) {
-        let mut ids = self
-            .ids
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(held) = ids.get_mut(destination_id) {
-            for id in record_ids {
-                held.remove(id);
-            }
-            if held.is_empty() {
-                ids.remove(destination_id);
-            }
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -86,21 +61,40 @@ impl Recorder {
         Recorder { queue }
     }
 
-    /// Queues an outcome. Claims on its record ids are released once it is committed (duplicates hold none).
+    /// Queues the outcome of records this server claimed; their claims end once it is committed.
     pub async fn record(&self, destination_id: &str, report: &DeliveryReport) {
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         let now_ms = crate::delivery::engine::now_ms();
         collect(destination_id, report, now_ms, &mut delivered, &mut failed);
-        let release = (report.outcome != Outcome::Duplicate)
-            .then(|| (destination_id.to_string(), report.record_ids.clone()));
+        let unrecorded = if report.outcome.is_recorded() {
+            Vec::new()
+        } else {
+            report
+                .record_ids
+                .iter()
+                .map(|record_id| (destination_id.to_string(), record_id.clone()))
+                .collect()
+        };
         let message = Message::Outcome {
             delivered,
             failed,
-            release,
+            unrecorded,
+            in_flight: (destination_id.to_string(), report.record_ids.clone()),
         };
         if self.queue.send(message).await.is_err() {
             tracing::error!(destination = %destination_id, "outcome recorder stopped; outcome not persisted");
+        }
+    }
+
+    /// Lets claimed records go unsent: a later stream sends them.
+    pub async fn release(&self, destination_id: &str, record_ids: Vec<String>) {
+        let message = Message::Release {
+            destination_id: destination_id.to_string(),
+            record_ids,
+        };
+        if self.queue.send(message).await.is_err() {
+            tracing::error!(destination = %destination_id, "outcome recorder stopped; claims not released");
         }
     }
 
@@ -142,7 +136,8 @@ async fn run(
 async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator<Item = Message>) {
     let mut delivered = Vec::new();
     let mut failed = Vec::new();
-    let mut released: Vec<(String, Vec<String>)> = Vec::new();
+    let mut unclaimed: Vec<(String, String)> = Vec::new();
+    let mut let_go: Vec<(String, Vec<String>)> = Vec::new();
     let mut flushes = Vec::new();
     for message in messages {
         match message {
@@ -150,18 +145,41 @@ async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator
             Message::Outcome {
                 delivered: mut more_delivered,
                 failed: mut more_failed,
-                release,
+                mut unrecorded,
+                in_flight,
             } => {
                 delivered.append(&mut more_delivered);
                 failed.append(&mut more_failed);
-                released.extend(release);
+                unclaimed.append(&mut unrecorded);
+                let_go.push(in_flight);
+            }
+            Message::Release {
+                destination_id,
+                record_ids,
+            } => {
+                unclaimed.extend(
+                    record_ids
+                        .iter()
+                        .map(|record_id| (destination_id.clone(), record_id.clone())),
+                );
+                let_go.push((destination_id, record_ids));
             }
         }
     }
     if !delivered.is_empty() || !failed.is_empty() {
-        persist(store, delivered, failed).await;
+        let (outcomes, records) = (delivered.len(), failed.len());
+        persist("delivery outcomes", outcomes + records, || {
+            store.record_outcomes(delivered.clone(), failed.clone())
+        })
+        .await;
     }
-    for (destination_id, record_ids) in released {
+    if !unclaimed.is_empty() {
+        persist("record claims to release", unclaimed.len(), || {
+            store.release_claims(unclaimed.clone())
+        })
+        .await;
+    }
+    for (destination_id, record_ids) in let_go {
         in_flight.release(&destination_id, &record_ids);
     }
     for done in flushes {
@@ -169,26 +187,27 @@ async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator
     }
 }
 
-/// Writes one group, retrying a failing store for a while: an outcome that never reaches the ledger would let a
-/// replay send its record again.
-async fn persist(store: &dyn Store, delivered: Vec<LedgerEntry>, failed: Vec<FailedRecordEntry>) {
+/// Runs one group's write, retrying a failing store for a while: an outcome that never reaches the store would
+/// let a replay send its record again, and a claim never released would turn into a failure at the next start.
+async fn persist<F, W>(what: &str, records: usize, mut write: W)
+where
+    W: FnMut() -> F,
+    F: Future<Output = Result<(), StoreError>>,
+{
     let mut backoff = PERSIST_FIRST_BACKOFF;
     for attempt in 1..=PERSIST_ATTEMPTS {
-        match store
-            .record_outcomes(delivered.clone(), failed.clone())
-            .await
-        {
+        match write().await {
             Ok(()) => return,
             Err(error) if attempt < PERSIST_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "cannot persist delivery outcomes; retrying");
+                tracing::warn!(%error, attempt, what, "cannot write to the store; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             }
             Err(error) => tracing::error!(
                 %error,
-                delivered = delivered.len(),
-                failed = failed.len(),
-                "delivery outcomes lost: the store refused them; replays of these records will be sent again"
+                what,
+                records,
+                "lost: the store refused them; replays of these records may be sent again"
             ),
         }
     }
@@ -245,7 +264,9 @@ fn collect(
                 failed.push(FailedRecordEntry {
                     destination_id: destination_id.to_string(),
                     record_id: record_id.clone(),
-                    record_json: record.to_vec(),
+                    record_json: record.bytes.to_vec(),
+                    record_encoding: record.encoding,
+                    maybe_delivered: report.maybe_delivered,
                     outcome: report.outcome,
                     request: request.clone(),
                     http_status: status,

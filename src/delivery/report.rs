@@ -8,6 +8,7 @@ use url::Url;
 
 use crate::domain::destination::HttpMethod;
 use crate::domain::outcome::Outcome;
+use crate::domain::record::RecordEncoding;
 use crate::groove::GrooveAnswer;
 
 /// A record as the stream delivered it: its id and its JSON text, or why it has none.
@@ -15,6 +16,14 @@ use crate::groove::GrooveAnswer;
 pub struct IncomingRecord {
     pub id: String,
     pub json: Result<Vec<u8>, String>,
+    pub encoding: RecordEncoding,
+}
+
+/// A record's JSON as received, kept while it is delivered so that a failure can store it.
+#[derive(Clone, Debug)]
+pub struct RecordJson {
+    pub bytes: Arc<[u8]>,
+    pub encoding: RecordEncoding,
 }
 
 /// One HTTP request to Groove, without the key.
@@ -44,11 +53,15 @@ impl From<crate::domain::render::RenderedCall> for PlannedCall {
 pub struct DeliveryUnit {
     pub record_ids: Vec<String>,
     /// The records' JSON as received, kept for the failed-records store.
-    pub records: Vec<Arc<[u8]>>,
+    pub records: Vec<RecordJson>,
     /// Sent one after the other; the unit is delivered when all are.
     pub calls: Vec<PlannedCall>,
     /// Units sharing a key are sent in arrival order.
     pub ordering_key: Option<String>,
+    /// Sending the unit twice is harmless (every call idempotent, or the destination allows repeating
+    /// creates). A unit that is not is claimed in the store before it is sent, and once it may have reached
+    /// Groove it is never sent again on its own.
+    pub repeatable: bool,
 }
 
 /// How a unit ended.
@@ -67,22 +80,33 @@ pub struct DeliveryReport {
     /// The last call made (or planned), for display and for the failed-records store.
     pub call: Option<PlannedCall>,
     /// The records' JSON as received, kept when the outcome is rejected or failed.
-    pub records: Vec<Arc<[u8]>>,
+    pub records: Vec<RecordJson>,
+    /// For a failure: a call may have reached Groove, so the records are not sent again on their own.
+    pub maybe_delivered: bool,
 }
 
 impl DeliveryReport {
     /// A record refused before any call.
     pub fn invalid(record_id: String, field: impl Into<String>, error: impl Into<String>) -> Self {
         DeliveryReport {
+            field: field.into(),
+            ..DeliveryReport::unsent(record_id, Outcome::Invalid, error)
+        }
+    }
+
+    /// A record that ends without a call of its own.
+    pub fn unsent(record_id: String, outcome: Outcome, error: impl Into<String>) -> Self {
+        DeliveryReport {
             record_ids: vec![record_id],
-            outcome: Outcome::Invalid,
+            outcome,
             answer: None,
             attempts: 0,
             latency: Duration::ZERO,
             error: error.into(),
-            field: field.into(),
+            field: String::new(),
             call: None,
             records: Vec::new(),
+            maybe_delivered: false,
         }
     }
 }
@@ -97,6 +121,8 @@ pub struct Summary {
     pub failed: u64,
     pub duplicate: u64,
     pub calls: u64,
+    /// Records received that got no result: the stream stopped before they were sent.
+    pub unanswered: u64,
 }
 
 impl Summary {
@@ -111,6 +137,11 @@ impl Summary {
         }
         self.calls += u64::from(report.attempts);
     }
+
+    /// Records that got a result.
+    pub fn answered(&self) -> u64 {
+        self.delivered + self.rejected + self.invalid + self.failed + self.duplicate
+    }
 }
 
 /// What a session sends back.
@@ -123,18 +154,46 @@ pub enum StreamEvent {
     Interrupted(Interruption),
 }
 
-/// Why a stream stopped reading before the client finished.
+/// Why a stream stopped before every record it read got its result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Interruption {
     /// Paused (or otherwise not active) while the stream was open.
     NotActive(String),
     Deleted(String),
+    /// The server is shutting down.
+    ShuttingDown(String),
+    /// The client cancelled or its connection broke: nobody is listening any more.
+    ClientGone,
+    /// A message could not be read; the records before it were delivered.
+    Unreadable(Unreadable),
+}
+
+/// A client message the server could not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Over the size limit.
+    TooLarge(String),
+    /// Not a well-formed message (bad protobuf, nested too deep).
+    Malformed(String),
+}
+
+impl Interruption {
+    /// Whether the records not yet sent are let go (the stream is over for them) rather than delivered.
+    pub fn abandons_unsent(&self) -> bool {
+        !matches!(self, Interruption::Unreadable(_))
+    }
 }
 
 impl std::fmt::Display for Interruption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Interruption::NotActive(why) | Interruption::Deleted(why) => f.write_str(why),
+            Interruption::NotActive(why)
+            | Interruption::Deleted(why)
+            | Interruption::ShuttingDown(why)
+            | Interruption::Unreadable(Unreadable::TooLarge(why) | Unreadable::Malformed(why)) => {
+                f.write_str(why)
+            }
+            Interruption::ClientGone => f.write_str("the client went away"),
         }
     }
 }

@@ -4,10 +4,15 @@
 //! |---|---|
 //! | 2xx | done |
 //! | 429 | retry after max(`Retry-After`, backoff), up to [`RATE_LIMITED_ATTEMPTS`] 429s |
-//! | 408, 502, 504, 503 (at least its `Retry-After`), not sent | retry with backoff, up to `max_attempts` |
-//! | 500, or no answer after sending | idempotent method (GET, PUT, DELETE) or `retry_unsafe`: retry as above; POST/PATCH: failed, it may have reached Groove |
+//! | 408, 503 (at least its `Retry-After`), not sent | retry with backoff, up to `max_attempts` |
+//! | 500, 502, 504, or no answer after sending | idempotent method (GET, PUT, DELETE) or `retry_unsafe`: retry as above; POST/PATCH: ambiguous, it may have reached Groove |
 //! | other status (other 4xx: rejected) | done |
 //! | URL outside the base URL, invalid header | give up at once |
+//!
+//! 408 says the server did not receive the whole request, 503 and 429 that it refused to handle it (RFC 9110
+//! §15.5.9, §15.6.4; RFC 6585 §4): nothing was done, so even a create is repeated. A 502 or 504 comes from a
+//! gateway that passed the request on and then got a bad answer or none (RFC 9110 §15.6.3, §15.6.5): Groove
+//! may have created the resource, exactly as after a 500 or a connection lost after sending.
 
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +40,8 @@ pub enum Decision {
     Retry { after: Duration },
     /// Stop: the call failed, for this reason.
     GiveUp { reason: String },
+    /// Stop: the call may have reached Groove and repeating it could do it twice.
+    Ambiguous { reason: String },
 }
 
 /// The attempts one call has made so far, this one included.
@@ -95,14 +102,14 @@ pub fn decide(
         Ok(answer) => match answer.status {
             200..=299 => Decision::Done,
             429 => retry.rate_limited(waited_for(answer), rng),
-            408 | 502 | 504 => retry.transient(
+            408 => retry.transient("groove answered 408", Duration::ZERO, rng),
+            503 => retry.transient("groove answered 503", waited_for(answer), rng),
+            500 | 502 | 504 if may_repeat => retry.transient(
                 &format!("groove answered {}", answer.status),
                 Duration::ZERO,
                 rng,
             ),
-            503 => retry.transient("groove answered 503", waited_for(answer), rng),
-            500 if may_repeat => retry.transient("groove answered 500", Duration::ZERO, rng),
-            500 => not_repeated(method, "500"),
+            500 | 502 | 504 => not_repeated(method, &answer.status.to_string()),
             _ => Decision::Done,
         },
         Err(CallError::NotSent { reason }) => {
@@ -179,7 +186,7 @@ fn waited_for(answer: &GrooveAnswer) -> Duration {
 }
 
 fn not_repeated(method: HttpMethod, why: &str) -> Decision {
-    Decision::GiveUp {
+    Decision::Ambiguous {
         reason: format!(
             "not retried: a {} may have reached groove ({why}); retrying could duplicate it",
             method.as_str().to_ascii_lowercase()
@@ -260,14 +267,7 @@ mod tests {
     #[test]
     fn transient_failures_are_retried_for_every_method() {
         for method in HttpMethod::ALL {
-            for outcome in [
-                status(408),
-                status(429),
-                status(502),
-                status(503),
-                status(504),
-                not_sent(),
-            ] {
+            for outcome in [status(408), status(429), status(503), not_sent()] {
                 assert!(
                     is_retry(&first(method, false, &outcome)),
                     "{method:?} {outcome:?}"
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_call_that_may_have_reached_groove_is_retried_only_when_repeating_is_harmless() {
-        for outcome in [status(500), maybe_sent()] {
+        for outcome in [status(500), status(502), status(504), maybe_sent()] {
             for method in [HttpMethod::Get, HttpMethod::Put, HttpMethod::Delete] {
                 assert!(
                     is_retry(&first(method, false, &outcome)),
@@ -290,19 +290,31 @@ mod tests {
                     is_retry(&first(method, true, &outcome)),
                     "{method:?} {outcome:?} with retry_unsafe"
                 );
+                assert!(
+                    matches!(first(method, false, &outcome), Decision::Ambiguous { .. }),
+                    "{method:?} {outcome:?}"
+                );
             }
         }
         assert_eq!(
             first(HttpMethod::Post, false, &status(500)),
-            Decision::GiveUp {
+            Decision::Ambiguous {
                 reason:
                     "not retried: a post may have reached groove (500); retrying could duplicate it"
                         .to_string()
             }
         );
         assert_eq!(
+            first(HttpMethod::Post, false, &status(504)),
+            Decision::Ambiguous {
+                reason:
+                    "not retried: a post may have reached groove (504); retrying could duplicate it"
+                        .to_string()
+            }
+        );
+        assert_eq!(
             first(HttpMethod::Patch, false, &maybe_sent()),
-            Decision::GiveUp {
+            Decision::Ambiguous {
                 reason: "not retried: a patch may have reached groove (no answer after sending: operation timed out); \
                          retrying could duplicate it"
                     .to_string()

@@ -1,19 +1,29 @@
-//! One stream of records for one destination: validate, de-duplicate, render, batch, dispatch, and report
-//! every record's outcome exactly once — also when the client goes away or the server shuts down.
+//! One stream of records for one destination: validate, check each id's state, render, batch, claim, dispatch,
+//! and answer every record it read exactly once and truthfully — or, when the stream stops early, let go of
+//! what it has not sent so that a replay sends it.
+//!
+//! A record id is held in memory by one delivery at a time ([`InFlight`]). A copy that arrives while its id is
+//! held (from another stream, or earlier in this one) waits until that delivery has ended and its outcome is
+//! stored, and is then answered from the store: a duplicate only if it was delivered.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::delivery::attempt::CallContext;
 use crate::delivery::dispatch::Dispatcher;
-use crate::delivery::recorder::{InFlight, Recorder};
+use crate::delivery::engine::now_ms;
+use crate::delivery::in_flight::{Claim, InFlight};
+use crate::delivery::recorder::Recorder;
 use crate::delivery::report::{
-    DeliveryReport, DeliveryUnit, IncomingRecord, Interruption, PlannedCall, StreamEvent, Summary,
+    DeliveryReport, DeliveryUnit, IncomingRecord, Interruption, PlannedCall, RecordJson,
+    StreamEvent, Summary,
 };
 use crate::delivery::sink::ReportSink;
 use crate::delivery::webhook::WebhookForwarder;
@@ -22,12 +32,20 @@ use crate::domain::destination::{Destination, DestinationState};
 use crate::domain::outcome::Outcome;
 use crate::domain::render::Renderer;
 use crate::groove::GrooveAnswer;
-use crate::store::{Store, StoreError};
+use crate::store::{RecordClaim, RecordState, Store, StoreError};
 
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 256;
 /// How often an open stream checks that its destination is still active.
 const STATE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Records of one stream waiting for another delivery of their id; beyond it the stream is not read until
+/// some of them are answered, so memory stays bounded.
+const MAX_WAITING: usize = 1024;
+
+/// What the answer to a record that may have been delivered says.
+pub const MAYBE_DELIVERED_REPLAY: &str =
+    "an earlier attempt may have created it in groove; not sent again on \
+     its own: retry it with RetryFailedRecords if a second copy is acceptable";
 
 /// What a session shares with the engine.
 #[derive(Clone)]
@@ -39,6 +57,15 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// What a session does with a record id that failed in a way that may have reached Groove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replays {
+    /// Answer it failed without sending: a stream replaying its input must not create it twice.
+    Refuse,
+    /// Send it again: the caller asked for exactly these records to be retried.
+    Resend,
+}
+
 /// A stream being delivered. Built by [`crate::delivery::Engine::open_session`].
 pub struct Session {
     pub(crate) destination: Destination,
@@ -46,21 +73,55 @@ pub struct Session {
     pub(crate) renderer: Arc<Renderer>,
     pub(crate) context: CallContext,
     pub(crate) shared: Shared,
+    pub(crate) replays: Replays,
 }
 
-/// A record that passed the checks and is on its way to Groove.
-struct Accepted {
+/// A record that passed the first checks: its id is well-formed and its JSON is there.
+struct Candidate {
     id: String,
-    json: Arc<[u8]>,
+    json: RecordJson,
+}
+
+/// Why the session stopped, set once by whoever noticed first; the token tells everything waiting.
+#[derive(Clone, Default)]
+struct Stop {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<Interruption>>>,
+}
+
+impl Stop {
+    fn stop(&self, why: Interruption) {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(why);
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Option<Interruption> {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Session {
-    /// Delivers everything `input` yields, sending a report per unit and, last, the summary to `output`.
-    /// Returns when every accepted record has an outcome that is committed to the store. If `output` is
-    /// closed (the client went away), delivery and recording go on regardless.
+    /// Makes the session send records that may have been delivered (an explicit retry) instead of refusing
+    /// them.
+    pub fn resending_maybe_delivered(mut self) -> Self {
+        self.replays = Replays::Resend;
+        self
+    }
+
+    /// Delivers what `input` yields, sending a report per unit and, last, the summary (and why the stream
+    /// stopped, if it stopped early) to `output`. Returns when every record sent has an outcome committed to
+    /// the store. If the client goes away (`output` closes), the server shuts down or the destination stops
+    /// being active, it stops reading and sending: calls on the wire finish and are recorded, the rest is let
+    /// go unanswered.
     pub async fn run<S>(self, input: S, output: mpsc::Sender<StreamEvent>) -> Summary
     where
-        S: Stream<Item = Vec<IncomingRecord>> + Send + Unpin,
+        S: Stream<Item = Result<Vec<IncomingRecord>, Interruption>> + Send + Unpin,
     {
         let reports = ReportSink::new(
             output.clone(),
@@ -70,307 +131,390 @@ impl Session {
             self.name.clone(),
             self.destination.config.response_webhook.clone(),
         );
-        let dispatcher = Dispatcher::start(self.context.clone(), reports.clone());
-        let (received, interruption) = self.pump(input, &dispatcher, &reports).await;
+        let stop = Stop::default();
+        let watcher = tokio::spawn(watch_for_stop(
+            self.shared.store.clone(),
+            self.destination.id.clone(),
+            self.name.clone(),
+            self.shared.shutdown.clone(),
+            output.clone(),
+            stop.clone(),
+        ));
+        let dispatcher =
+            Dispatcher::start(self.context.clone(), reports.clone(), stop.token.clone());
+        let mut intake = Intake {
+            session: &self,
+            dispatcher: &dispatcher,
+            reports: &reports,
+            stop: &stop,
+            batcher: self
+                .destination
+                .config
+                .batching
+                .enabled
+                .then(|| Batcher::new(&self.destination.config.batching)),
+            waiting: FuturesUnordered::new(),
+            received: 0,
+        };
+        let unreadable = intake.read(input).await;
+        let received = intake.received;
+        intake.close().await;
         dispatcher.finish().await;
-        let mut summary = reports.summary();
+        watcher.abort();
         self.shared.recorder.flush().await;
+        let mut summary = reports.summary();
         summary.records_received = received;
+        summary.unanswered = received.saturating_sub(summary.answered());
         let _ = output.send(StreamEvent::Summary(summary.clone())).await;
-        if let Some(interruption) = interruption {
+        if let Some(interruption) = stop.reason().or(unreadable) {
             let _ = output.send(StreamEvent::Interrupted(interruption)).await;
         }
         summary
     }
+}
 
-    /// Reads the input until it ends, the server shuts down or the destination stops being active; returns how
-    /// many records it received, and why it stopped early when it did.
-    async fn pump<S>(
-        &self,
-        mut input: S,
-        dispatcher: &Dispatcher,
-        reports: &ReportSink,
-    ) -> (u64, Option<Interruption>)
+/// The reading side of a session: from client messages to dispatched units.
+struct Intake<'a> {
+    session: &'a Session,
+    dispatcher: &'a Dispatcher,
+    reports: &'a ReportSink,
+    stop: &'a Stop,
+    batcher: Option<Batcher<Candidate>>,
+    /// Records whose id another delivery holds, each resolving once it is let go.
+    waiting: FuturesUnordered<BoxFuture<'static, Candidate>>,
+    received: u64,
+}
+
+impl Intake<'_> {
+    /// Reads the input until it ends and every record waiting for its id is answered, or until the session
+    /// stops. Returns the unreadable message that ended the input, if one did.
+    async fn read<S>(&mut self, mut input: S) -> Option<Interruption>
     where
-        S: Stream<Item = Vec<IncomingRecord>> + Send + Unpin,
+        S: Stream<Item = Result<Vec<IncomingRecord>, Interruption>> + Send + Unpin,
     {
-        let mut received = 0;
-        let mut interruption = None;
-        // Polled rather than pushed: it works the same when another replica pauses the destination.
-        let mut state_checks =
-            tokio::time::interval_at(Instant::now() + STATE_CHECK_EVERY, STATE_CHECK_EVERY);
-        let mut batcher = self
-            .destination
-            .config
-            .batching
-            .enabled
-            .then(|| Batcher::new(&self.destination.config.batching));
-        let mut shutdown = self.shared.shutdown.clone();
-        loop {
-            let deadline = batcher.as_ref().and_then(|batcher| batcher.next_deadline());
+        let mut input_open = true;
+        let mut unreadable = None;
+        while input_open || !self.waiting.is_empty() {
+            let deadline = self.batcher.as_ref().and_then(Batcher::next_deadline);
             tokio::select! {
                 biased;
-                () = stopping(&mut shutdown) => {
-                    tracing::info!(destination = %self.name, "shutting down: no more records read from the stream");
-                    break;
+                () = self.stop.token.cancelled() => break,
+                () = sleep_until_deadline(deadline) => {
+                    let due = self
+                        .batcher
+                        .as_mut()
+                        .map(|batcher| batcher.take_due(std::time::Instant::now()))
+                        .unwrap_or_default();
+                    self.send_batches(due).await;
                 }
-                _ = state_checks.tick() => {
-                    if let Some(stop) = self.check_still_active().await {
-                        tracing::info!(destination = %self.name, reason = %stop, "stream stopped: destination no longer active");
-                        interruption = Some(stop);
+                Some(candidate) = self.waiting.next(), if !self.waiting.is_empty() => {
+                    self.take(vec![candidate]).await;
+                    if !input_open {
+                        self.flush_batcher().await;
+                    }
+                }
+                message = input.next(), if input_open && self.waiting.len() < MAX_WAITING => match message {
+                    Some(Ok(records)) => {
+                        self.received += records.len() as u64;
+                        let candidates = self.check(records).await;
+                        self.take(candidates).await;
+                    }
+                    Some(Err(why)) if why.abandons_unsent() => {
+                        self.stop.stop(why);
                         break;
                     }
-                }
-                () = sleep_until_deadline(deadline) => {
-                    if let Some(batcher) = batcher.as_mut() {
-                        for batch in batcher.take_due(std::time::Instant::now()) {
-                            dispatcher.dispatch(batch_unit(batch)).await;
-                        }
+                    Some(Err(why)) => {
+                        tracing::info!(destination = %self.session.name, reason = %why, "stream stopped: unreadable message");
+                        unreadable = Some(why);
+                        input_open = false;
+                        self.flush_batcher().await;
                     }
-                }
-                message = input.next() => match message {
-                    Some(records) => {
-                        received += records.len() as u64;
-                        self.accept(records, dispatcher, batcher.as_mut(), reports).await;
+                    None => {
+                        input_open = false;
+                        self.flush_batcher().await;
                     }
-                    None => break,
                 },
             }
         }
-        if let Some(mut batcher) = batcher {
-            for batch in batcher.flush() {
-                dispatcher.dispatch(batch_unit(batch)).await;
-            }
-        }
-        (received, interruption)
+        unreadable
     }
 
-    /// `None` while the destination is active; a store hiccup is not a reason to stop.
-    async fn check_still_active(&self) -> Option<Interruption> {
-        match self
-            .shared
-            .store
-            .get_destination(&self.destination.id)
-            .await
-        {
-            Ok(current) if current.state == DestinationState::Active => None,
-            Ok(current) => Some(Interruption::NotActive(format!(
-                "destination {} is {}; records after the last result were not read",
-                self.name,
-                current.state.as_str()
-            ))),
-            Err(StoreError::NotFound { .. }) => Some(Interruption::Deleted(format!(
-                "destination {} was deleted; records after the last result were not read",
-                self.name
-            ))),
-            Err(error) => {
-                tracing::warn!(%error, destination = %self.name, "cannot check the destination's state");
-                None
-            }
-        }
+    /// Sends what the batcher holds, or lets it go if the session stopped; forgets the records still waiting.
+    async fn close(&mut self) {
+        let Some(batcher) = self.batcher.as_mut() else {
+            return;
+        };
+        let batches = batcher.flush();
+        self.send_batches(batches).await;
     }
 
-    async fn accept(
-        &self,
-        records: Vec<IncomingRecord>,
-        dispatcher: &Dispatcher,
-        mut batcher: Option<&mut Batcher<Accepted>>,
-        reports: &ReportSink,
-    ) {
-        let accepted = self.admit(records, reports).await;
-        for record in accepted {
-            let rendered = match self.renderer.render(&record.json) {
-                Ok(rendered) => rendered,
-                Err(violations) => {
-                    let field = violations
-                        .0
-                        .first()
-                        .map(|violation| violation.field.clone())
-                        .unwrap_or_default();
-                    reports
-                        .report(DeliveryReport::invalid(
-                            record.id,
-                            field,
-                            violations.to_string(),
-                        ))
-                        .await;
-                    continue;
-                }
-            };
-            match batcher.as_deref_mut() {
-                Some(batcher) => {
-                    let now = std::time::Instant::now();
-                    for call in rendered.calls {
-                        for batch in batcher.push(
-                            now,
-                            call,
-                            rendered.group_key.clone(),
-                            Accepted {
-                                id: record.id.clone(),
-                                json: record.json.clone(),
-                            },
-                        ) {
-                            dispatcher.dispatch(batch_unit(batch)).await;
-                        }
-                    }
-                }
-                None => {
-                    let unit = DeliveryUnit {
-                        record_ids: vec![record.id],
-                        records: vec![record.json],
-                        calls: rendered.calls.into_iter().map(PlannedCall::from).collect(),
-                        ordering_key: rendered.ordering_key,
-                    };
-                    dispatcher.dispatch(unit).await;
-                }
-            }
-        }
+    async fn flush_batcher(&mut self) {
+        let batches = self
+            .batcher
+            .as_mut()
+            .map(Batcher::flush)
+            .unwrap_or_default();
+        self.send_batches(batches).await;
     }
 
-    /// Checks ids and JSON, refuses repeats (in this message, in flight elsewhere, or already delivered) and
-    /// claims the rest for delivery.
-    async fn admit(&self, records: Vec<IncomingRecord>, reports: &ReportSink) -> Vec<Accepted> {
-        let mut seen = HashSet::with_capacity(records.len());
+    /// Answers records whose id or JSON is unusable; passes the rest on.
+    async fn check(&mut self, records: Vec<IncomingRecord>) -> Vec<Candidate> {
         let mut candidates = Vec::with_capacity(records.len());
         for record in records {
-            if record.id.is_empty() {
-                reports
-                    .report(DeliveryReport::invalid(
-                        record.id,
-                        "record.id",
-                        "record id is required",
-                    ))
-                    .await;
-                continue;
-            }
-            if record.id.len() > MAX_RECORD_ID_LEN {
-                reports
-                    .report(DeliveryReport::invalid(
-                        record.id,
-                        "record.id",
-                        format!("record id is longer than {MAX_RECORD_ID_LEN} bytes"),
-                    ))
-                    .await;
-                continue;
-            }
-            if !seen.insert(record.id.clone()) {
-                reports
-                    .report(duplicate(
-                        record.id,
-                        None,
-                        "record id repeated in the same message",
-                    ))
-                    .await;
-                continue;
-            }
-            match record.json {
-                Ok(json) => candidates.push(Accepted {
+            let problem = if record.id.is_empty() {
+                Some(("record.id", "record id is required".to_string()))
+            } else if record.id.len() > MAX_RECORD_ID_LEN {
+                Some((
+                    "record.id",
+                    format!("record id is longer than {MAX_RECORD_ID_LEN} bytes"),
+                ))
+            } else {
+                None
+            };
+            let outcome = match (problem, record.json) {
+                (Some((field, problem)), _) => Err((field, problem)),
+                (None, Err(problem)) => Err(("record", problem)),
+                (None, Ok(json)) => Ok(json),
+            };
+            match outcome {
+                Ok(json) => candidates.push(Candidate {
                     id: record.id,
-                    json: Arc::from(json),
+                    json: RecordJson {
+                        bytes: Arc::from(json),
+                        encoding: record.encoding,
+                    },
                 }),
-                Err(problem) => {
-                    reports
-                        .report(DeliveryReport::invalid(record.id, "record", problem))
+                Err((field, problem)) => {
+                    self.reports
+                        .answer(DeliveryReport::invalid(record.id, field, problem))
                         .await
                 }
             }
         }
+        candidates
+    }
+
+    /// Claims the candidates' ids, answers those the store already settles, and sends the rest; a candidate
+    /// whose id another delivery holds waits for it.
+    async fn take(&mut self, candidates: Vec<Candidate>) {
+        let session = self.session;
+        let destination_id = &session.destination.id;
         let ids: Vec<&str> = candidates.iter().map(|record| record.id.as_str()).collect();
-        let claims = self.shared.in_flight.claim(&self.destination.id, &ids);
-        let mut claimed = Vec::with_capacity(candidates.len());
-        for (record, claimed_now) in candidates.into_iter().zip(claims) {
-            if claimed_now {
-                claimed.push(record);
-            } else {
-                reports
-                    .report(duplicate(
-                        record.id,
-                        None,
-                        "record id is being delivered by another stream",
-                    ))
-                    .await;
+        let claims = session.shared.in_flight.claim(destination_id, &ids);
+        let mut taken = Vec::with_capacity(candidates.len());
+        for (candidate, claim) in candidates.into_iter().zip(claims) {
+            match claim {
+                Claim::Taken => taken.push(candidate),
+                Claim::Held(released) => self.waiting.push(Box::pin(async move {
+                    let _ = released.await;
+                    candidate
+                })),
             }
         }
-        if claimed.is_empty() {
-            return claimed;
+        if taken.is_empty() {
+            return;
         }
-        let ids = claimed.iter().map(|record| record.id.clone()).collect();
-        let delivered_before = match self
+        let ids = taken.iter().map(|record| record.id.clone()).collect();
+        let states = match session
             .shared
             .store
-            .ledger_lookup(&self.destination.id, ids)
+            .record_states(destination_id, ids)
             .await
         {
-            Ok(found) => found,
+            Ok(states) => states,
             Err(error) => {
-                // Without the ledger a replay cannot be told apart; sending could duplicate, so don't.
-                tracing::error!(%error, destination = %self.name, "ledger lookup failed; records kept as failed");
-                let failed: Vec<String> = claimed.iter().map(|record| record.id.clone()).collect();
-                let records = claimed.iter().map(|record| record.json.clone()).collect();
-                reports
+                // Without the store a replay cannot be told apart; sending could duplicate, so don't.
+                tracing::error!(%error, destination = %session.name, "cannot read record states; records kept as failed");
+                let (record_ids, records) = taken.into_iter().map(|r| (r.id, r.json)).unzip();
+                self.reports
                     .report(DeliveryReport {
-                        record_ids: failed,
-                        outcome: Outcome::Failed,
-                        answer: None,
-                        attempts: 0,
-                        latency: Duration::ZERO,
-                        error: "cannot check the delivery ledger; not sent".to_string(),
-                        field: String::new(),
-                        call: None,
                         records,
+                        ..unsent_unit(
+                            record_ids,
+                            "cannot check the delivery ledger; not sent".to_string(),
+                        )
                     })
                     .await;
-                return Vec::new();
+                return;
             }
         };
-        if delivered_before.is_empty() {
-            return claimed;
-        }
-        let mut fresh = Vec::with_capacity(claimed.len());
-        let mut repeated = Vec::new();
-        for record in claimed {
-            match delivered_before.get(&record.id) {
-                Some(entry) => {
-                    repeated.push(record.id.clone());
+        let mut fresh = Vec::with_capacity(taken.len());
+        let mut answers = Vec::new();
+        for record in taken {
+            match states.get(&record.id) {
+                Some(RecordState::Delivered(entry)) => {
                     let original = GrooveAnswer {
                         status: entry.http_status,
                         headers: Default::default(),
                         body: entry.response_body.clone(),
                         latency: Duration::ZERO,
                     };
-                    reports
-                        .report(duplicate(
-                            record.id,
-                            Some(original),
-                            "record id was delivered before; not sent again",
-                        ))
-                        .await;
+                    let mut duplicate = DeliveryReport::unsent(
+                        record.id,
+                        Outcome::Duplicate,
+                        "record id was delivered before; not sent again",
+                    );
+                    duplicate.answer = Some(original);
+                    answers.push(duplicate);
                 }
-                None => fresh.push(record),
+                Some(RecordState::MaybeDelivered) if session.replays == Replays::Refuse => {
+                    let mut refused =
+                        DeliveryReport::unsent(record.id, Outcome::Failed, MAYBE_DELIVERED_REPLAY);
+                    refused.maybe_delivered = true;
+                    answers.push(refused);
+                }
+                _ => fresh.push(record),
             }
         }
-        self.shared
-            .in_flight
-            .release(&self.destination.id, &repeated);
-        fresh
+        let mut units = Vec::new();
+        for record in fresh {
+            match session.renderer.render(&record.json.bytes) {
+                Ok(rendered) => match self.batcher.as_mut() {
+                    Some(batcher) => {
+                        let now = std::time::Instant::now();
+                        // Batching is for manual endpoints, which render one call per record.
+                        for call in rendered.calls {
+                            let item = Candidate {
+                                id: record.id.clone(),
+                                json: record.json.clone(),
+                            };
+                            for batch in batcher.push(now, call, rendered.group_key.clone(), item) {
+                                units.push(batch_unit(
+                                    batch,
+                                    session.context.options.retry_unsafe_requests,
+                                ));
+                            }
+                        }
+                    }
+                    None => {
+                        let calls: Vec<PlannedCall> =
+                            rendered.calls.into_iter().map(PlannedCall::from).collect();
+                        let repeatable =
+                            repeatable(&calls, session.context.options.retry_unsafe_requests);
+                        units.push(DeliveryUnit {
+                            record_ids: vec![record.id],
+                            records: vec![record.json],
+                            calls,
+                            ordering_key: rendered.ordering_key,
+                            repeatable,
+                        });
+                    }
+                },
+                Err(violations) => {
+                    let field = violations
+                        .0
+                        .first()
+                        .map(|violation| violation.field.clone())
+                        .unwrap_or_default();
+                    answers.push(DeliveryReport::invalid(
+                        record.id,
+                        field,
+                        violations.to_string(),
+                    ));
+                }
+            }
+        }
+        // Let the answered ids go before answering, so a copy waiting for one of them finds the same state.
+        let answered: Vec<String> = answers
+            .iter()
+            .flat_map(|answer| answer.record_ids.iter().cloned())
+            .collect();
+        session.shared.in_flight.release(destination_id, &answered);
+        for answer in answers {
+            self.reports.answer(answer).await;
+        }
+        self.send(units).await;
+    }
+
+    async fn send_batches(&mut self, batches: Vec<Batch<Candidate>>) {
+        let retry_unsafe = self.session.context.options.retry_unsafe_requests;
+        let units = batches
+            .into_iter()
+            .map(|batch| batch_unit(batch, retry_unsafe))
+            .collect();
+        self.send(units).await;
+    }
+
+    /// Claims the units that must not be sent twice in the store (one write for all of them), then queues
+    /// every unit for the workers. Once the session has stopped, units are let go instead.
+    async fn send(&mut self, mut units: Vec<DeliveryUnit>) {
+        if units.is_empty() {
+            return;
+        }
+        if self.stop.token.is_cancelled() {
+            for unit in units {
+                self.reports.release(unit).await;
+            }
+            return;
+        }
+        let claims = durable_claims(&self.session.destination.id, &units);
+        if !claims.is_empty() {
+            if let Err(error) = self.session.shared.store.claim_records(claims).await {
+                tracing::error!(%error, destination = %self.session.name, "cannot claim records; creates kept as failed");
+                let (unclaimed, claimed): (Vec<_>, Vec<_>) =
+                    units.into_iter().partition(|unit| !unit.repeatable);
+                units = claimed;
+                for unit in unclaimed {
+                    self.reports
+                        .report(DeliveryReport {
+                            records: unit.records,
+                            ..unsent_unit(
+                                unit.record_ids,
+                                format!(
+                                    "cannot record the claim before sending; not sent: {error}"
+                                ),
+                            )
+                        })
+                        .await;
+                }
+            }
+        }
+        for unit in units {
+            if let Err(unit) = self.dispatcher.dispatch(unit).await {
+                self.reports.release(unit).await;
+            }
+        }
     }
 }
 
-fn duplicate(record_id: String, original: Option<GrooveAnswer>, why: &str) -> DeliveryReport {
+/// Claims for every record of the units that must not be sent twice.
+fn durable_claims(destination_id: &str, units: &[DeliveryUnit]) -> Vec<RecordClaim> {
+    let claimed_at_ms = now_ms();
+    units
+        .iter()
+        .filter(|unit| !unit.repeatable)
+        .flat_map(|unit| {
+            let call = unit.calls.first();
+            unit.record_ids
+                .iter()
+                .zip(&unit.records)
+                .map(move |(record_id, record)| RecordClaim {
+                    destination_id: destination_id.to_string(),
+                    record_id: record_id.clone(),
+                    record_json: record.bytes.to_vec(),
+                    record_encoding: record.encoding,
+                    request_method: call.map_or("", |call| call.method.as_str()).to_string(),
+                    request_url: call.map(|call| call.url.to_string()).unwrap_or_default(),
+                    claimed_at_ms,
+                })
+        })
+        .collect()
+}
+
+/// A unit's records failed before anything was sent.
+fn unsent_unit(record_ids: Vec<String>, error: String) -> DeliveryReport {
     DeliveryReport {
-        record_ids: vec![record_id],
-        outcome: Outcome::Duplicate,
-        answer: original,
-        attempts: 0,
-        latency: Duration::ZERO,
-        error: why.to_string(),
-        field: String::new(),
-        call: None,
-        records: Vec::new(),
+        record_ids,
+        ..DeliveryReport::unsent(String::new(), Outcome::Failed, error)
     }
 }
 
-fn batch_unit(batch: Batch<Accepted>) -> DeliveryUnit {
+/// Whether sending these calls twice is harmless.
+fn repeatable(calls: &[PlannedCall], retry_unsafe: bool) -> bool {
+    retry_unsafe || calls.iter().all(|call| call.method.is_idempotent())
+}
+
+fn batch_unit(batch: Batch<Candidate>, retry_unsafe: bool) -> DeliveryUnit {
     let (record_ids, records) = batch
         .items
         .into_iter()
@@ -379,6 +523,7 @@ fn batch_unit(batch: Batch<Accepted>) -> DeliveryUnit {
     DeliveryUnit {
         record_ids,
         records,
+        repeatable: retry_unsafe || batch.method.is_idempotent(),
         calls: vec![PlannedCall {
             method: batch.method,
             url: batch.url,
@@ -387,6 +532,60 @@ fn batch_unit(batch: Batch<Accepted>) -> DeliveryUnit {
         }],
         // A batch's records travel together; batches themselves go out in parallel.
         ordering_key: None,
+    }
+}
+
+/// Stops the session when the client goes away, the server shuts down or the destination stops being active.
+async fn watch_for_stop(
+    store: Arc<dyn Store>,
+    destination_id: String,
+    name: String,
+    mut shutdown: watch::Receiver<bool>,
+    output: mpsc::Sender<StreamEvent>,
+    stop: Stop,
+) {
+    // Polled rather than pushed: it works the same when another replica pauses the destination.
+    let mut state_checks =
+        tokio::time::interval_at(Instant::now() + STATE_CHECK_EVERY, STATE_CHECK_EVERY);
+    let why = loop {
+        tokio::select! {
+            biased;
+            () = stop.token.cancelled() => return,
+            () = output.closed() => break Interruption::ClientGone,
+            () = stopping(&mut shutdown) => break Interruption::ShuttingDown(format!(
+                "the server is shutting down; records of destination {name} without a result were not \
+                 delivered by this stream: send them again"
+            )),
+            _ = state_checks.tick() => {
+                if let Some(why) = check_still_active(&*store, &destination_id, &name).await {
+                    break why;
+                }
+            }
+        }
+    };
+    tracing::info!(destination = %name, reason = %why, "stream stopped: no more records read or sent");
+    stop.stop(why);
+}
+
+/// `None` while the destination is active; a store hiccup is not a reason to stop.
+async fn check_still_active(
+    store: &dyn Store,
+    destination_id: &str,
+    name: &str,
+) -> Option<Interruption> {
+    match store.get_destination(destination_id).await {
+        Ok(current) if current.state == DestinationState::Active => None,
+        Ok(current) => Some(Interruption::NotActive(format!(
+            "destination {name} is {}; records without a result were not sent",
+            current.state.as_str()
+        ))),
+        Err(StoreError::NotFound { .. }) => Some(Interruption::Deleted(format!(
+            "destination {name} was deleted; records without a result were not sent"
+        ))),
+        Err(error) => {
+            tracing::warn!(%error, destination = %name, "cannot check the destination's state");
+            None
+        }
     }
 }
 
@@ -401,5 +600,69 @@ async fn sleep_until_deadline(deadline: Option<std::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::destination::HttpMethod;
+    use crate::domain::record::RecordEncoding;
+
+    fn call(method: HttpMethod) -> PlannedCall {
+        PlannedCall {
+            method,
+            url: "https://api.groovehq.com/v1/tickets".parse().unwrap(),
+            headers: Arc::from(Vec::new()),
+            body: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_units_of_idempotent_calls_are_repeatable_unless_the_destination_allows_it() {
+        assert!(repeatable(&[call(HttpMethod::Put)], false));
+        assert!(repeatable(
+            &[call(HttpMethod::Get), call(HttpMethod::Delete)],
+            false
+        ));
+        assert!(!repeatable(&[call(HttpMethod::Post)], false));
+        assert!(!repeatable(
+            &[call(HttpMethod::Put), call(HttpMethod::Patch)],
+            false
+        ));
+        assert!(repeatable(&[call(HttpMethod::Post)], true));
+    }
+
+    #[test]
+    fn only_units_that_must_not_be_repeated_are_claimed() {
+        let unit = |method, ids: &[&str]| DeliveryUnit {
+            record_ids: ids.iter().map(|id| id.to_string()).collect(),
+            records: ids
+                .iter()
+                .map(|id| RecordJson {
+                    bytes: Arc::from(format!(r#"{{"id":"{id}"}}"#).into_bytes()),
+                    encoding: RecordEncoding::RawJson,
+                })
+                .collect(),
+            calls: vec![call(method)],
+            ordering_key: None,
+            repeatable: repeatable(&[call(method)], false),
+        };
+        let claims = durable_claims(
+            "d",
+            &[
+                unit(HttpMethod::Post, &["a", "b"]),
+                unit(HttpMethod::Put, &["c"]),
+            ],
+        );
+        let ids: Vec<&str> = claims
+            .iter()
+            .map(|claim| claim.record_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(claims[1].record_json, br#"{"id":"b"}"#);
+        assert_eq!(claims[1].record_encoding, RecordEncoding::RawJson);
+        assert_eq!(claims[0].request_method, "POST");
+        assert!(claims[0].request_url.ends_with("/v1/tickets"));
     }
 }

@@ -1,6 +1,6 @@
-//! Where every report of a session goes: counted for the summary, forwarded to the response webhook, queued
-//! for the store and sent to the client — called directly by whoever produced the report (a dispatch worker,
-//! or the session for records refused before any call), with no task in between.
+//! Where every result of a session goes: counted for the summary, forwarded to the response webhook, queued
+//! for the store (outcomes of deliveries) and sent to the client — called directly by whoever produced it (a
+//! dispatch worker, or the session for records answered without a call), with no task in between.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 use crate::delivery::recorder::Recorder;
-use crate::delivery::report::{DeliveryReport, StreamEvent, Summary};
+use crate::delivery::report::{DeliveryReport, DeliveryUnit, StreamEvent, Summary};
 use crate::delivery::webhook::WebhookForwarder;
 
 #[derive(Clone)]
@@ -51,8 +51,17 @@ impl ReportSink {
         }
     }
 
-    /// Takes one report. Waits while the store's or the client's queue is full: that is the backpressure.
+    /// Takes the outcome of records this session claimed: it is stored, and their claims end. Waits while the
+    /// store's or the client's queue is full: that is the backpressure.
     pub async fn report(&self, report: DeliveryReport) {
+        let inner = &*self.inner;
+        inner.recorder.record(&inner.destination_id, &report).await;
+        self.answer(report).await;
+    }
+
+    /// Takes a result that changes nothing in the store (an invalid record, a duplicate, a replay of a record
+    /// that may have been delivered); the session holds no claim on it.
+    pub async fn answer(&self, report: DeliveryReport) {
         let inner = &*self.inner;
         inner
             .summary
@@ -62,7 +71,6 @@ impl ReportSink {
         if let Some(url) = &inner.webhook_url {
             inner.webhooks.submit(url, &inner.destination_name, &report);
         }
-        inner.recorder.record(&inner.destination_id, &report).await;
         if inner.client_listening.load(Ordering::Relaxed)
             && inner
                 .output
@@ -71,8 +79,17 @@ impl ReportSink {
                 .is_err()
             && inner.client_listening.swap(false, Ordering::Relaxed)
         {
-            tracing::info!(destination = %inner.destination_name, "client went away; delivering and recording the rest");
+            tracing::info!(destination = %inner.destination_name, "client went away; recording what is in flight");
         }
+    }
+
+    /// Lets a claimed unit go unsent: no result, and a later stream sends it.
+    pub async fn release(&self, unit: DeliveryUnit) {
+        let inner = &*self.inner;
+        inner
+            .recorder
+            .release(&inner.destination_id, unit.record_ids)
+            .await;
     }
 
     /// The counts so far.

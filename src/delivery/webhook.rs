@@ -167,22 +167,15 @@ mod tests {
     }
 
     fn big_report(body_bytes: usize) -> DeliveryReport {
-        DeliveryReport {
-            record_ids: vec!["r-1".into()],
-            outcome: Outcome::Delivered,
-            answer: Some(GrooveAnswer {
-                status: 201,
-                headers: Default::default(),
-                body: format!("\"{}\"", "x".repeat(body_bytes)).into_bytes(),
-                latency: std::time::Duration::ZERO,
-            }),
-            attempts: 1,
+        let mut report = DeliveryReport::unsent("r-1".into(), Outcome::Delivered, "");
+        report.attempts = 1;
+        report.answer = Some(GrooveAnswer {
+            status: 201,
+            headers: Default::default(),
+            body: format!("\"{}\"", "x".repeat(body_bytes)).into_bytes(),
             latency: std::time::Duration::ZERO,
-            error: String::new(),
-            field: String::new(),
-            call: None,
-            records: Vec::new(),
-        }
+        });
+        report
     }
 
     #[tokio::test]

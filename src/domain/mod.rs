@@ -8,6 +8,7 @@ pub mod credential;
 pub mod destination;
 pub mod headers;
 pub mod outcome;
+pub mod record;
 pub mod reference;
 pub mod render;
 pub mod templates;

@@ -44,6 +44,11 @@ impl Outcome {
     pub fn is_kept_as_failed(self) -> bool {
         matches!(self, Outcome::Rejected | Outcome::Failed)
     }
+
+    /// Outcomes the store keeps: delivered ids in the ledger, the rest as failed records.
+    pub fn is_recorded(self) -> bool {
+        self == Outcome::Delivered || self.is_kept_as_failed()
+    }
 }
 
 #[cfg(test)]

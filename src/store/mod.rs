@@ -9,7 +9,8 @@
 //! Layout: `sqlite/` holds one query module per table group, migrations are an ordered list
 //! (`sqlite/migrations/NNNN_*.sql`), and all writes go through one writer thread that commits queued writes
 //! together. That group commit is what lets the delivery layer record the outcome of every record (ledger
-//! entries and failed records, [`Store::record_outcomes`]) without a transaction per record.
+//! entries and failed records, [`Store::record_outcomes`]) and to claim records before they are sent
+//! ([`Store::claim_records`]) without a transaction per record.
 
 mod error;
 mod page;
@@ -27,7 +28,8 @@ use crate::domain::destination::Destination;
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use records::{
-    FailedRecordEntry, LedgerEntry, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
+    FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, LedgerEntry, RecordClaim,
+    RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
 };
 pub use secrets::{SecretBox, SECRET_KEY_ENV, SECRET_KEY_FILE};
 pub use sqlite::{SqliteStore, DATABASE_FILE};
@@ -117,10 +119,16 @@ pub trait Store: Send + Sync {
         expected_revision: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Commits claims on records about to be sent by calls that must not be repeated blindly (creates), before
+    /// those calls go out: one atomic write for a whole message's records. A claim replaces an older one on the
+    /// same record. Claims of a destination that no longer exists are skipped.
+    fn claim_records(&self, claims: Vec<RecordClaim>) -> BoxFuture<'_, Result<(), StoreError>>;
+
     /// Records how a batch of records ended, as one atomic write: `delivered` entries enter the ledger
     /// (replacing an entry with the same destination and record id) and stop being failed records; `failed`
     /// entries become failed records, or update the stored ones (attempts add up, the first failure time
-    /// stays, the rest is replaced).
+    /// stays, `maybe_delivered` stays set once set, the rest is replaced). The claims of every record named end
+    /// in the same write.
     ///
     /// Meant to be called once per batch of results rather than per record, and a batch may mix destinations:
     /// calls queued together share one commit. Ledger response bodies are cut to [`LEDGER_BODY_CAP`] bytes.
@@ -134,16 +142,34 @@ pub trait Store: Send + Sync {
         failed: Vec<FailedRecordEntry>,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// The ledger entries of those `record_ids` the destination has delivered, by record id. Ids it has not
-    /// delivered, or whose entries retention has removed, are absent; so is everything of a destination that
-    /// does not exist. Takes a whole message of ids at once (any number; split into few queries).
+    /// Ends the claims on records that were released without being sent (their stream stopped first), as
+    /// `(destination id, record id)` pairs. Pairs without a claim are ignored.
+    fn release_claims(
+        &self,
+        records: Vec<(String, String)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Turns every claim left by a process that stopped without recording the outcome into a failed record
+    /// that may have been delivered (failed, `maybe_delivered`, with `error`), in one atomic write, and returns
+    /// how many there were. Only for start-up, before any record is claimed: every claim is taken for an
+    /// orphan.
+    fn fail_orphaned_claims<'a>(
+        &'a self,
+        error: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// What decides whether each of `record_ids` may be sent: delivered (with its ledger entry), or a failed
+    /// record that may have been delivered. Ids with neither are absent, as is everything of a destination that
+    /// does not exist; so are delivered ids whose entries retention has removed. Takes a whole message of ids at
+    /// once (any number; split into few queries).
     ///
-    /// Only recorded outcomes are known: a record that is still being delivered is not in the ledger yet.
-    fn ledger_lookup<'a>(
+    /// Only recorded outcomes are known: a record that is still being delivered is absent.
+    fn record_states<'a>(
         &'a self,
         destination_id: &'a str,
         record_ids: Vec<String>,
-    ) -> BoxFuture<'a, Result<HashMap<String, LedgerEntry>, StoreError>>;
+    ) -> BoxFuture<'a, Result<HashMap<String, RecordState>, StoreError>>;
 
     /// Applies ledger retention to every destination: removes entries delivered before `older_than_ms`, and
     /// those beyond the `max_entries_per_destination` most recently delivered. Returns how many it removed.
@@ -157,11 +183,13 @@ pub trait Store: Send + Sync {
         max_entries_per_destination: u64,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
-    /// The destination's failed records, oldest first (first failure, then record id), one page at a time
-    /// (see [`PageRequest`] for sizes). [`StoreError::NotFound`] if the destination does not exist.
+    /// The destination's failed records that pass `filter`, oldest first (first failure, then record id), one
+    /// page at a time (see [`PageRequest`] for sizes). [`StoreError::NotFound`] if the destination does not
+    /// exist.
     fn list_failed_records<'a>(
         &'a self,
         destination_id: &'a str,
+        filter: FailedRecordFilter,
         page: PageRequest,
     ) -> BoxFuture<'a, Result<Page<FailedRecordEntry>, StoreError>>;
 
@@ -180,4 +208,12 @@ pub trait Store: Send + Sync {
         destination_id: &'a str,
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
+    /// Deletes the selected failed records of the destination and returns how many there were; ids that are not
+    /// failed records are ignored. [`StoreError::NotFound`] if the destination does not exist.
+    fn delete_failed_records<'a>(
+        &'a self,
+        destination_id: &'a str,
+        selection: FailedRecordSelection,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }

@@ -1,10 +1,13 @@
-//! What the store keeps about individual records: the ledger of delivered ids, and failed records.
+//! What the store keeps about individual records: the ledger of delivered ids, claims on records being sent,
+//! and failed records.
 //!
 //! The ledger lets a record replayed by a reconnecting upstream be answered as a duplicate, with its original
-//! result, instead of being sent to Groove twice. Failed records keep what an operator needs to see why a
-//! record did not go through and to send it again.
+//! result, instead of being sent to Groove twice. A claim is written before a create is sent, so a crash while
+//! it is in flight leaves a trace. Failed records keep what an operator needs to see why a record did not go
+//! through and to send it again, and whether Groove may hold it already.
 
 use crate::domain::outcome::Outcome;
+use crate::domain::record::RecordEncoding;
 
 /// Longest response body kept in a [`LedgerEntry`]; longer bodies are cut to this many bytes when recorded.
 ///
@@ -48,6 +51,11 @@ pub struct FailedRecordEntry {
     pub response_body: Vec<u8>,
     /// Why it failed, in words.
     pub error: String,
+    /// An attempt may have reached Groove, so a replay must not send it again on its own. Once set it stays set
+    /// when the record fails again.
+    pub maybe_delivered: bool,
+    /// The form the record arrived in, to show it back the same way.
+    pub record_encoding: RecordEncoding,
     /// Calls made for it. When it fails again, the store adds the new attempts to the stored ones.
     pub attempts: u32,
     /// When it first failed (ms since the Unix epoch). Kept from the first failure whatever later ones say.
@@ -64,4 +72,45 @@ pub struct StoredRequest {
     /// As sent, except that the caller has already redacted credentials: the store keeps them verbatim.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+/// A record about to be sent by a call that must not be repeated blindly, committed before the call goes out.
+/// If the process stops before the record's outcome is recorded, the claim becomes a failed record that may
+/// have been delivered ([`Store::fail_orphaned_claims`](crate::store::Store::fail_orphaned_claims)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordClaim {
+    pub destination_id: String,
+    pub record_id: String,
+    /// The record as received, so an orphaned claim can still be shown and retried.
+    pub record_json: Vec<u8>,
+    pub record_encoding: RecordEncoding,
+    /// The call's method and URL, shown with the failed record an orphaned claim becomes.
+    pub request_method: String,
+    pub request_url: String,
+    pub claimed_at_ms: i64,
+}
+
+/// What the store knows of a record id that decides whether it may be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordState {
+    /// Delivered; the entry holds Groove's original answer.
+    Delivered(LedgerEntry),
+    /// A failed record an attempt of which may have reached Groove: only an explicit retry sends it again.
+    MaybeDelivered,
+}
+
+/// Which failed records a listing shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailedRecordFilter {
+    /// Only this outcome (rejected or failed); `None` for both.
+    pub outcome: Option<Outcome>,
+    /// Only records that may have been delivered.
+    pub maybe_delivered_only: bool,
+}
+
+/// Failed records to act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailedRecordSelection {
+    Ids(Vec<String>),
+    All,
 }

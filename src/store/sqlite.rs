@@ -6,6 +6,7 @@
 //! Likewise, record outcomes are checked and encoded before they are queued, so the writer thread, which every
 //! write waits on, only runs SQL.
 
+mod claims;
 mod connection;
 mod credentials;
 mod destinations;
@@ -34,7 +35,10 @@ use self::readers::Readers;
 use self::writer::Writer;
 use super::error::{Context, StoreError};
 use super::page::{Page, PageRequest};
-use super::records::{FailedRecordEntry, LedgerEntry, MAX_FAILED_RECORD_IDS};
+use super::records::{
+    FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, LedgerEntry, RecordClaim,
+    RecordState, MAX_FAILED_RECORD_IDS,
+};
 use super::secrets::{self, SecretBox};
 use super::{NewCredential, Store};
 use crate::domain::credential::{ApiKey, Credential};
@@ -225,6 +229,17 @@ impl Store for SqliteStore {
         )
     }
 
+    fn claim_records(&self, claims: Vec<RecordClaim>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if claims.is_empty() {
+                return Ok(());
+            }
+            self.writer
+                .write(move |conn| claims::insert(conn, &claims))
+                .await
+        })
+    }
+
     fn record_outcomes(
         &self,
         delivered: Vec<LedgerEntry>,
@@ -243,24 +258,79 @@ impl Store for SqliteStore {
                 .write(move |conn| {
                     ledger::record(conn, &delivered)?;
                     failed_records::resolve(conn, &delivered)?;
-                    failed_records::upsert(conn, &failed)
+                    failed_records::upsert(conn, &failed)?;
+                    let delivered_keys = delivered
+                        .iter()
+                        .map(|entry| (entry.destination_id.as_str(), entry.record_id.as_str()));
+                    let failed_keys = failed.iter().map(failed_records::EncodedFailure::key);
+                    claims::end(conn, delivered_keys.chain(failed_keys))
                 })
                 .await
         })
     }
 
-    fn ledger_lookup<'a>(
+    fn release_claims(
+        &self,
+        records: Vec<(String, String)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if records.is_empty() {
+                return Ok(());
+            }
+            self.writer
+                .write(move |conn| {
+                    claims::end(
+                        conn,
+                        records.iter().map(|(destination_id, record_id)| {
+                            (destination_id.as_str(), record_id.as_str())
+                        }),
+                    )
+                })
+                .await
+        })
+    }
+
+    fn fail_orphaned_claims<'a>(
+        &'a self,
+        error: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let error = error.to_string();
+        Box::pin(self.writer.write(move |conn| {
+            let failures = claims::take_all_as_failures(conn, &error, now_ms)?;
+            failed_records::upsert(conn, &failures)?;
+            Ok(failures.len() as u64)
+        }))
+    }
+
+    fn record_states<'a>(
         &'a self,
         destination_id: &'a str,
         record_ids: Vec<String>,
-    ) -> BoxFuture<'a, Result<HashMap<String, LedgerEntry>, StoreError>> {
+    ) -> BoxFuture<'a, Result<HashMap<String, RecordState>, StoreError>> {
         Box::pin(async move {
             if record_ids.is_empty() {
                 return Ok(HashMap::new());
             }
             let destination_id = destination_id.to_string();
             self.readers
-                .read(move |conn| ledger::lookup(conn, &destination_id, &record_ids))
+                .read(move |conn| {
+                    let mut states: HashMap<String, RecordState> =
+                        ledger::lookup(conn, &destination_id, &record_ids)?
+                            .into_iter()
+                            .map(|(record_id, entry)| (record_id, RecordState::Delivered(entry)))
+                            .collect();
+                    // A record that was delivered after an ambiguous failure left the failed list then; one that
+                    // is in both is not possible, and if it were, delivered is the stronger fact.
+                    for record_id in
+                        failed_records::maybe_delivered(conn, &destination_id, &record_ids)?
+                    {
+                        states
+                            .entry(record_id)
+                            .or_insert(RecordState::MaybeDelivered);
+                    }
+                    Ok(states)
+                })
                 .await
         })
     }
@@ -302,6 +372,7 @@ impl Store for SqliteStore {
     fn list_failed_records<'a>(
         &'a self,
         destination_id: &'a str,
+        filter: FailedRecordFilter,
         page: PageRequest,
     ) -> BoxFuture<'a, Result<Page<FailedRecordEntry>, StoreError>> {
         Box::pin(async move {
@@ -312,7 +383,8 @@ impl Store for SqliteStore {
                 .readers
                 .read(move |conn| {
                     let after = after.as_ref().map(|(time, id)| (*time, id.as_str()));
-                    let rows = failed_records::list(conn, &destination_id, after, size + 1)?;
+                    let rows =
+                        failed_records::list(conn, &destination_id, filter, after, size + 1)?;
                     found_in_destination(conn, &destination_id, rows)
                 })
                 .await?;
@@ -344,6 +416,23 @@ impl Store for SqliteStore {
         Box::pin(self.readers.read(move |conn| {
             let ids = failed_records::oldest_ids(conn, &destination_id, limit)?;
             found_in_destination(conn, &destination_id, ids)
+        }))
+    }
+
+    fn delete_failed_records<'a>(
+        &'a self,
+        destination_id: &'a str,
+        selection: FailedRecordSelection,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let destination_id = destination_id.to_string();
+        Box::pin(self.writer.write(move |conn| {
+            destinations::ensure_exists(conn, &destination_id)?;
+            match &selection {
+                FailedRecordSelection::All => failed_records::delete_all(conn, &destination_id),
+                FailedRecordSelection::Ids(record_ids) => {
+                    failed_records::delete(conn, &destination_id, record_ids)
+                }
+            }
         }))
     }
 }

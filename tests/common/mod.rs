@@ -305,6 +305,25 @@ pub mod flows {
         results
     }
 
+    /// Everything until the stream ends, and how it ended: what a stream that stops early answered before its
+    /// status is part of what is checked.
+    pub async fn drain_to_end(
+        stream: &mut tonic::Streaming<proto::SendRecordsResponse>,
+    ) -> (Answered, Result<(), tonic::Status>) {
+        let mut answered = Answered::default();
+        loop {
+            match stream.message().await {
+                Ok(Some(message)) => {
+                    assert!(answered.summary.is_none(), "message after the summary");
+                    answered.results.extend(message.results);
+                    answered.summary = message.summary;
+                }
+                Ok(None) => return (answered, Ok(())),
+                Err(status) => return (answered, Err(status)),
+            }
+        }
+    }
+
     /// Everything until the stream ends, or the status it ends with.
     pub async fn drain(
         stream: &mut tonic::Streaming<proto::SendRecordsResponse>,

@@ -5,13 +5,14 @@ use rusqlite::{params, params_from_iter, Connection, Row};
 
 use super::per_record::{is_missing_destination, padded_chunks, placeholders};
 use crate::domain::outcome::Outcome;
+use crate::domain::record::RecordEncoding;
 use crate::store::error::{Context, StoreError};
-use crate::store::records::{FailedRecordEntry, LedgerEntry, StoredRequest};
+use crate::store::records::{FailedRecordEntry, FailedRecordFilter, LedgerEntry, StoredRequest};
 
 const COLUMNS: &str =
     "destination_id, record_id, record_json, outcome, request_method, request_url, \
      request_headers, request_body, http_status, response_headers, response_body, error, attempts, \
-     first_failure_ms, last_failure_ms";
+     first_failure_ms, last_failure_ms, maybe_delivered, record_encoding";
 
 /// A failed record checked and encoded for its columns. Built before the writer thread, which every write
 /// waits on, and so that a bad entry is refused before anything is queued.
@@ -19,6 +20,13 @@ pub(super) struct EncodedFailure {
     entry: FailedRecordEntry,
     request_headers: Option<String>,
     response_headers: String,
+}
+
+impl EncodedFailure {
+    /// `(destination id, record id)`.
+    pub(super) fn key(&self) -> (&str, &str) {
+        (&self.entry.destination_id, &self.entry.record_id)
+    }
 }
 
 pub(super) fn encode(entry: FailedRecordEntry) -> Result<EncodedFailure, StoreError> {
@@ -51,8 +59,9 @@ pub(super) fn encode(entry: FailedRecordEntry) -> Result<EncodedFailure, StoreEr
     })
 }
 
-/// Inserts each failure, or updates the stored one: the first failure time stays, attempts add up, everything
-/// else is replaced by the latest failure. Failures of a destination that no longer exists are skipped.
+/// Inserts each failure, or updates the stored one: the first failure time stays, attempts add up,
+/// `maybe_delivered` stays set once set, everything else is replaced by the latest failure. Failures of a
+/// destination that no longer exists are skipped.
 pub(super) fn upsert(conn: &Connection, failures: &[EncodedFailure]) -> Result<(), StoreError> {
     if failures.is_empty() {
         return Ok(());
@@ -60,7 +69,7 @@ pub(super) fn upsert(conn: &Connection, failures: &[EncodedFailure]) -> Result<(
     let mut statement = conn
         .prepare_cached(&format!(
             "INSERT INTO failed_records ({COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
              ON CONFLICT (destination_id, record_id) DO UPDATE SET
                  record_json = excluded.record_json,
                  outcome = excluded.outcome,
@@ -74,7 +83,10 @@ pub(super) fn upsert(conn: &Connection, failures: &[EncodedFailure]) -> Result<(
                  error = excluded.error,
                  -- Saturates rather than growing past what reads back as a u32.
                  attempts = min(attempts + excluded.attempts, {max_attempts}),
-                 last_failure_ms = excluded.last_failure_ms",
+                 last_failure_ms = excluded.last_failure_ms,
+                 -- An explicit retry that fails does not undo an earlier attempt that may have created it.
+                 maybe_delivered = max(maybe_delivered, excluded.maybe_delivered),
+                 record_encoding = excluded.record_encoding",
             max_attempts = u32::MAX
         ))
         .context(|| "preparing to store failed records".to_string())?;
@@ -97,6 +109,8 @@ pub(super) fn upsert(conn: &Connection, failures: &[EncodedFailure]) -> Result<(
             entry.attempts,
             entry.first_failure_ms,
             entry.last_failure_ms,
+            entry.maybe_delivered,
+            entry.record_encoding.as_str(),
         ]);
         match stored {
             Err(err) if !is_missing_destination(&err) => {
@@ -159,35 +173,51 @@ fn has_failed_records(conn: &Connection, destination_id: &str) -> Result<bool, S
         })
 }
 
-/// Up to `limit` failed records of the destination after `after` (first failure, record id), oldest first.
+/// Up to `limit` failed records of the destination that pass `filter`, after `after` (first failure, record id),
+/// oldest first.
 pub(super) fn list(
     conn: &Connection,
     destination_id: &str,
+    filter: FailedRecordFilter,
     after: Option<(i64, &str)>,
     limit: u32,
 ) -> Result<Vec<FailedRecordEntry>, StoreError> {
-    // Two statements rather than one with an optional bound, which would keep SQLite from seeking the index.
+    let outcome = filter.outcome.map(Outcome::as_str);
+    let maybe_delivered_only = filter.maybe_delivered_only;
+    // The filters only skip rows met along the index; the bound decides where the walk starts. Two statements
+    // rather than one with an optional bound, which would keep SQLite from seeking the index.
+    const FILTERS: &str = "(?2 IS NULL OR outcome = ?2) AND (?3 = 0 OR maybe_delivered = 1)";
     let rows = match after {
         None => conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM failed_records WHERE destination_id = ?1
-                 ORDER BY first_failure_ms, record_id LIMIT ?2"
-            ))
-            .and_then(|mut statement| {
-                statement
-                    .query_map(params![destination_id, limit], StoredRow::read)?
-                    .collect::<Result<Vec<_>, _>>()
-            }),
-        Some((time, record_id)) => conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM failed_records
-                 WHERE destination_id = ?1 AND (first_failure_ms, record_id) > (?2, ?3)
+                "SELECT {COLUMNS} FROM failed_records WHERE destination_id = ?1 AND {FILTERS}
                  ORDER BY first_failure_ms, record_id LIMIT ?4"
             ))
             .and_then(|mut statement| {
                 statement
                     .query_map(
-                        params![destination_id, time, record_id, limit],
+                        params![destination_id, outcome, maybe_delivered_only, limit],
+                        StoredRow::read,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+            }),
+        Some((time, record_id)) => conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM failed_records
+                 WHERE destination_id = ?1 AND {FILTERS} AND (first_failure_ms, record_id) > (?5, ?6)
+                 ORDER BY first_failure_ms, record_id LIMIT ?4"
+            ))
+            .and_then(|mut statement| {
+                statement
+                    .query_map(
+                        params![
+                            destination_id,
+                            outcome,
+                            maybe_delivered_only,
+                            limit,
+                            time,
+                            record_id
+                        ],
                         StoredRow::read,
                     )?
                     .collect::<Result<Vec<_>, _>>()
@@ -236,6 +266,70 @@ pub(super) fn get(
     Ok(found)
 }
 
+/// Those of `record_ids` that are failed records of the destination which may have been delivered.
+pub(super) fn maybe_delivered(
+    conn: &Connection,
+    destination_id: &str,
+    record_ids: &[String],
+) -> Result<Vec<String>, StoreError> {
+    // Most destinations have no failed records at all: one probe then spares the lookups.
+    if !has_failed_records(conn, destination_id)? {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for chunk in padded_chunks(record_ids) {
+        let rows = conn
+            .prepare_cached(&format!(
+                "SELECT DISTINCT record_id FROM failed_records
+                 WHERE destination_id = ? AND maybe_delivered = 1 AND record_id IN ({})",
+                placeholders(chunk.len())
+            ))
+            .and_then(|mut statement| {
+                let values = std::iter::once(destination_id).chain(chunk.iter().copied());
+                statement
+                    .query_map(params_from_iter(values), |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .context(|| {
+                format!("looking up failed records of destination destinations/{destination_id}")
+            })?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
+/// Deletes those of `record_ids` that are failed records of the destination; returns how many.
+pub(super) fn delete(
+    conn: &Connection,
+    destination_id: &str,
+    record_ids: &[String],
+) -> Result<u64, StoreError> {
+    let mut statement = conn
+        .prepare_cached("DELETE FROM failed_records WHERE destination_id = ?1 AND record_id = ?2")
+        .context(|| "preparing to delete failed records".to_string())?;
+    let mut deleted = 0;
+    for record_id in record_ids {
+        deleted += statement
+            .execute(params![destination_id, record_id])
+            .context(|| {
+                format!(
+                    "deleting failed record {record_id} of destination destinations/{destination_id}"
+                )
+            })? as u64;
+    }
+    Ok(deleted)
+}
+
+/// Deletes every failed record of the destination; returns how many.
+pub(super) fn delete_all(conn: &Connection, destination_id: &str) -> Result<u64, StoreError> {
+    conn.execute(
+        "DELETE FROM failed_records WHERE destination_id = ?1",
+        params![destination_id],
+    )
+    .map(|deleted| deleted as u64)
+    .context(|| format!("deleting the failed records of destination destinations/{destination_id}"))
+}
+
 /// Ids of up to `limit` failed records of the destination, oldest first. Read from the index alone.
 pub(super) fn oldest_ids(
     conn: &Connection,
@@ -271,6 +365,8 @@ struct StoredRow {
     attempts: i64,
     first_failure_ms: i64,
     last_failure_ms: i64,
+    maybe_delivered: bool,
+    record_encoding: String,
 }
 
 impl StoredRow {
@@ -291,6 +387,8 @@ impl StoredRow {
             attempts: row.get(12)?,
             first_failure_ms: row.get(13)?,
             last_failure_ms: row.get(14)?,
+            maybe_delivered: row.get(15)?,
+            record_encoding: row.get(16)?,
         })
     }
 
@@ -330,6 +428,12 @@ impl StoredRow {
         let attempts = u32::try_from(self.attempts)
             .map_err(|_| StoreError::corrupt(what(), format!("attempts {}", self.attempts)))?;
         let response_headers = headers(&self.response_headers, "response")?;
+        let record_encoding = RecordEncoding::parse(&self.record_encoding).ok_or_else(|| {
+            StoreError::corrupt(
+                what(),
+                format!("record encoding {:?}", self.record_encoding),
+            )
+        })?;
         Ok(FailedRecordEntry {
             response_headers,
             destination_id: self.destination_id,
@@ -343,6 +447,8 @@ impl StoredRow {
             attempts,
             first_failure_ms: self.first_failure_ms,
             last_failure_ms: self.last_failure_ms,
+            maybe_delivered: self.maybe_delivered,
+            record_encoding,
         })
     }
 }

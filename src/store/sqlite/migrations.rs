@@ -22,6 +22,10 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_ledger_and_failed_records",
         sql: include_str!("migrations/0002_ledger_and_failed_records.sql"),
     },
+    Migration {
+        name: "0003_claims_and_failure_detail",
+        sql: include_str!("migrations/0003_claims_and_failure_detail.sql"),
+    },
 ];
 
 /// The schema version this build writes.

@@ -7,7 +7,36 @@ use std::time::Instant;
 use super::tests::{destination, new_credential, open, raw};
 use super::*;
 use crate::domain::outcome::Outcome;
+use crate::domain::record::RecordEncoding;
 use crate::store::{StoredRequest, LEDGER_BODY_CAP};
+
+/// The delivered part of `record_states`: what most of these tests are about.
+trait LedgerLookup {
+    fn ledger_lookup<'a>(
+        &'a self,
+        destination_id: &'a str,
+        record_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<HashMap<String, LedgerEntry>, StoreError>>;
+}
+
+impl LedgerLookup for Arc<dyn Store> {
+    fn ledger_lookup<'a>(
+        &'a self,
+        destination_id: &'a str,
+        record_ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<HashMap<String, LedgerEntry>, StoreError>> {
+        Box::pin(async move {
+            let states = self.record_states(destination_id, record_ids).await?;
+            Ok(states
+                .into_iter()
+                .filter_map(|(record_id, state)| match state {
+                    RecordState::Delivered(entry) => Some((record_id, entry)),
+                    RecordState::MaybeDelivered => None,
+                })
+                .collect())
+        })
+    }
+}
 
 /// A store with credential `main` and destinations `a` and `b`.
 async fn store_with_destinations(dir: &Path) -> Arc<dyn Store> {
@@ -47,6 +76,8 @@ fn failed(destination_id: &str, record_id: &str, at_ms: i64) -> FailedRecordEntr
         response_headers: Vec::new(),
         response_body: Vec::new(),
         error: "connection refused".to_string(),
+        maybe_delivered: false,
+        record_encoding: RecordEncoding::RawJson,
         attempts: 3,
         first_failure_ms: at_ms,
         last_failure_ms: at_ms,
@@ -72,7 +103,7 @@ async fn all_failed_ids(store: &dyn Store, destination_id: &str, page_size: u32)
     let mut request = Some(PageRequest::first(page_size));
     while let Some(current) = request {
         let page = store
-            .list_failed_records(destination_id, current)
+            .list_failed_records(destination_id, FailedRecordFilter::default(), current)
             .await
             .unwrap();
         assert!(page.items.len() <= PageRequest::first(page_size).effective_page_size() as usize);
@@ -260,7 +291,9 @@ async fn deleting_a_destination_deletes_its_ledger_and_failed_records() {
         assert_eq!(count(dir.path(), table, "b"), 2, "{table}");
     }
     assert!(matches!(
-        store.list_failed_records("a", PageRequest::default()).await,
+        store
+            .list_failed_records("a", FailedRecordFilter::default(), PageRequest::default())
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
@@ -448,7 +481,7 @@ async fn failed_records_page_oldest_first() {
 
     // A record resolved between pages does not disturb the next page.
     let first = store
-        .list_failed_records("a", PageRequest::first(3))
+        .list_failed_records("a", FailedRecordFilter::default(), PageRequest::first(3))
         .await
         .unwrap();
     store
@@ -456,7 +489,11 @@ async fn failed_records_page_oldest_first() {
         .await
         .unwrap();
     let next = store
-        .list_failed_records("a", PageRequest::next(3, &first).unwrap())
+        .list_failed_records(
+            "a",
+            FailedRecordFilter::default(),
+            PageRequest::next(3, &first).unwrap(),
+        )
         .await
         .unwrap();
     let next_ids: Vec<&str> = next.items.iter().map(|e| e.record_id.as_str()).collect();
@@ -468,7 +505,11 @@ async fn failed_records_page_oldest_first() {
         .await
         .unwrap();
     let empty = store
-        .list_failed_records("empty", PageRequest::default())
+        .list_failed_records(
+            "empty",
+            FailedRecordFilter::default(),
+            PageRequest::default(),
+        )
         .await
         .unwrap();
     assert!(empty.items.is_empty() && empty.next_page_token.is_none());
@@ -485,7 +526,9 @@ async fn failed_records_page_oldest_first() {
             after: Some(token),
         };
         assert!(matches!(
-            store.list_failed_records("a", request).await,
+            store
+                .list_failed_records("a", FailedRecordFilter::default(), request)
+                .await,
             Err(StoreError::InvalidPageToken)
         ));
     }

@@ -1,0 +1,98 @@
+//! Record ids being delivered right now, in this process: one delivery per (destination, record id) at a time,
+//! and a way for another copy of the id to wait until that delivery has ended.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+/// Record ids being delivered right now, per destination, with whoever waits for each to be let go: a record
+/// in flight must not be answered (nor sent again) until its delivery has ended.
+#[derive(Default)]
+pub struct InFlight {
+    ids: Mutex<HashMap<String, HeldIds>>,
+}
+
+/// A destination's ids in flight, each with the senders that wake its waiters when dropped.
+type HeldIds = HashMap<String, Vec<oneshot::Sender<()>>>;
+
+/// The answer to a claim on one record id.
+pub enum Claim {
+    /// The caller now delivers it.
+    Taken,
+    /// Another delivery holds it; this resolves (with an error, as no value is ever sent) once it is let go.
+    Held(oneshot::Receiver<()>),
+}
+
+impl InFlight {
+    /// Claims each id for delivery, in order: an id listed twice is held by its first copy.
+    pub fn claim(&self, destination_id: &str, record_ids: &[&str]) -> Vec<Claim> {
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = ids.entry(destination_id.to_string()).or_default();
+        record_ids
+            .iter()
+            .map(|id| match held.get_mut(*id) {
+                Some(waiters) => {
+                    let (wake, wait) = oneshot::channel();
+                    waiters.push(wake);
+                    Claim::Held(wait)
+                }
+                None => {
+                    held.insert((*id).to_string(), Vec::new());
+                    Claim::Taken
+                }
+            })
+            .collect()
+    }
+
+    /// Lets the ids go and wakes whoever waits for them.
+    pub fn release(&self, destination_id: &str, record_ids: &[String]) {
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(held) = ids.get_mut(destination_id) {
+            for id in record_ids {
+                // Dropping the senders is the wake-up.
+                held.remove(id);
+            }
+            if held.is_empty() {
+                ids.remove(destination_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_id_wakes_its_waiters_when_let_go() {
+        let in_flight = InFlight::default();
+        let claims = in_flight.claim("d", &["a", "b", "a"]);
+        assert!(matches!(claims[0], Claim::Taken));
+        assert!(matches!(claims[1], Claim::Taken));
+        let Claim::Held(mut waiting) = claims.into_iter().nth(2).unwrap() else {
+            panic!("the second copy of a must wait for the first")
+        };
+        // Another destination's ids are apart.
+        assert!(matches!(in_flight.claim("e", &["a"])[0], Claim::Taken));
+        assert!(waiting
+            .try_recv()
+            .is_err_and(|error| error == oneshot::error::TryRecvError::Empty));
+        in_flight.release("d", &["b".to_string()]);
+        assert!(waiting
+            .try_recv()
+            .is_err_and(|error| error == oneshot::error::TryRecvError::Empty));
+        in_flight.release("d", &["a".to_string()]);
+        assert!(
+            waiting.await.is_err(),
+            "woken by the release, with no value"
+        );
+        assert!(matches!(in_flight.claim("d", &["a"])[0], Claim::Taken));
+    }
+}
