@@ -151,28 +151,46 @@ async fn api_call(
     }
     if let Some(answer) = scripted {
         if answer.after_processing {
-            // The call takes effect; its real answer is lost on the way back.
-            drop(authorized_call(app, &faults, parts, body));
+            carry_out_and_lose_the_answer(app, &faults, parts, body);
         }
         return scripted_response(answer);
     }
-    // Faults are decided before anything touches the store, so a refused call has no side effect.
+    // Faults are decided before anything touches the store, so a refused call has no side effect
+    // unless the verdict says it is carried out first.
     let (verdict, limits) = app.gate.decide(&faults);
     let mut response = match verdict {
-        Verdict::Drop => return None,
+        Verdict::Drop { after_processing } => {
+            if after_processing {
+                carry_out_and_lose_the_answer(app, &faults, parts, body);
+            }
+            return None;
+        }
         Verdict::RateLimited { retry_after_secs } => {
             fault_response(StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs))
         }
-        Verdict::Fail(status) => fault_response(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            None,
-        ),
+        Verdict::Fail {
+            status,
+            after_processing,
+        } => {
+            if after_processing {
+                carry_out_and_lose_the_answer(app, &faults, parts, body);
+            }
+            fault_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                None,
+            )
+        }
         Verdict::Pass => authorized_call(app, &faults, parts, body),
     };
     if let Some(limits) = limits {
         add_limit_headers(&mut response, limits);
     }
     Some(response)
+}
+
+/// The call takes effect; its real answer is lost on the way back and a fault is sent instead.
+fn carry_out_and_lose_the_answer(app: &App, faults: &Faults, parts: &Parts, body: &Bytes) {
+    drop(authorized_call(app, faults, parts, body));
 }
 
 /// The answer a [`ScriptedAnswer`] prescribes; `None`: drop the connection.
