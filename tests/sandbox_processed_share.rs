@@ -1,7 +1,8 @@
 //! The sandbox's `processed_share` knob over real HTTP: random faults that were carried out before
-//! the fault was answered, next to the same faults refused before anything happened.
+//! the fault was answered, next to the same faults refused before anything happened, and the
+//! recording that tells the two apart.
 
-use groove_destination::sandbox::{self, Faults, SandboxConfig, SandboxHandle};
+use groove_destination::sandbox::{self, Faults, SandboxConfig, SandboxHandle, ScriptedAnswer};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
@@ -56,6 +57,15 @@ fn ticket_titles(handle: &SandboxHandle) -> Vec<String> {
         .collect()
 }
 
+/// Status and `fault_after_processing` of every recorded call, in arrival order.
+fn recorded(handle: &SandboxHandle) -> Vec<(u16, bool)> {
+    handle
+        .requests()
+        .iter()
+        .map(|request| (request.status, request.fault_after_processing))
+        .collect()
+}
+
 fn always_500(processed_share: f64) -> Faults {
     Faults {
         error_rate: 1.0,
@@ -87,7 +97,7 @@ async fn a_random_500_creates_the_ticket_only_when_processed_share_picks_it() {
         ["carried out"],
         "a 500 not picked by processed_share creates nothing"
     );
-    assert_eq!(handle.stats().count(500), 2);
+    assert_eq!(recorded(&handle), [(500, true), (500, false)]);
 }
 
 #[tokio::test]
@@ -104,7 +114,7 @@ async fn a_random_reset_creates_the_ticket_only_when_processed_share_picks_it() 
     handle.set_faults(dropping(0.0));
     assert!(post_ticket(&handle, "refused").await.is_none());
     assert_eq!(ticket_titles(&handle), ["carried out"]);
-    assert_eq!(handle.stats().dropped, 2);
+    assert_eq!(recorded(&handle), [(0, true), (0, false)]);
 }
 
 #[tokio::test]
@@ -140,4 +150,33 @@ async fn processed_share_is_steerable_through_the_control_endpoint() {
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     assert_eq!(handle.faults().processed_share, 1.0);
+}
+
+#[tokio::test]
+async fn the_recording_tells_which_faults_took_effect() {
+    let handle = start(Faults {
+        script: vec![
+            ScriptedAnswer::fail(503).once_processed(),
+            ScriptedAnswer::fail(503),
+            ScriptedAnswer::drop_connection().once_processed(),
+        ],
+        ..Faults::default()
+    })
+    .await;
+    for subject in [
+        "scripted 503 done",
+        "scripted 503 refused",
+        "scripted reset done",
+    ] {
+        post_ticket(&handle, subject).await;
+    }
+    post_ticket(&handle, "plain").await.unwrap();
+    assert_eq!(
+        recorded(&handle),
+        [(503, true), (503, false), (0, true), (201, false)]
+    );
+    assert_eq!(
+        ticket_titles(&handle),
+        ["scripted 503 done", "scripted reset done", "plain"]
+    );
 }
