@@ -1,6 +1,9 @@
-//! A real server on an ephemeral port with a temp data dir, and a real groove-sandbox beside it.
+//! A real server on an ephemeral port with a temp data dir (in this process, or as a child process
+//! in [`child`]), and a real groove-sandbox beside it.
 
 #![allow(dead_code)]
+
+pub mod child;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,7 +37,8 @@ pub async fn start_sandbox_with(config: SandboxConfig) -> SandboxHandle {
         .expect("start sandbox")
 }
 
-/// Where a test's server answers gRPC; the [`flows`] work with any.
+/// Where a test's server answers gRPC: in this process ([`TestServer`]) or as a child process
+/// ([`child::ChildServer`]); the [`flows`] work with either.
 pub trait GrpcServer {
     fn grpc_addr(&self) -> SocketAddr;
 }
