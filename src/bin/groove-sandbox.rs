@@ -36,6 +36,11 @@ struct Args {
     #[arg(long, env = "GROOVE_SANDBOX_DROP_RATE", default_value_t = 0.0)]
     drop_rate: f64,
 
+    /// Share (0..=1) of the random errors and resets above that are carried out first (the ticket
+    /// IS created) and only then answered with the fault. 429s are never carried out.
+    #[arg(long, env = "GROOVE_SANDBOX_PROCESSED_SHARE", default_value_t = 0.0)]
+    processed_share: f64,
+
     /// How many requests to keep for GET /_sandbox/requests.
     #[arg(long, env = "GROOVE_SANDBOX_MAX_RECORDED", default_value_t = sandbox::DEFAULT_MAX_RECORDED_REQUESTS)]
     max_recorded: usize,
@@ -67,6 +72,7 @@ async fn main() -> ExitCode {
         error_rate: args.error_rate,
         latency: Duration::from_millis(args.latency_ms),
         drop_rate: args.drop_rate,
+        processed_share: args.processed_share,
         accept_batches: args.accept_batches,
         ..Faults::default()
     };

@@ -152,9 +152,10 @@ impl ScriptedAnswer {
 ///
 /// Each call first takes the next [`script`](Self::script) entry, if any; only calls the script
 /// does not decide go through `drop_rate`, `rate_limit` and `error_rate` (in that order).
-/// `latency` applies to every call. A call that is refused by a knob or by a scripted answer
-/// without [`after_processing`](ScriptedAnswer::after_processing) has no side effect on the
-/// sandbox's data.
+/// `latency` applies to every call. A call that is refused by the rate limit, by a scripted answer
+/// without [`after_processing`](ScriptedAnswer::after_processing), or by `drop_rate` or
+/// `error_rate` without being picked by [`processed_share`](Self::processed_share) has no side
+/// effect on the sandbox's data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
@@ -169,9 +170,21 @@ pub struct Faults {
     pub latency: Duration,
     /// Share (0.0..=1.0) of calls whose TCP connection is reset without any HTTP response.
     pub drop_rate: f64,
+    /// Share (0.0..=1.0) of the faults injected by `drop_rate` and `error_rate` that are carried
+    /// out first (e.g. the ticket IS created) and only then answered with the fault, like a
+    /// scripted answer with [`after_processing`](ScriptedAnswer::after_processing): the random
+    /// "Groove did it but the answer was lost" case. 0 (default): every random fault refuses the
+    /// call before anything happens. 429s from `rate_limit` are never carried out, and a dropped
+    /// call picked here counts against `rate_limit` (it reached Groove) and is carried out only if
+    /// the limit lets it through. Left out of the JSON while 0, so the faults of a sandbox that
+    /// does not use it read as they did before it existed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub processed_share: f64,
     /// Deterministic answers, consumed one per `/v1/` API call in arrival (`seq`) order, before
     /// the random knobs. A call answered from the script neither consults nor counts against
-    /// `drop_rate`, `rate_limit` or `error_rate`, and carries no `X-RateLimit-*` headers.
+    /// `drop_rate`, `rate_limit`, `error_rate` or `processed_share` (its own
+    /// [`after_processing`](ScriptedAnswer::after_processing) decides), and carries no
+    /// `X-RateLimit-*` headers.
     /// [`SandboxHandle::faults`](super::SandboxHandle::faults) and `GET /_sandbox/faults` show
     /// the entries not yet consumed; setting faults replaces the remaining script.
     pub script: Vec<ScriptedAnswer>,
@@ -197,6 +210,7 @@ impl Default for Faults {
             error_statuses: vec![500, 502, 503],
             latency: Duration::ZERO,
             drop_rate: 0.0,
+            processed_share: 0.0,
             script: Vec::new(),
             accept_batches: false,
         }
@@ -210,6 +224,7 @@ impl Faults {
         for (name, rate) in [
             ("error_rate", self.error_rate),
             ("drop_rate", self.drop_rate),
+            ("processed_share", self.processed_share),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(FaultsError(format!(
@@ -243,6 +258,10 @@ impl Faults {
     }
 }
 
+fn is_zero(share: &f64) -> bool {
+    *share == 0.0
+}
+
 /// Why a [`Faults`] value was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -267,12 +286,12 @@ mod millis {
 pub(crate) enum Verdict {
     /// Handle the call normally.
     Pass,
-    /// Reset the connection without answering.
-    Drop,
+    /// Reset the connection without answering; after carrying the call out if `after_processing`.
+    Drop { after_processing: bool },
     /// Answer 429; the value is the whole seconds until the window resets (at least 1).
     RateLimited { retry_after_secs: u64 },
-    /// Answer with this 5xx status.
-    Fail(u16),
+    /// Answer with this 5xx status; after carrying the call out if `after_processing`.
+    Fail { status: u16, after_processing: bool },
 }
 
 /// Values for the `X-RateLimit-*` headers of one call.
@@ -369,12 +388,24 @@ impl FaultGate {
         (arrival, answer)
     }
 
-    /// Decides the fate of one call. A dropped call does not consume rate-limit quota: it models a
-    /// network failure that never reached Groove's limiter.
+    /// Decides the fate of one call. A dropped call that is not carried out does not consume
+    /// rate-limit quota: it models a network failure that never reached Groove's limiter.
     pub(crate) fn decide(&self, faults: &Faults) -> (Verdict, Option<LimitHeaders>) {
-        let mut rng = rand::rng();
-        if hit(&mut rng, faults.drop_rate) {
-            return (Verdict::Drop, None);
+        self.decide_with(faults, &mut rand::rng())
+    }
+
+    /// [`decide`](Self::decide) with the caller's randomness, so tests can seed it.
+    fn decide_with(&self, faults: &Faults, rng: &mut impl Rng) -> (Verdict, Option<LimitHeaders>) {
+        if hit(rng, faults.drop_rate) {
+            let mut after_processing = hit(rng, faults.processed_share);
+            if after_processing {
+                if let Some(limit) = &faults.rate_limit {
+                    // The call reached Groove, so Groove's limiter may refuse it: then nothing
+                    // happened, and the 429 is lost with the connection.
+                    after_processing = self.count_call(limit).0;
+                }
+            }
+            return (Verdict::Drop { after_processing }, None);
         }
         let mut headers = None;
         if let Some(limit) = &faults.rate_limit {
@@ -384,14 +415,21 @@ impl FaultGate {
                 return (Verdict::RateLimited { retry_after_secs }, headers);
             }
         }
-        if hit(&mut rng, faults.error_rate) {
+        if hit(rng, faults.error_rate) {
             let statuses = &faults.error_statuses;
             let status = if statuses.is_empty() {
                 500
             } else {
                 statuses[rng.random_range(0..statuses.len())]
             };
-            return (Verdict::Fail(status), headers);
+            let after_processing = hit(rng, faults.processed_share);
+            return (
+                Verdict::Fail {
+                    status,
+                    after_processing,
+                },
+                headers,
+            );
         }
         (Verdict::Pass, headers)
     }
@@ -446,7 +484,33 @@ impl fmt::Display for RateLimit {
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
     use super::*;
+
+    fn seeded() -> StdRng {
+        StdRng::seed_from_u64(11)
+    }
+
+    /// How many of `calls` decisions carried the fault out, and how many were faults at all.
+    fn carried_out(gate: &FaultGate, faults: &Faults, calls: usize) -> (usize, usize) {
+        let mut rng = seeded();
+        let (mut processed, mut faulted) = (0, 0);
+        for _ in 0..calls {
+            match gate.decide_with(faults, &mut rng).0 {
+                Verdict::Drop { after_processing }
+                | Verdict::Fail {
+                    after_processing, ..
+                } => {
+                    faulted += 1;
+                    processed += usize::from(after_processing);
+                }
+                Verdict::Pass | Verdict::RateLimited { .. } => {}
+            }
+        }
+        (processed, faulted)
+    }
 
     #[test]
     fn parses_rate_limits() {
@@ -590,5 +654,171 @@ mod tests {
         assert_eq!(back, faults);
         let partial: Faults = serde_json::from_str(r#"{"error_rate": 0.5}"#).unwrap();
         assert_eq!(partial.error_statuses, vec![500, 502, 503]);
+    }
+
+    #[test]
+    fn processed_share_is_validated_like_the_rates() {
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let faults = Faults {
+                processed_share: bad,
+                ..Faults::default()
+            };
+            let err = faults.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with("processed_share must be between 0 and 1"),
+                "{err}"
+            );
+        }
+        for good in [0.0, 0.3, 1.0] {
+            let faults = Faults {
+                processed_share: good,
+                ..Faults::default()
+            };
+            assert!(faults.validate().is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn processed_share_of_one_or_zero_decides_every_random_fault() {
+        for knobs in [
+            Faults {
+                error_rate: 1.0,
+                error_statuses: vec![500],
+                ..Faults::default()
+            },
+            Faults {
+                drop_rate: 1.0,
+                ..Faults::default()
+            },
+        ] {
+            let always = Faults {
+                processed_share: 1.0,
+                ..knobs.clone()
+            };
+            let gate = FaultGate::new(always.clone());
+            assert_eq!(carried_out(&gate, &always, 50), (50, 50), "{always:?}");
+            let never = Faults {
+                processed_share: 0.0,
+                ..knobs
+            };
+            let gate = FaultGate::new(never.clone());
+            assert_eq!(carried_out(&gate, &never, 50), (0, 50), "{never:?}");
+        }
+        let gate = FaultGate::new(Faults::default());
+        let mut rng = seeded();
+        assert_eq!(
+            gate.decide_with(
+                &Faults {
+                    error_rate: 1.0,
+                    error_statuses: vec![502],
+                    processed_share: 1.0,
+                    ..Faults::default()
+                },
+                &mut rng
+            )
+            .0,
+            Verdict::Fail {
+                status: 502,
+                after_processing: true
+            }
+        );
+    }
+
+    #[test]
+    fn processed_share_picks_about_its_share_of_the_random_faults() {
+        let faults = Faults {
+            error_rate: 0.2,
+            drop_rate: 0.1,
+            processed_share: 0.3,
+            ..Faults::default()
+        };
+        let gate = FaultGate::new(faults.clone());
+        let (processed, faulted) = carried_out(&gate, &faults, 10_000);
+        // Seeded, so the counts are fixed; the bounds only say what the seed must look like.
+        assert!((2_400..=3_200).contains(&faulted), "{faulted} faults");
+        let share = processed as f64 / faulted as f64;
+        assert!((0.25..=0.35).contains(&share), "{processed} of {faulted}");
+    }
+
+    #[test]
+    fn rate_limited_calls_are_never_carried_out() {
+        let faults = Faults {
+            rate_limit: Some(RateLimit {
+                calls: 1,
+                window: Duration::from_secs(60),
+            }),
+            processed_share: 1.0,
+            ..Faults::default()
+        };
+        let gate = FaultGate::new(faults.clone());
+        let mut rng = seeded();
+        assert_eq!(gate.decide_with(&faults, &mut rng).0, Verdict::Pass);
+        assert!(matches!(
+            gate.decide_with(&faults, &mut rng).0,
+            Verdict::RateLimited { .. }
+        ));
+        // A dropped call that would be carried out meets the limiter too, and is refused by it.
+        let dropping = Faults {
+            drop_rate: 1.0,
+            ..faults
+        };
+        assert_eq!(
+            gate.decide_with(&dropping, &mut rng).0,
+            Verdict::Drop {
+                after_processing: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_carried_out_drop_uses_rate_limit_quota_and_a_plain_drop_does_not() {
+        let limit = Some(RateLimit {
+            calls: 1,
+            window: Duration::from_secs(60),
+        });
+        let plain = Faults {
+            rate_limit: limit,
+            drop_rate: 1.0,
+            ..Faults::default()
+        };
+        let gate = FaultGate::new(plain.clone());
+        let mut rng = seeded();
+        for _ in 0..3 {
+            assert_eq!(
+                gate.decide_with(&plain, &mut rng).0,
+                Verdict::Drop {
+                    after_processing: false
+                }
+            );
+        }
+        let carried = Faults {
+            processed_share: 1.0,
+            ..plain
+        };
+        assert_eq!(
+            gate.decide_with(&carried, &mut rng).0,
+            Verdict::Drop {
+                after_processing: true
+            }
+        );
+        let passing = Faults {
+            rate_limit: limit,
+            ..Faults::default()
+        };
+        assert!(matches!(
+            gate.decide_with(&passing, &mut rng).0,
+            Verdict::RateLimited { .. }
+        ));
+    }
+
+    #[test]
+    fn processed_share_is_serialised_only_when_set() {
+        let json = serde_json::to_value(Faults::default()).unwrap();
+        assert!(json.get("processed_share").is_none(), "{json}");
+        let faults: Faults = serde_json::from_str(r#"{"processed_share": 0.25}"#).unwrap();
+        assert_eq!(faults.processed_share, 0.25);
+        let json = serde_json::to_value(&faults).unwrap();
+        assert_eq!(json["processed_share"], 0.25);
+        assert_eq!(serde_json::from_value::<Faults>(json).unwrap(), faults);
     }
 }

@@ -38,6 +38,11 @@ pub struct ReceivedRequest {
     /// layer adds while writing (`content-length`, `date`) are not included.
     #[serde(default)]
     pub response_headers: Vec<(String, String)>,
+    /// `true` when the call took effect and was then answered with a fault anyway (a scripted
+    /// answer with `after_processing`, or a random fault picked by `processed_share`): `status`
+    /// then says what the client was told, not what happened.
+    #[serde(default)]
+    pub fault_after_processing: bool,
     /// Arrival time, unix epoch milliseconds.
     pub received_at_ms: u64,
 }
@@ -101,6 +106,7 @@ struct Entry {
     seq: u64,
     at_ms: u64,
     status: u16,
+    fault_after_processing: bool,
     method: Method,
     /// Path and query, as received.
     target: Box<str>,
@@ -118,6 +124,7 @@ impl Entry {
         capture: Capture,
         status: u16,
         response_headers: Option<&HeaderMap>,
+        fault_after_processing: bool,
     ) -> Self {
         let (target, query_at) = match capture.uri.path_and_query() {
             Some(pq) => (pq.as_str().into(), pq.query().map(|_| pq.path().len())),
@@ -127,6 +134,7 @@ impl Entry {
             seq: arrival.seq,
             at_ms: arrival.at_ms,
             status,
+            fault_after_processing,
             method: capture.method,
             target,
             query_at,
@@ -161,6 +169,7 @@ impl Entry {
             json,
             status: self.status,
             response_headers: decode_headers(&self.response_headers),
+            fault_after_processing: self.fault_after_processing,
             received_at_ms: self.at_ms,
         }
     }
@@ -214,14 +223,15 @@ impl Recorder {
         }
     }
 
-    /// Counts the answer and keeps the request with the response's headers (`None`: dropped),
-    /// evicting the oldest beyond capacity.
+    /// Counts the answer and keeps the request with the response's headers (`None`: dropped) and
+    /// whether the call took effect behind a fault, evicting the oldest beyond capacity.
     pub(crate) fn record(
         &self,
         arrival: Arrival,
         capture: Capture,
         status: u16,
         response_headers: Option<&HeaderMap>,
+        fault_after_processing: bool,
     ) {
         self.total.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = self.by_status.get(usize::from(status)) {
@@ -230,7 +240,13 @@ impl Recorder {
         if self.capacity == 0 {
             return;
         }
-        let entry = Entry::new(arrival, capture, status, response_headers);
+        let entry = Entry::new(
+            arrival,
+            capture,
+            status,
+            response_headers,
+            fault_after_processing,
+        );
         // The evicted entry is freed after the lock is released.
         let evicted = {
             let mut ring = self.lock_ring();

@@ -98,16 +98,18 @@ async fn entry(
             .await
             .map_err(|_| StatusCode::BAD_REQUEST)
     };
-    // `None`: drop the connection.
-    let response = match &body {
+    let Handled {
+        response,
+        fault_after_processing,
+    } = match &body {
         Ok(bytes) if api => api_call(&app, &parts, bytes, scripted).await,
-        Ok(_) => Some(respond(ApiResponse::not_found())),
+        Ok(_) => Handled::plain(Some(respond(ApiResponse::not_found()))),
         // An unreadable body has no effect, so a scripted answer simply replaces the error.
-        Err(_) if scripted.is_some() => scripted.and_then(scripted_response),
-        Err(status) => Some(respond(ApiResponse::error(
+        Err(_) if scripted.is_some() => Handled::plain(scripted.and_then(scripted_response)),
+        Err(status) => Handled::plain(Some(respond(ApiResponse::error(
             *status,
             vec!["request body could not be read".into()],
-        ))),
+        )))),
     };
     let status = response.as_ref().map_or(0, |r| r.status().as_u16());
     let capture = Capture {
@@ -121,6 +123,7 @@ async fn entry(
         capture,
         status,
         response.as_ref().map(Response::headers),
+        fault_after_processing,
     );
     match response {
         Some(response) => response,
@@ -133,46 +136,88 @@ async fn entry(
     }
 }
 
+/// What handling a request produced.
+struct Handled {
+    /// `None`: drop the connection.
+    response: Option<Response>,
+    /// The call took effect, yet `response` is a fault (or no response at all).
+    fault_after_processing: bool,
+}
+
+impl Handled {
+    /// A response that tells what happened.
+    fn plain(response: Option<Response>) -> Self {
+        Handled {
+            response,
+            fault_after_processing: false,
+        }
+    }
+
+    /// A fault, given after the call took effect when `after_processing`.
+    fn fault(response: Option<Response>, after_processing: bool) -> Self {
+        Handled {
+            response,
+            fault_after_processing: after_processing,
+        }
+    }
+}
+
 fn is_api_path(path: &str) -> bool {
     path.strip_prefix("/v1")
         .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// `None`: drop the connection.
 async fn api_call(
     app: &App,
     parts: &Parts,
     body: &Bytes,
     scripted: Option<ScriptedAnswer>,
-) -> Option<Response> {
+) -> Handled {
     let faults = app.gate.snapshot();
     if !faults.latency.is_zero() {
         tokio::time::sleep(faults.latency).await;
     }
     if let Some(answer) = scripted {
         if answer.after_processing {
-            // The call takes effect; its real answer is lost on the way back.
-            drop(authorized_call(app, &faults, parts, body));
+            carry_out_and_lose_the_answer(app, &faults, parts, body);
         }
-        return scripted_response(answer);
+        return Handled::fault(scripted_response(answer), answer.after_processing);
     }
-    // Faults are decided before anything touches the store, so a refused call has no side effect.
+    // Faults are decided before anything touches the store, so a refused call has no side effect
+    // unless the verdict says it is carried out first.
     let (verdict, limits) = app.gate.decide(&faults);
-    let mut response = match verdict {
-        Verdict::Drop => return None,
-        Verdict::RateLimited { retry_after_secs } => {
-            fault_response(StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs))
+    let (mut response, after_processing) = match verdict {
+        Verdict::Drop { after_processing } => {
+            if after_processing {
+                carry_out_and_lose_the_answer(app, &faults, parts, body);
+            }
+            return Handled::fault(None, after_processing);
         }
-        Verdict::Fail(status) => fault_response(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            None,
+        Verdict::RateLimited { retry_after_secs } => (
+            fault_response(StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs)),
+            false,
         ),
-        Verdict::Pass => authorized_call(app, &faults, parts, body),
+        Verdict::Fail {
+            status,
+            after_processing,
+        } => {
+            if after_processing {
+                carry_out_and_lose_the_answer(app, &faults, parts, body);
+            }
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (fault_response(status, None), after_processing)
+        }
+        Verdict::Pass => (authorized_call(app, &faults, parts, body), false),
     };
     if let Some(limits) = limits {
         add_limit_headers(&mut response, limits);
     }
-    Some(response)
+    Handled::fault(Some(response), after_processing)
+}
+
+/// The call takes effect; its real answer is lost on the way back and a fault is sent instead.
+fn carry_out_and_lose_the_answer(app: &App, faults: &Faults, parts: &Parts, body: &Bytes) {
+    drop(authorized_call(app, faults, parts, body));
 }
 
 /// The answer a [`ScriptedAnswer`] prescribes; `None`: drop the connection.

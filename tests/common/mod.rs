@@ -1,6 +1,9 @@
-//! A real server on an ephemeral port with a temp data dir, and a real groove-sandbox beside it.
+//! A real server on an ephemeral port with a temp data dir (in this process, or as a child process
+//! in [`child`]), and a real groove-sandbox beside it.
 
 #![allow(dead_code)]
+
+pub mod child;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +37,28 @@ pub async fn start_sandbox_with(config: SandboxConfig) -> SandboxHandle {
         .expect("start sandbox")
 }
 
+/// Where a test's server answers gRPC: in this process ([`TestServer`]) or as a child process
+/// ([`child::ChildServer`]); the [`flows`] work with either.
+pub trait GrpcServer {
+    fn grpc_addr(&self) -> SocketAddr;
+}
+
+/// A channel to the server at `addr`, waiting briefly for one that is still coming up.
+pub async fn channel_to(addr: SocketAddr) -> Channel {
+    let endpoint = format!("http://{addr}");
+    for _ in 0..100 {
+        if let Ok(channel) = Channel::from_shared(endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+        {
+            return channel;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("server at {endpoint} did not come up");
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
@@ -62,18 +87,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        let endpoint = format!("http://{}", self.addr);
-        for _ in 0..100 {
-            if let Ok(channel) = Channel::from_shared(endpoint.clone())
-                .expect("endpoint")
-                .connect()
-                .await
-            {
-                return channel;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("server at {endpoint} did not come up");
+        channel_to(self.addr).await
     }
 
     pub async fn credentials(&self) -> CredentialServiceClient<Channel> {
@@ -105,18 +119,25 @@ impl TestServer {
     }
 }
 
+impl GrpcServer for TestServer {
+    fn grpc_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 pub mod flows {
     //! Small steps most delivery tests share.
 
+    use groove_destination::proto::credential_service_client::CredentialServiceClient;
+    use groove_destination::proto::delivery_service_client::DeliveryServiceClient;
+    use groove_destination::proto::destination_service_client::DestinationServiceClient;
     use groove_destination::proto::{self, destination_config::Endpoint, send_records_request};
     use serde_json::Value;
 
-    use super::{TestServer, SANDBOX_KEY};
+    use super::{channel_to, GrpcServer, SANDBOX_KEY};
 
-    pub async fn credential(server: &TestServer, id: &str) {
-        server
-            .credentials()
-            .await
+    pub async fn credential(server: &impl GrpcServer, id: &str) {
+        CredentialServiceClient::new(channel_to(server.grpc_addr()).await)
             .create_credential(proto::CreateCredentialRequest {
                 credential_id: id.to_string(),
                 display_name: format!("{id} key"),
@@ -152,11 +173,11 @@ pub mod flows {
 
     /// Creates (credential `main` must exist) and activates a destination.
     pub async fn active_destination(
-        server: &TestServer,
+        server: &impl GrpcServer,
         id: &str,
         config: proto::DestinationConfig,
     ) -> String {
-        let mut client = server.destinations().await;
+        let mut client = DestinationServiceClient::new(channel_to(server.grpc_addr()).await);
         let created = client
             .create_destination(proto::CreateDestinationRequest {
                 destination_id: id.to_string(),
@@ -207,7 +228,7 @@ pub mod flows {
 
     /// Opens a stream to `destination`; records go in through the sender, answers come out of the stream.
     pub async fn open(
-        server: &TestServer,
+        server: &impl GrpcServer,
         destination: &str,
     ) -> (
         tokio::sync::mpsc::Sender<proto::SendRecordsRequest>,
@@ -218,9 +239,7 @@ pub mod flows {
             .send(start(destination))
             .await
             .expect("queue start");
-        let stream = server
-            .delivery()
-            .await
+        let stream = DeliveryServiceClient::new(channel_to(server.grpc_addr()).await)
             .send_records(tokio_stream::wrappers::ReceiverStream::new(receiver))
             .await
             .expect("open stream")
@@ -270,15 +289,13 @@ pub mod flows {
 
     /// Streams `messages` after `start` and collects every answer until the stream ends.
     pub async fn send(
-        server: &TestServer,
+        server: &impl GrpcServer,
         destination: &str,
         messages: Vec<Vec<proto::Record>>,
     ) -> Result<Answered, tonic::Status> {
         let mut requests = vec![start(destination)];
         requests.extend(messages.into_iter().map(batch));
-        let mut stream = server
-            .delivery()
-            .await
+        let mut stream = DeliveryServiceClient::new(channel_to(server.grpc_addr()).await)
             .send_records(tokio_stream::iter(requests))
             .await?
             .into_inner();
