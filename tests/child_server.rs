@@ -64,3 +64,95 @@ async fn a_killed_server_restarts_on_its_data_and_still_decrypts_its_credentials
     let log = std::fs::read_to_string(server.log_path()).unwrap();
     assert_eq!(log.matches("--- starting on").count(), 2, "{log}");
 }
+
+#[tokio::test]
+async fn creates_in_flight_at_a_kill_9_are_kept_as_maybe_delivered_and_not_resent() {
+    use groove_destination::proto;
+    use groove_destination::sandbox::Faults;
+
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ChildServer::start(dir.path(), &sandbox.base_url()).await;
+    credential(&server, "main").await;
+    let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    // Slow enough that the kill lands while every call is on the wire.
+    sandbox.set_faults(Faults {
+        latency: std::time::Duration::from_secs(3),
+        ..Faults::default()
+    });
+    let ids: Vec<String> = (0..6).map(|index| format!("k-{index}")).collect();
+    let (requests, _stream) = common::flows::open(&server, &name).await;
+    requests
+        .send(common::flows::batch(
+            ids.iter().map(|id| ticket(id)).collect(),
+        ))
+        .await
+        .unwrap();
+    // The claims are committed before the calls go out; the sandbox records a call once it answers.
+    let database = server
+        .data_dir()
+        .join(groove_destination::store::DATABASE_FILE);
+    let claims = || -> i64 {
+        let conn = rusqlite::Connection::open_with_flags(
+            &database,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.query_row("SELECT count(*) FROM record_claims", [], |row| row.get(0))
+            .unwrap()
+    };
+    for _ in 0..500 {
+        if claims() == ids.len() as i64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(claims(), ids.len() as i64);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        sandbox.requests().is_empty(),
+        "the calls are still unanswered"
+    );
+    server.kill_9();
+    drop(requests);
+
+    server.restart().await;
+    sandbox.set_faults(Faults::default());
+    let listed = server
+        .delivery()
+        .await
+        .list_failed_records(proto::ListFailedRecordsRequest {
+            destination: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .failed_records;
+    assert_eq!(listed.len(), ids.len(), "{listed:?}");
+    for failed in &listed {
+        assert!(failed.maybe_delivered, "{failed:?}");
+        assert!(failed.error.contains("server stopped"), "{}", failed.error);
+    }
+    let replay = send(
+        &server,
+        &name,
+        vec![ids.iter().map(|id| ticket(id)).collect()],
+    )
+    .await
+    .unwrap();
+    for id in &ids {
+        assert_eq!(replay.of(id).outcome(), Outcome::Failed, "{id}");
+        assert_eq!(replay.of(id).attempts, 0, "{id}");
+    }
+    // The killed server's calls arrived first (seq 1 to 6), and may still be answered into the void.
+    let sent_again: Vec<u64> = sandbox
+        .requests()
+        .iter()
+        .map(|request| request.seq)
+        .filter(|seq| *seq > ids.len() as u64)
+        .collect();
+    assert!(sent_again.is_empty(), "sent again: {sent_again:?}");
+    let stopped = server.stop().await;
+    assert!(stopped.success(), "{stopped}\n{}", server.log_tail());
+}

@@ -99,7 +99,7 @@ fn says_maybe_delivered(error: &str) -> bool {
 /// Whether a kept failed record may have been delivered. The error text decides until the
 /// planned `FailedRecord.maybe_delivered` field exists; this is the only place to switch to it.
 fn failed_record_maybe_delivered(failed: &proto::FailedRecord) -> bool {
-    says_maybe_delivered(&failed.error)
+    failed.maybe_delivered
 }
 
 fn is_delivered(outcome: Outcome) -> bool {
@@ -434,6 +434,7 @@ async fn list_failed(
                 destination: destination.to_string(),
                 page_size: FAILED_PAGE_SIZE,
                 page_token: page_token.clone(),
+                ..Default::default()
             }),
         )
         .await
@@ -472,12 +473,6 @@ struct SandboxCall {
 impl SandboxCall {
     fn created_a_ticket(self) -> bool {
         self.fault_after_processing || (200..300).contains(&self.status)
-    }
-
-    /// A ticket created behind a 503, which the contract reads as "not processed" and retries:
-    /// the extra ticket of such a retry is the sandbox's doing, not the service's.
-    fn created_behind_a_503(self) -> bool {
-        self.fault_after_processing && self.status == 503
     }
 
     /// The status, starred when the call took effect behind a fault; 0 is a reset connection.
@@ -992,18 +987,7 @@ async fn records_keep_the_delivery_promise_through_faults_a_cancel_and_a_kill() 
     );
 
     let retried_set: BTreeSet<&str> = retried.iter().map(String::as_str).collect();
-    let behind_503 = |id: &str| {
-        history
-            .calls_of(id)
-            .iter()
-            .filter(|call| call.created_behind_a_503())
-            .count()
-    };
-    let allowed_tickets = |id: &str| 1 + usize::from(retried_set.contains(id)) + behind_503(id);
-    let excused = ids
-        .iter()
-        .filter(|id| tickets_of(id) > 1 && behind_503(id) > 0)
-        .count();
+    let allowed_tickets = |id: &str| 1 + usize::from(retried_set.contains(id));
     let over: Vec<&String> = ids
         .iter()
         .filter(|id| tickets_of(id) > allowed_tickets(id))
@@ -1025,9 +1009,6 @@ async fn records_keep_the_delivery_promise_through_faults_a_cancel_and_a_kill() 
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
-        "ids with an extra ticket excused because it was created behind a 503 the service may retry: {excused}"
-    );
     // One example of each pattern first, the commonest first, so the examples show the causes.
     let firsts: Vec<&String> = patterns.iter().map(|(_, ids)| ids[0]).collect();
     let examples = firsts
@@ -1048,7 +1029,7 @@ async fn records_keep_the_delivery_promise_through_faults_a_cancel_and_a_kill() 
         })
         .collect();
     verdicts.rule(
-        "R2 at most one ticket per record id (plus one if retried explicitly, plus one per ticket created behind a 503)",
+        "R2 at most one ticket per record id (plus one if retried explicitly)",
         extra_tickets,
     );
     verdicts.fact(

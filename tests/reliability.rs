@@ -41,9 +41,7 @@ fn tickets_of(sandbox: &SandboxHandle, record_id: &str) -> usize {
 }
 
 fn ticket_count(sandbox: &SandboxHandle) -> usize {
-    sandbox.snapshot()["tickets"]
-        .as_array()
-        .map_or(0, Vec::len)
+    sandbox.snapshot()["tickets"].as_array().map_or(0, Vec::len)
 }
 
 fn faults(script: &[ScriptedAnswer], latency_ms: u64) -> Faults {
@@ -95,7 +93,9 @@ fn records(ids: &[String]) -> Vec<proto::Record> {
 }
 
 fn ids(prefix: &str, count: usize) -> Vec<String> {
-    (0..count).map(|index| format!("{prefix}-{index:03}")).collect()
+    (0..count)
+        .map(|index| format!("{prefix}-{index:03}"))
+        .collect()
 }
 
 #[tokio::test]
@@ -122,7 +122,11 @@ async fn a_record_in_flight_on_another_stream_is_answered_only_when_that_deliver
     let first = flows::drain(&mut first).await.unwrap();
     assert_eq!(first.of("x1").outcome(), Outcome::Failed);
     assert_eq!(first.of("x1").attempts, 1);
-    assert_eq!(sandbox.requests().len(), 1, "the second stream sent nothing");
+    assert_eq!(
+        sandbox.requests().len(),
+        1,
+        "the second stream sent nothing"
+    );
     assert_eq!(tickets_of(&sandbox, "x1"), 0);
 
     // When the first delivery succeeds, the copy waiting for it is a true duplicate.
@@ -184,7 +188,10 @@ async fn an_id_repeated_in_one_stream_gets_a_true_answer() {
     assert_eq!(answered.results[1].outcome(), Outcome::Delivered);
     assert_eq!(tickets_of(&sandbox, "z2"), 1);
     let summary = answered.summary.unwrap();
-    assert_eq!((summary.failed, summary.delivered, summary.duplicate), (1, 1, 0));
+    assert_eq!(
+        (summary.failed, summary.delivered, summary.duplicate),
+        (1, 1, 0)
+    );
     // Delivered in the end: no longer a failed record.
     let listed = failed_records(
         &server,
@@ -233,7 +240,9 @@ async fn a_create_that_may_have_reached_groove_is_sent_again_only_when_asked() {
         assert_eq!(result.attempts, 1, "{result:?}");
     }
     assert_eq!(
-        ids.iter().map(|id| tickets_of(&sandbox, id)).collect::<Vec<_>>(),
+        ids.iter()
+            .map(|id| tickets_of(&sandbox, id))
+            .collect::<Vec<_>>(),
         [1, 0, 0, 1]
     );
 
@@ -257,7 +266,11 @@ async fn a_create_that_may_have_reached_groove_is_sent_again_only_when_asked() {
         let result = replay.of(id);
         assert_eq!(result.outcome(), Outcome::Failed);
         assert_eq!(result.attempts, 0);
-        assert!(result.error.contains("RetryFailedRecords"), "{}", result.error);
+        assert!(
+            result.error.contains("RetryFailedRecords"),
+            "{}",
+            result.error
+        );
     }
     assert!(sandbox.requests().is_empty());
     assert_eq!(replay.summary.unwrap().failed, 4);
@@ -288,10 +301,14 @@ async fn a_create_that_may_have_reached_groove_is_sent_again_only_when_asked() {
         .into_inner();
     assert_eq!(retried.summary.unwrap().delivered, 2);
     assert_eq!(
-        ids.iter().map(|id| tickets_of(&sandbox, id)).collect::<Vec<_>>(),
+        ids.iter()
+            .map(|id| tickets_of(&sandbox, id))
+            .collect::<Vec<_>>(),
         [1, 1, 1, 1]
     );
-    let replay = send(&server, &name, vec![records(&ids[1..3])]).await.unwrap();
+    let replay = send(&server, &name, vec![records(&ids[1..3])])
+        .await
+        .unwrap();
     assert_eq!(replay.summary.unwrap().duplicate, 2);
     server.stop().await;
 }
@@ -338,7 +355,10 @@ async fn claims_left_by_a_stopped_process_become_failures_that_may_have_been_del
         orphan.record.as_ref().unwrap().data,
         Some(proto::record::Data::RawJson(record))
     );
-    assert_eq!(orphan.request.as_ref().unwrap().method(), proto::HttpMethod::Post);
+    assert_eq!(
+        orphan.request.as_ref().unwrap().method(),
+        proto::HttpMethod::Post
+    );
     let replay = send(&server, &name, vec![vec![raw("orphan", ticket("orphan"))]])
         .await
         .unwrap();
@@ -369,12 +389,19 @@ async fn a_cancelled_stream_stops_sending_and_a_replay_gets_true_answers() {
         after_cancel,
         "tickets kept coming after the cancel"
     );
-    assert!(after_cancel < 20, "{after_cancel} tickets after reading 4 results");
+    assert!(
+        after_cancel < 20,
+        "{after_cancel} tickets after reading 4 results"
+    );
 
     let replay = send(&server, &name, vec![records(&all)]).await.unwrap();
     let summary = replay.summary.unwrap();
     assert_eq!(summary.duplicate as usize, after_cancel, "{summary:?}");
-    assert_eq!(summary.delivered as usize, 200 - after_cancel, "{summary:?}");
+    assert_eq!(
+        summary.delivered as usize,
+        200 - after_cancel,
+        "{summary:?}"
+    );
     assert_eq!(summary.unanswered, 0);
     for id in &all {
         assert_eq!(tickets_of(&sandbox, id), 1, "{id}");
@@ -437,7 +464,11 @@ async fn shutdown_ends_open_streams_unavailable_after_their_summary() {
     let (rest, ended) = flows::drain_to_end(&mut stream).await;
     let status = ended.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("shutting down"), "{}", status.message());
+    assert!(
+        status.message().contains("shutting down"),
+        "{}",
+        status.message()
+    );
     let summary = rest.summary.expect("the summary comes before the status");
     assert_eq!(first.len() + rest.results.len(), summary.delivered as usize);
     assert!(summary.unanswered > 0, "{summary:?}");
@@ -474,8 +505,14 @@ async fn a_message_over_the_size_limit_ends_the_stream_resource_exhausted() {
     let (answered, ended) = flows::drain_to_end(&mut stream).await;
     let status = ended.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("too large"), "{}", status.message());
-    let summary = answered.summary.expect("the summary comes before the status");
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
+    let summary = answered
+        .summary
+        .expect("the summary comes before the status");
     assert_eq!(summary.delivered, 3);
     assert_eq!(ticket_count(&sandbox), 3);
     drop(requests);
@@ -539,8 +576,14 @@ async fn a_malformed_message_ends_the_stream_invalid_argument_after_earlier_resu
     let (answered, ended) = flows::drain_to_end(&mut stream).await;
     let status = ended.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("cannot be decoded"), "{}", status.message());
-    let summary = answered.summary.expect("the summary comes before the status");
+    assert!(
+        status.message().contains("cannot be decoded"),
+        "{}",
+        status.message()
+    );
+    let summary = answered
+        .summary
+        .expect("the summary comes before the status");
     assert_eq!(summary.delivered, 2);
     assert_eq!(ticket_count(&sandbox), 2, "nothing after the bad message");
     server.stop().await;
@@ -588,7 +631,11 @@ async fn a_struct_record_nested_64_levels_is_delivered_and_a_deeper_one_refused_
     let refused = answered.of("too-deep");
     assert_eq!(refused.outcome(), Outcome::Invalid);
     assert_eq!(refused.field, "record");
-    assert!(refused.error.contains("nested too deeply"), "{}", refused.error);
+    assert!(
+        refused.error.contains("nested too deeply"),
+        "{}",
+        refused.error
+    );
     assert_eq!(tickets_of(&sandbox, "deep"), 1);
     server.stop().await;
 }
@@ -621,7 +668,9 @@ async fn failed_records_come_back_as_sent_and_can_be_filtered_and_deleted() {
         outcome: outcome as i32,
         ..Default::default()
     };
-    let listed = failed_records(&server, listing(Outcome::Rejected)).await.unwrap();
+    let listed = failed_records(&server, listing(Outcome::Rejected))
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 2);
     let big = listed.iter().find(|r| r.name.ends_with("/big")).unwrap();
     assert_eq!(
@@ -631,8 +680,7 @@ async fn failed_records_come_back_as_sent_and_can_be_filtered_and_deleted() {
     );
     assert!(!big.maybe_delivered);
     let kept_struct = listed.iter().find(|r| r.name.ends_with("/struct")).unwrap();
-    let Some(proto::record::Data::Json(object)) = &kept_struct.record.as_ref().unwrap().data
-    else {
+    let Some(proto::record::Data::Json(object)) = &kept_struct.record.as_ref().unwrap().data else {
         panic!("a struct comes back as a struct")
     };
     assert_eq!(object.to_json().unwrap(), by_struct);
@@ -655,7 +703,11 @@ async fn failed_records_come_back_as_sent_and_can_be_filtered_and_deleted() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("record_ids"), "{}", status.message());
+    assert!(
+        status.message().contains("record_ids"),
+        "{}",
+        status.message()
+    );
     let status = delivery
         .delete_failed_records(proto::DeleteFailedRecordsRequest {
             destination: "destinations/nope".into(),

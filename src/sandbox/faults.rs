@@ -174,7 +174,8 @@ pub struct Faults {
     /// out first (e.g. the ticket IS created) and only then answered with the fault, like a
     /// scripted answer with [`after_processing`](ScriptedAnswer::after_processing): the random
     /// "Groove did it but the answer was lost" case. 0 (default): every random fault refuses the
-    /// call before anything happens. 429s from `rate_limit` are never carried out, and a dropped
+    /// call before anything happens. 429s from `rate_limit` and 503s (both say the call was not
+    /// handled) are never carried out, and a dropped
     /// call picked here counts against `rate_limit` (it reached Groove) and is carried out only if
     /// the limit lets it through. Left out of the JSON while 0, so the faults of a sandbox that
     /// does not use it read as they did before it existed.
@@ -422,7 +423,8 @@ impl FaultGate {
             } else {
                 statuses[rng.random_range(0..statuses.len())]
             };
-            let after_processing = hit(rng, faults.processed_share);
+            // A 503 says the server did not handle the call (RFC 9110 §15.6.4): never carried out.
+            let after_processing = status != 503 && hit(rng, faults.processed_share);
             return (
                 Verdict::Fail {
                     status,
@@ -728,6 +730,7 @@ mod tests {
     fn processed_share_picks_about_its_share_of_the_random_faults() {
         let faults = Faults {
             error_rate: 0.2,
+            error_statuses: vec![500, 502, 504],
             drop_rate: 0.1,
             processed_share: 0.3,
             ..Faults::default()
@@ -738,6 +741,18 @@ mod tests {
         assert!((2_400..=3_200).contains(&faulted), "{faulted} faults");
         let share = processed as f64 / faulted as f64;
         assert!((0.25..=0.35).contains(&share), "{processed} of {faulted}");
+    }
+
+    #[test]
+    fn a_503_is_never_carried_out() {
+        let faults = Faults {
+            error_rate: 1.0,
+            error_statuses: vec![503],
+            processed_share: 1.0,
+            ..Faults::default()
+        };
+        let gate = FaultGate::new(faults.clone());
+        assert_eq!(carried_out(&gate, &faults, 50), (0, 50));
     }
 
     #[test]
