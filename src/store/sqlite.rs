@@ -19,6 +19,8 @@ mod readers;
 mod writer;
 
 #[cfg(test)]
+mod claim_tests;
+#[cfg(test)]
 mod record_tests;
 #[cfg(test)]
 mod tests;

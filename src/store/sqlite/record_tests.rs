@@ -39,7 +39,7 @@ impl LedgerLookup for Arc<dyn Store> {
 }
 
 /// A store with credential `main` and destinations `a` and `b`.
-async fn store_with_destinations(dir: &Path) -> Arc<dyn Store> {
+pub(super) async fn store_with_destinations(dir: &Path) -> Arc<dyn Store> {
     let store = open(dir);
     store
         .create_credential(new_credential("main"))
@@ -54,7 +54,11 @@ async fn store_with_destinations(dir: &Path) -> Arc<dyn Store> {
     store
 }
 
-fn delivered(destination_id: &str, record_id: &str, delivered_at_ms: i64) -> LedgerEntry {
+pub(super) fn delivered(
+    destination_id: &str,
+    record_id: &str,
+    delivered_at_ms: i64,
+) -> LedgerEntry {
     LedgerEntry {
         destination_id: destination_id.to_string(),
         record_id: record_id.to_string(),
@@ -65,7 +69,7 @@ fn delivered(destination_id: &str, record_id: &str, delivered_at_ms: i64) -> Led
     }
 }
 
-fn failed(destination_id: &str, record_id: &str, at_ms: i64) -> FailedRecordEntry {
+pub(super) fn failed(destination_id: &str, record_id: &str, at_ms: i64) -> FailedRecordEntry {
     FailedRecordEntry {
         destination_id: destination_id.to_string(),
         record_id: record_id.to_string(),
@@ -84,11 +88,11 @@ fn failed(destination_id: &str, record_id: &str, at_ms: i64) -> FailedRecordEntr
     }
 }
 
-fn ids(ids: &[&str]) -> Vec<String> {
+pub(super) fn ids(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|id| id.to_string()).collect()
 }
 
-fn count(dir: &Path, table: &str, destination_id: &str) -> i64 {
+pub(super) fn count(dir: &Path, table: &str, destination_id: &str) -> i64 {
     raw(dir)
         .query_row(
             &format!("SELECT count(*) FROM {table} WHERE destination_id = ?1"),
