@@ -158,7 +158,8 @@ impl Session {
         };
         let unreadable = intake.read(input).await;
         let received = intake.received;
-        intake.close().await;
+        // Records still waiting for another delivery of their id are forgotten with the intake: unanswered.
+        intake.flush_batcher().await;
         dispatcher.finish().await;
         watcher.abort();
         self.shared.recorder.flush().await;
@@ -239,15 +240,7 @@ impl Intake<'_> {
         unreadable
     }
 
-    /// Sends what the batcher holds, or lets it go if the session stopped; forgets the records still waiting.
-    async fn close(&mut self) {
-        let Some(batcher) = self.batcher.as_mut() else {
-            return;
-        };
-        let batches = batcher.flush();
-        self.send_batches(batches).await;
-    }
-
+    /// Sends what the batcher holds, or lets it go if the session stopped.
     async fn flush_batcher(&mut self) {
         let batches = self
             .batcher
