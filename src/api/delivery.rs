@@ -88,6 +88,18 @@ impl Coalesce {
     }
 }
 
+/// The failed records a request names: `all`, or the ids it lists (exactly one of the two).
+fn selection(all: bool, record_ids: Vec<String>) -> Result<FailedRecordSelection, ApiError> {
+    match (all, record_ids.is_empty()) {
+        (true, true) => Ok(FailedRecordSelection::All),
+        (false, false) => Ok(FailedRecordSelection::Ids(record_ids)),
+        _ => Err(ApiError::invalid(
+            "record_ids",
+            "give record_ids or set all, not both and not neither",
+        )),
+    }
+}
+
 /// The client's record messages as batches of records; ends when the client half-closes. A message that cannot
 /// be read, or a broken connection, is the last item.
 fn record_batches(
@@ -250,13 +262,7 @@ impl DeliveryService for Delivery {
         let started = Instant::now();
         let request = request.into_inner();
         let id = DESTINATIONS.parse_name("destination", &request.destination)?;
-        if request.all != request.record_ids.is_empty() {
-            return Err(ApiError::invalid(
-                "record_ids",
-                "give record_ids or set all, not both and not neither",
-            )
-            .into());
-        }
+        let selection = selection(request.all, request.record_ids)?;
         let session = self
             .state
             .engine
@@ -264,17 +270,19 @@ impl DeliveryService for Delivery {
             .await
             .map_err(ApiError::from)?
             .resending_maybe_delivered();
-        let record_ids = if request.all {
-            self.state
+        let record_ids = match &selection {
+            FailedRecordSelection::All => self
+                .state
                 .store
                 .failed_record_ids(&id, MAX_RETRY)
                 .await
-                .map_err(ApiError::from)?
-        } else {
-            let mut unique = request.record_ids.clone();
-            unique.sort();
-            unique.dedup();
-            unique
+                .map_err(ApiError::from)?,
+            FailedRecordSelection::Ids(asked) => {
+                let mut unique = asked.clone();
+                unique.sort();
+                unique.dedup();
+                unique
+            }
         };
         let entries = self
             .state
@@ -283,7 +291,7 @@ impl DeliveryService for Delivery {
             .await
             .map_err(ApiError::from)?;
         // With `all`, a record delivered meanwhile by another stream has simply left the list.
-        if !request.all && entries.len() < record_ids.len() {
+        if selection != FailedRecordSelection::All && entries.len() < record_ids.len() {
             let missing: Vec<&String> = record_ids
                 .iter()
                 .filter(|record_id| !entries.iter().any(|entry| &entry.record_id == *record_id))
@@ -332,17 +340,7 @@ impl DeliveryService for Delivery {
     ) -> Result<Response<proto::DeleteFailedRecordsResponse>, Status> {
         let request = request.into_inner();
         let id = DESTINATIONS.parse_name("destination", &request.destination)?;
-        let selection = match (request.all, request.record_ids.is_empty()) {
-            (true, true) => FailedRecordSelection::All,
-            (false, false) => FailedRecordSelection::Ids(request.record_ids),
-            _ => {
-                return Err(ApiError::invalid(
-                    "record_ids",
-                    "give record_ids or set all, not both and not neither",
-                )
-                .into())
-            }
-        };
+        let selection = selection(request.all, request.record_ids)?;
         let deleted_count = self
             .state
             .store
