@@ -5,6 +5,7 @@ mod common;
 use common::child::ChildServer;
 use common::flows::{active_destination, credential, raw, send, template};
 use common::start_sandbox;
+use common::GrpcServer;
 use groove_destination::proto::Outcome;
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -3,6 +3,7 @@
 mod common;
 
 use common::flows::{self, active_destination, credential, manual, raw, send, template};
+use common::GrpcServer;
 use common::{start_sandbox, start_sandbox_with, TestServer};
 use groove_destination::api::json_wire::JsonObject;
 use groove_destination::proto::{self, Outcome};

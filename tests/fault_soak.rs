@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::child::ChildServer;
 use common::flows::{self, active_destination, credential, raw, template};
+use common::GrpcServer;
 use common::{start_sandbox_with, SANDBOX_KEY};
 use groove_destination::proto::{self, send_records_request, Outcome};
 use groove_destination::sandbox::{Faults, SandboxConfig, SandboxHandle};

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::GrpcServer;
 use common::{start_sandbox, TestServer, SANDBOX_KEY};
 use groove_destination::proto::{
     self, destination::State, destination_config::Endpoint, verify_credential_response::Verdict,

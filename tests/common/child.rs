@@ -9,15 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use groove_destination::proto::credential_service_client::CredentialServiceClient;
-use groove_destination::proto::delivery_service_client::DeliveryServiceClient;
-use groove_destination::proto::destination_service_client::DestinationServiceClient;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::{channel_to, GrpcServer};
+use super::GrpcServer;
 
 /// The base64 of the bytes 0..=31. Fixed rather than generated, so every start on the same data
 /// dir decrypts the credentials stored by the one before, whatever the test's environment holds.
@@ -119,22 +116,6 @@ impl ChildServer {
             self.stop().await;
         }
         self.launch().await;
-    }
-
-    pub async fn channel(&self) -> Channel {
-        channel_to(self.addr).await
-    }
-
-    pub async fn credentials(&self) -> CredentialServiceClient<Channel> {
-        CredentialServiceClient::new(self.channel().await)
-    }
-
-    pub async fn destinations(&self) -> DestinationServiceClient<Channel> {
-        DestinationServiceClient::new(self.channel().await)
-    }
-
-    pub async fn delivery(&self) -> DeliveryServiceClient<Channel> {
-        DeliveryServiceClient::new(self.channel().await)
     }
 
     pub async fn health(&self) -> HealthClient<Channel> {

@@ -38,9 +38,26 @@ pub async fn start_sandbox_with(config: SandboxConfig) -> SandboxHandle {
 }
 
 /// Where a test's server answers gRPC: in this process ([`TestServer`]) or as a child process
-/// ([`child::ChildServer`]); the [`flows`] work with either.
+/// ([`child::ChildServer`]); the clients and the [`flows`] work with either.
+#[allow(async_fn_in_trait)]
 pub trait GrpcServer {
     fn grpc_addr(&self) -> SocketAddr;
+
+    async fn channel(&self) -> Channel {
+        channel_to(self.grpc_addr()).await
+    }
+
+    async fn credentials(&self) -> CredentialServiceClient<Channel> {
+        CredentialServiceClient::new(self.channel().await)
+    }
+
+    async fn destinations(&self) -> DestinationServiceClient<Channel> {
+        DestinationServiceClient::new(self.channel().await)
+    }
+
+    async fn delivery(&self) -> DeliveryServiceClient<Channel> {
+        DeliveryServiceClient::new(self.channel().await)
+    }
 }
 
 /// A channel to the server at `addr`, waiting briefly for one that is still coming up.
@@ -86,22 +103,6 @@ impl TestServer {
         }
     }
 
-    pub async fn channel(&self) -> Channel {
-        channel_to(self.addr).await
-    }
-
-    pub async fn credentials(&self) -> CredentialServiceClient<Channel> {
-        CredentialServiceClient::new(self.channel().await)
-    }
-
-    pub async fn destinations(&self) -> DestinationServiceClient<Channel> {
-        DestinationServiceClient::new(self.channel().await)
-    }
-
-    pub async fn delivery(&self) -> DeliveryServiceClient<Channel> {
-        DeliveryServiceClient::new(self.channel().await)
-    }
-
     /// Sends the shutdown signal without waiting for the server to finish.
     pub fn signal_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -128,16 +129,15 @@ impl GrpcServer for TestServer {
 pub mod flows {
     //! Small steps most delivery tests share.
 
-    use groove_destination::proto::credential_service_client::CredentialServiceClient;
-    use groove_destination::proto::delivery_service_client::DeliveryServiceClient;
-    use groove_destination::proto::destination_service_client::DestinationServiceClient;
     use groove_destination::proto::{self, destination_config::Endpoint, send_records_request};
     use serde_json::Value;
 
-    use super::{channel_to, GrpcServer, SANDBOX_KEY};
+    use super::{GrpcServer, SANDBOX_KEY};
 
     pub async fn credential(server: &impl GrpcServer, id: &str) {
-        CredentialServiceClient::new(channel_to(server.grpc_addr()).await)
+        server
+            .credentials()
+            .await
             .create_credential(proto::CreateCredentialRequest {
                 credential_id: id.to_string(),
                 display_name: format!("{id} key"),
@@ -177,7 +177,7 @@ pub mod flows {
         id: &str,
         config: proto::DestinationConfig,
     ) -> String {
-        let mut client = DestinationServiceClient::new(channel_to(server.grpc_addr()).await);
+        let mut client = server.destinations().await;
         let created = client
             .create_destination(proto::CreateDestinationRequest {
                 destination_id: id.to_string(),
@@ -239,7 +239,9 @@ pub mod flows {
             .send(start(destination))
             .await
             .expect("queue start");
-        let stream = DeliveryServiceClient::new(channel_to(server.grpc_addr()).await)
+        let stream = server
+            .delivery()
+            .await
             .send_records(tokio_stream::wrappers::ReceiverStream::new(receiver))
             .await
             .expect("open stream")
@@ -295,7 +297,9 @@ pub mod flows {
     ) -> Result<Answered, tonic::Status> {
         let mut requests = vec![start(destination)];
         requests.extend(messages.into_iter().map(batch));
-        let mut stream = DeliveryServiceClient::new(channel_to(server.grpc_addr()).await)
+        let mut stream = server
+            .delivery()
+            .await
             .send_records(tokio_stream::iter(requests))
             .await?
             .into_inner();
