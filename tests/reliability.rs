@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::flows::{self, active_destination, credential, raw, send, template};
+use common::GrpcServer;
 use common::{start_sandbox, TestServer};
 use groove_destination::api::json_wire::JsonObject;
 use groove_destination::proto::{self, Outcome};
@@ -96,6 +97,23 @@ fn ids(prefix: &str, count: usize) -> Vec<String> {
     (0..count)
         .map(|index| format!("{prefix}-{index:03}"))
         .collect()
+}
+
+/// Reads a stream that must stop early: everything it answers, the summary, then `code` with a message saying
+/// `says`. Returns the results and the summary.
+async fn stopped_with(
+    stream: &mut tonic::Streaming<proto::SendRecordsResponse>,
+    code: Code,
+    says: &str,
+) -> (Vec<proto::DeliveryResult>, proto::DeliverySummary) {
+    let (answered, ended) = flows::drain_to_end(stream).await;
+    let status = ended.expect_err("the stream ends with a status, not OK");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{}", status.message());
+    let summary = answered
+        .summary
+        .expect("the summary comes before the status");
+    (answered.results, summary)
 }
 
 #[tokio::test]
@@ -423,10 +441,7 @@ async fn pausing_lets_go_of_what_was_not_sent() {
         .pause_destination(proto::PauseDestinationRequest { name: name.clone() })
         .await
         .unwrap();
-    let (rest, ended) = flows::drain_to_end(&mut stream).await;
-    let status = ended.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    let summary = rest.summary.expect("the summary comes before the status");
+    let (_, summary) = stopped_with(&mut stream, Code::FailedPrecondition, "paused").await;
     assert_eq!(summary.records_received, 20);
     assert!(summary.unanswered > 0, "{summary:?}");
     assert_eq!(
@@ -461,16 +476,8 @@ async fn shutdown_ends_open_streams_unavailable_after_their_summary() {
     requests.send(flows::batch(records(&all))).await.unwrap();
     let first = flows::next_results(&mut stream, 1).await;
     server.signal_shutdown();
-    let (rest, ended) = flows::drain_to_end(&mut stream).await;
-    let status = ended.unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains("shutting down"),
-        "{}",
-        status.message()
-    );
-    let summary = rest.summary.expect("the summary comes before the status");
-    assert_eq!(first.len() + rest.results.len(), summary.delivered as usize);
+    let (rest, summary) = stopped_with(&mut stream, Code::Unavailable, "shutting down").await;
+    assert_eq!(first.len() + rest.len(), summary.delivered as usize);
     assert!(summary.unanswered > 0, "{summary:?}");
     assert_eq!(summary.delivered + summary.unanswered, 20);
     drop(requests);
@@ -502,17 +509,7 @@ async fn a_message_over_the_size_limit_ends_the_stream_resource_exhausted() {
         .send(flows::batch(vec![raw("huge", huge)]))
         .await
         .unwrap();
-    let (answered, ended) = flows::drain_to_end(&mut stream).await;
-    let status = ended.unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status.message().contains("too large"),
-        "{}",
-        status.message()
-    );
-    let summary = answered
-        .summary
-        .expect("the summary comes before the status");
+    let (_, summary) = stopped_with(&mut stream, Code::ResourceExhausted, "too large").await;
     assert_eq!(summary.delivered, 3);
     assert_eq!(ticket_count(&sandbox), 3);
     drop(requests);
@@ -573,17 +570,7 @@ async fn a_malformed_message_ends_the_stream_invalid_argument_after_earlier_resu
         .await
         .unwrap()
         .into_inner();
-    let (answered, ended) = flows::drain_to_end(&mut stream).await;
-    let status = ended.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status.message().contains("cannot be decoded"),
-        "{}",
-        status.message()
-    );
-    let summary = answered
-        .summary
-        .expect("the summary comes before the status");
+    let (_, summary) = stopped_with(&mut stream, Code::InvalidArgument, "cannot be decoded").await;
     assert_eq!(summary.delivered, 2);
     assert_eq!(ticket_count(&sandbox), 2, "nothing after the bad message");
     server.stop().await;
