@@ -307,7 +307,7 @@ async fn creating_tickets_numbers_them_from_one() {
 
     let shown: Value = sb.get("tickets/2").await.json().await.unwrap();
     assert_eq!(shown["ticket"]["number"], 2);
-    // The customer hash created the customer (groove-api.md §8).
+    // The customer hash created the customer (docs/groove-api.md §8).
     let customers: Value = sb.get("customers").await.json().await.unwrap();
     assert_eq!(customers["customers"][0]["email"], "billybob@example.com");
     assert_eq!(customers["customers"][0]["company_name"], "Bob Inc");

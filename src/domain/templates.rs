@@ -1,7 +1,7 @@
 //! The 15 Groove templates as one data table: method, path, path parameters and what a record body must hold.
 //!
 //! Everything Groove-specific lives in [`TEMPLATES`], so a path found to be wrong is a one-line fix. The rules
-//! follow "be liberal in what we pass, strict in what we promise" (shared/groove-api.md §0): a record is refused
+//! follow "be liberal in what we pass, strict in what we promise" (docs/groove-api.md §0): a record is refused
 //! only for what Groove is known to need, and every other field is passed through.
 //!
 //! Field names in requirements, allowed values and normalisations are top-level keys of the record body,

@@ -1,7 +1,7 @@
 //! Client-side pacing of the calls made with one credential: one [`Pacer`] per credential, shared by every
 //! destination that uses it (see [`PacerRegistry`]).
 //!
-//! Groove documents no rate limit (groove-api.md §2), so the pacer learns from its answers:
+//! Groove documents no rate limit (docs/groove-api.md §2), so the pacer learns from its answers:
 //!
 //! 1. **Rate-limit headers** (`X-RateLimit-Limit/-Remaining/-Reset`, or the draft `RateLimit-*` names), when
 //!    present, describe a fixed window. The calls still allowed in it (Remaining minus our calls in flight) are

@@ -1,5 +1,5 @@
 //! Timestamps in the shape Groove uses: ISO-8601 UTC with second precision
-//! (`"2012-07-17T13:41:01Z"`, groove-api.md §4), without a date-time crate.
+//! (`"2012-07-17T13:41:01Z"`, docs/groove-api.md §4), without a date-time crate.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,8 +1,8 @@
 //! Fault injection: the knobs ([`Faults`]), scripted answers ([`ScriptedAnswer`]) and the
 //! per-call decision ([`FaultGate`]).
 //!
-//! Groove documents no rate limit at all (groove-api.md §2), so the 429 shape, `Retry-After` and
-//! the `X-RateLimit-*` headers produced here are our assumption of a typical API, chosen so the
+//! Groove documents no rate limit at all (docs/groove-api.md §2), so the 429 shape, `Retry-After`
+//! and the `X-RateLimit-*` headers produced here are our assumption of a typical API, chosen so the
 //! client's retry and pacing paths can be exercised.
 
 use std::collections::VecDeque;
@@ -91,7 +91,7 @@ pub struct ScriptedAnswer {
     /// `false` (default): the call is refused before anything happens, like the random knobs.
     /// `true`: the call is carried out as usual (e.g. the ticket IS created) and only then is the
     /// fault answered instead of the real result: the "Groove did it but the answer was lost"
-    /// case that makes retrying a POST dangerous (groove-api.md §8).
+    /// case that makes retrying a POST dangerous (docs/groove-api.md §8).
     #[serde(default)]
     pub after_processing: bool,
     /// For 429 and 503 only: the `Retry-After` seconds to send; `None` sends no `Retry-After`.
@@ -189,8 +189,8 @@ pub struct Faults {
     /// [`SandboxHandle::faults`](super::SandboxHandle::faults) and `GET /_sandbox/faults` show
     /// the entries not yet consumed; setting faults replaces the remaining script.
     pub script: Vec<ScriptedAnswer>,
-    /// **Not Groove behaviour** (Groove has no bulk endpoint, groove-api.md §7): when `true`, the
-    /// sandbox simulates a bulk-capable gateway in front of Groove, for batching tests and
+    /// **Not Groove behaviour** (Groove has no bulk endpoint, docs/groove-api.md §7): when `true`,
+    /// the sandbox simulates a bulk-capable gateway in front of Groove, for batching tests and
     /// benchmarks only. A JSON array sent to a create endpoint (`POST` tickets, messages, groups,
     /// webhooks, kb, articles, categories, widgets) then creates one resource per element, each
     /// validated as a single body would be; if any element is invalid nothing is created and the

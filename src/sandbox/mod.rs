@@ -1,11 +1,11 @@
 //! `groove-sandbox`: an in-memory fake of the Groove helpdesk REST API v1, for integration tests,
 //! demos and benchmarks.
 //!
-//! It follows `groove-api.md` (our description of the real API) and is deliberately strict where
-//! the document is: required fields, the five ticket states, the 14 webhook events, one record per
-//! call. Where Groove's behaviour is unknown (error bodies, rate-limit headers, responses of some
-//! PUTs) the choice made is documented next to the code. It imports nothing from the rest of the
-//! crate: a fake that shared the client's validation would agree with its bugs.
+//! It follows `docs/groove-api.md` (our description of the real API) and is deliberately strict
+//! where the document is: required fields, the five ticket states, the 14 webhook events, one
+//! record per call. Where Groove's behaviour is unknown (error bodies, rate-limit headers,
+//! responses of some PUTs) the choice made is documented next to the code. It imports nothing from
+//! the rest of the crate: a fake that shared the client's validation would agree with its bugs.
 //!
 //! Beyond Groove, for tests and benchmarks: random faults and deterministic scripted answers
 //! ([`Faults`], [`ScriptedAnswer`]), a recording of every request with the answer's status and

@@ -1,10 +1,10 @@
 //! Request bodies and field checks.
 //!
-//! Groove accepts JSON and form-encoded bodies (groove-api.md §4). Groove runs Rails, so a body of
-//! any other content type is treated the way Rails treats it: not parsed, contributing no fields
-//! (which then surfaces as "`<field>` is required"). Query parameters are deliberately *not* merged
-//! into the fields: no documented client sends write fields in the query, and merging would hide a
-//! client that puts them in the wrong place.
+//! Groove accepts JSON and form-encoded bodies (docs/groove-api.md §4). Groove runs Rails, so a
+//! body of any other content type is treated the way Rails treats it: not parsed, contributing no
+//! fields (which then surfaces as "`<field>` is required"). Query parameters are deliberately *not*
+//! merged into the fields: no documented client sends write fields in the query, and merging would
+//! hide a client that puts them in the wrong place.
 
 use serde_json::{Map, Value};
 
@@ -19,8 +19,8 @@ impl BodyError {
     pub(crate) fn message(&self) -> &'static str {
         match self {
             BodyError::Malformed => "malformed JSON in request body",
-            // Groove has no bulk endpoint (groove-api.md §7): one record per call. Arrays pass only
-            // with the opt-in `Faults::accept_batches`.
+            // Groove has no bulk endpoint (docs/groove-api.md §7): one record per call. Arrays pass
+            // only with the opt-in `Faults::accept_batches`.
             BodyError::NotAnObject => "request body must be a JSON object",
         }
     }

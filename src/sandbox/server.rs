@@ -254,7 +254,7 @@ fn authorized_call(app: &App, faults: &Faults, parts: &Parts, body: &Bytes) -> R
             StatusCode::UNAUTHORIZED,
             vec!["invalid or missing access token".into()],
         ));
-        // RFC 6750 challenge; Groove's actual 401 is undocumented (groove-api.md §1).
+        // RFC 6750 challenge; Groove's actual 401 is undocumented (docs/groove-api.md §1).
         response
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -315,7 +315,7 @@ fn authorized_call(app: &App, faults: &Faults, parts: &Parts, body: &Bytes) -> R
 }
 
 /// The token as Doorkeeper (Rails OAuth) looks for it: a `Bearer` Authorization header first,
-/// then the `access_token` query parameter (groove-api.md §1). A wrong header token is not
+/// then the `access_token` query parameter (docs/groove-api.md §1). A wrong header token is not
 /// rescued by a right query token.
 fn presented_token(parts: &Parts) -> Option<String> {
     let header = parts
@@ -364,7 +364,7 @@ fn percent_decode(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `X-RateLimit-*` are our assumption: groove-api.md §2 found no rate-limit headers at all.
+/// `X-RateLimit-*` are our assumption: docs/groove-api.md §2 found no rate-limit headers at all.
 fn add_limit_headers(response: &mut Response, limits: LimitHeaders) {
     let headers = response.headers_mut();
     headers.insert(

@@ -49,7 +49,7 @@ impl Default for Seeds {
     }
 }
 
-/// The ticket states Groove accepts (groove-api.md §0, §6.1); `open` is not one of them.
+/// The ticket states Groove accepts (docs/groove-api.md §0, §6.1); `open` is not one of them.
 pub(crate) const TICKET_STATES: [&str; 5] = ["unread", "opened", "pending", "closed", "spam"];
 
 pub(crate) fn canonical_state(state: &str) -> Option<&'static str> {
@@ -117,7 +117,7 @@ pub(crate) struct Webhook {
     pub url: String,
 }
 
-/// KB fields are undocumented (groove-api.md §6.7), so whatever was sent is kept as is.
+/// KB fields are undocumented (docs/groove-api.md §6.7), so whatever was sent is kept as is.
 pub(crate) struct KnowledgeBase {
     pub id: String,
     pub fields: Map<String, Value>,
@@ -310,7 +310,7 @@ impl Store {
             .any(|m| m.email.eq_ignore_ascii_case(email))
     }
 
-    /// Creates or updates a customer from an email or a customer hash (groove-api.md §8).
+    /// Creates or updates a customer from an email or a customer hash (docs/groove-api.md §8).
     pub(crate) fn upsert_customer(&mut self, email: &str, attributes: &Map<String, Value>) {
         let entry = self
             .customers
@@ -460,7 +460,7 @@ pub(crate) fn format_id(id: u64) -> String {
     format!("{id:010}")
 }
 
-/// Customer attributes Groove documents (groove-api.md §6.1, §6.6); others are dropped the way
+/// Customer attributes Groove documents (docs/groove-api.md §6.1, §6.6); others are dropped the way
 /// Rails strong parameters would.
 pub(crate) const CUSTOMER_FIELDS: [&str; 10] = [
     "email",

@@ -1,4 +1,5 @@
-//! Read-mostly account data: mailboxes, folders, agents and customers (groove-api.md §5, §6.6).
+//! Read-mostly account data: mailboxes, folders, agents and customers
+//! (docs/groove-api.md §5, §6.6).
 
 use serde_json::{json, Map, Value};
 

@@ -1,4 +1,4 @@
-//! Groups (groove-api.md §6.5).
+//! Groups (docs/groove-api.md §6.5).
 
 use serde_json::{json, Map, Value};
 
@@ -71,7 +71,7 @@ pub(super) fn update(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>, id:
     Ok(ApiResponse::ok(json!({ "group": render(group, ctx) })))
 }
 
-/// Deleting answers 200 with the deleted group (groove-api.md §3).
+/// Deleting answers 200 with the deleted group (docs/groove-api.md §3).
 pub(super) fn delete(store: &mut Store, ctx: &Ctx<'_>, id: &str) -> Answer {
     let group = store.groups.remove(id).ok_or_else(ApiResponse::not_found)?;
     Ok(ApiResponse::ok(json!({ "group": render(&group, ctx) })))

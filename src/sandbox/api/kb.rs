@@ -1,4 +1,4 @@
-//! Knowledge bases, their settings, articles and categories (groove-api.md §6.7–6.8).
+//! Knowledge bases, their settings, articles and categories (docs/groove-api.md §6.7–6.8).
 //!
 //! KB create/update/settings fields are undocumented, so any object is kept whole. Article and
 //! category fields are documented; undocumented keys are dropped the way Rails strong parameters
@@ -45,7 +45,7 @@ const CATEGORY_FIELDS: [&str; 11] = [
 /// Keys the sandbox owns; a client cannot overwrite them through a body.
 const SERVER_FIELDS: [&str; 4] = ["id", "knowledge_base_id", "created_at", "updated_at"];
 
-/// The path is inferred and no `Location` is documented (groove-api.md §6.7), so none is sent.
+/// The path is inferred and no `Location` is documented (docs/groove-api.md §6.7), so none is sent.
 pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer {
     let prepare = |_: &Store, fields: &Map<String, Value>| Ok(client_fields(fields, None));
     let commit = |store: &mut Store, fields: Map<String, Value>| {
@@ -92,7 +92,7 @@ pub(super) fn update_settings(
     Ok(ApiResponse::ok(json!({ "settings": kb.settings })))
 }
 
-/// No field is required, not even `title` (groove-api.md §6.8).
+/// No field is required, not even `title` (docs/groove-api.md §6.8).
 pub(super) fn create_article(
     store: &mut Store,
     ctx: &Ctx<'_>,
@@ -171,7 +171,7 @@ fn commit_article(
     (rendered, Some(location))
 }
 
-/// The update path is inferred (groove-api.md §6.8); it takes the create fields.
+/// The update path is inferred (docs/groove-api.md §6.8); it takes the create fields.
 pub(super) fn update_article(
     store: &mut Store,
     ctx: &Ctx<'_>,

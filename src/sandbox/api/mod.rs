@@ -81,7 +81,7 @@ impl ApiResponse {
         }
     }
 
-    /// The PUTs on ticket sub-resources have an undocumented response (groove-api.md §6.2); an
+    /// The PUTs on ticket sub-resources have an undocumented response (docs/groove-api.md §6.2); an
     /// empty 200 keeps a client from depending on a body Groove may not send.
     fn empty_ok() -> Self {
         ApiResponse {
@@ -100,8 +100,8 @@ impl ApiResponse {
     }
 
     pub(crate) fn error(status: StatusCode, messages: Vec<String>) -> Self {
-        // Groove's error body is undocumented (groove-api.md §3); Rails' `{"errors": [...]}` is
-        // the plausible guess.
+        // Groove's error body is undocumented (docs/groove-api.md §3); Rails' `{"errors": [...]}`
+        // is the plausible guess.
         ApiResponse {
             status,
             body: Some(json!({ "errors": messages })),

@@ -1,4 +1,4 @@
-//! Tickets, their sub-resources and messages (groove-api.md §6.1–6.3).
+//! Tickets, their sub-resources and messages (docs/groove-api.md §6.1–6.3).
 
 use serde_json::{json, Map, Value};
 
@@ -7,7 +7,7 @@ use crate::sandbox::clock;
 use crate::sandbox::params::{flag, is_present, text, Problems};
 use crate::sandbox::store::{canonical_state, format_id, Message, Store, Ticket, TICKET_STATES};
 
-/// Summary length Groove derives from the first message (groove-api.md §6.1).
+/// Summary length Groove derives from the first message (docs/groove-api.md §6.1).
 const SUMMARY_CHARS: usize = 100;
 
 pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer {
@@ -59,7 +59,7 @@ fn prepare<'f>(
 
 fn commit(store: &mut Store, ctx: &Ctx<'_>, new: NewTicket<'_>) -> (Value, Option<String>) {
     let fields = new.fields;
-    // A customer hash in `to`/`from` creates or updates that customer (groove-api.md §8).
+    // A customer hash in `to`/`from` creates or updates that customer (docs/groove-api.md §8).
     let mut customer = None;
     for (email, attributes) in [&new.from, &new.to] {
         if store.agent_by_email_or_id(email).is_some() || store.is_mailbox_address(email) {
@@ -137,8 +137,8 @@ pub(super) fn list(store: &Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> Answer
     Ok(ApiResponse::ok(json!({ "tickets": tickets, "meta": meta })))
 }
 
-/// A bare `{folder_id: count}` map, as GEM's spec shows (groove-api.md §5). The `mailbox` filter
-/// is ignored: the sandbox has one mailbox.
+/// A bare `{folder_id: count}` map, as GEM's spec shows (docs/groove-api.md §5). The `mailbox`
+/// filter is ignored: the sandbox has one mailbox.
 pub(super) fn count(store: &Store) -> ApiResponse {
     let counts: Map<String, Value> = store
         .folders
@@ -189,7 +189,7 @@ pub(super) fn update_state(
     Ok(ApiResponse::empty_ok())
 }
 
-/// The assignee as an agent object; `{}` when unassigned (groove-api.md §6.2).
+/// The assignee as an agent object; `{}` when unassigned (docs/groove-api.md §6.2).
 pub(super) fn show_assignee(store: &Store, ctx: &Ctx<'_>, number: &str) -> Answer {
     let ticket = find(store, number)?;
     let agent = ticket
@@ -219,7 +219,7 @@ pub(super) fn update_assignee(
     Ok(ApiResponse::empty_ok())
 }
 
-/// The body key is `group`, not `assigned_group` (GEM; groove-api.md §6.2); a name or an id.
+/// The body key is `group`, not `assigned_group` (GEM; docs/groove-api.md §6.2); a name or an id.
 pub(super) fn update_group(
     store: &mut Store,
     ctx: &Ctx<'_>,
@@ -292,7 +292,7 @@ pub(super) fn create_message(
             created_at: sent_at(fields).unwrap_or(ctx.now_secs),
         })
     };
-    // Groove's status for this call was not captured (groove-api.md §6.3); no `Location`.
+    // Groove's status for this call was not captured (docs/groove-api.md §6.3); no `Location`.
     let commit = |store: &mut Store, mut message: Message| {
         message.id = store.new_numeric_id();
         let Ok(ticket) = find_mut(store, number) else {
@@ -354,7 +354,7 @@ fn required_text(
 
 type Contact<'a> = (String, Option<&'a Map<String, Value>>);
 
-/// `from` / `to`: an email, or a customer hash whose `email` is required (groove-api.md §6.1).
+/// `from` / `to`: an email, or a customer hash whose `email` is required (docs/groove-api.md §6.1).
 fn contact<'f>(
     fields: &'f Map<String, Value>,
     key: &str,

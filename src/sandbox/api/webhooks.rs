@@ -1,4 +1,4 @@
-//! Webhooks (groove-api.md §6.4).
+//! Webhooks (docs/groove-api.md §6.4).
 
 use serde_json::{json, Map, Value};
 

@@ -1,4 +1,4 @@
-//! Widgets and widget settings (groove-api.md §6.9).
+//! Widgets and widget settings (docs/groove-api.md §6.9).
 
 use serde_json::{json, Map, Value};
 
@@ -35,7 +35,7 @@ pub(super) fn create(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>) -> 
     super::create(store, req, ("widget", "widgets"), prepare, commit)
 }
 
-/// The update's fields are undocumented beyond a presumed `name` (groove-api.md §6.9).
+/// The update's fields are undocumented beyond a presumed `name` (docs/groove-api.md §6.9).
 pub(super) fn update(store: &mut Store, ctx: &Ctx<'_>, req: &ApiRequest<'_>, id: &str) -> Answer {
     let widget = store
         .widgets
