@@ -6,6 +6,7 @@
 //! between stages are bounded, so a stream is read only as fast as it is delivered.
 
 mod attempt;
+mod claimer;
 mod dispatch;
 mod engine;
 mod in_flight;

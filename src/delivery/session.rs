@@ -17,8 +17,8 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::attempt::CallContext;
+use crate::delivery::claimer::Claimer;
 use crate::delivery::dispatch::Dispatcher;
-use crate::delivery::engine::now_ms;
 use crate::delivery::in_flight::{Claim, InFlight};
 use crate::delivery::recorder::Recorder;
 use crate::delivery::report::{
@@ -32,7 +32,7 @@ use crate::domain::destination::{Destination, DestinationState};
 use crate::domain::outcome::Outcome;
 use crate::domain::render::Renderer;
 use crate::groove::GrooveAnswer;
-use crate::store::{RecordClaim, RecordState, Store, StoreError};
+use crate::store::{RecordState, Store, StoreError};
 
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 256;
@@ -142,9 +142,17 @@ impl Session {
         ));
         let dispatcher =
             Dispatcher::start(self.context.clone(), reports.clone(), stop.token.clone());
+        let (claimer, sending) = Claimer::start(
+            self.shared.store.clone(),
+            self.destination.id.clone(),
+            self.name.clone(),
+            dispatcher,
+            reports.clone(),
+            stop.token.clone(),
+        );
         let mut intake = Intake {
             session: &self,
-            dispatcher: &dispatcher,
+            claimer,
             reports: &reports,
             stop: &stop,
             batcher: self
@@ -158,9 +166,13 @@ impl Session {
         };
         let unreadable = intake.read(input).await;
         let received = intake.received;
-        // Records still waiting for another delivery of their id are forgotten with the intake: unanswered.
         intake.flush_batcher().await;
-        dispatcher.finish().await;
+        // Dropping the intake ends the claim stage's input (records still waiting for another delivery of
+        // their id are forgotten with it: unanswered); the stage then lets the workers finish.
+        drop(intake);
+        if let Err(error) = sending.await {
+            tracing::error!(%error, destination = %self.name, "the claim stage failed");
+        }
         watcher.abort();
         self.shared.recorder.flush().await;
         let mut summary = reports.summary();
@@ -177,7 +189,7 @@ impl Session {
 /// The reading side of a session: from client messages to dispatched units.
 struct Intake<'a> {
     session: &'a Session,
-    dispatcher: &'a Dispatcher,
+    claimer: Claimer,
     reports: &'a ReportSink,
     stop: &'a Stop,
     batcher: Option<Batcher<Candidate>>,
@@ -428,70 +440,18 @@ impl Intake<'_> {
         self.send(units).await;
     }
 
-    /// Claims the units that must not be sent twice in the store (one write for all of them), then queues
-    /// every unit for the workers. Once the session has stopped, units are let go instead.
-    async fn send(&mut self, mut units: Vec<DeliveryUnit>) {
+    /// Hands units to the claimer, which claims the creates among them and queues them for the workers,
+    /// while this reads on. Once the session has stopped, units are let go instead.
+    async fn send(&mut self, units: Vec<DeliveryUnit>) {
         if units.is_empty() {
             return;
         }
-        if self.stop.token.is_cancelled() {
-            for unit in units {
-                self.reports.release(unit).await;
-            }
-            return;
-        }
-        let claims = durable_claims(&self.session.destination.id, &units);
-        if !claims.is_empty() {
-            if let Err(error) = self.session.shared.store.claim_records(claims).await {
-                tracing::error!(%error, destination = %self.session.name, "cannot claim records; creates kept as failed");
-                let (unclaimed, claimed): (Vec<_>, Vec<_>) =
-                    units.into_iter().partition(|unit| !unit.repeatable);
-                units = claimed;
-                for unit in unclaimed {
-                    self.reports
-                        .report(DeliveryReport {
-                            records: unit.records,
-                            ..unsent_unit(
-                                unit.record_ids,
-                                format!(
-                                    "cannot record the claim before sending; not sent: {error}"
-                                ),
-                            )
-                        })
-                        .await;
-                }
-            }
-        }
-        for unit in units {
-            if let Err(unit) = self.dispatcher.dispatch(unit).await {
+        if let Err(refused) = self.claimer.send(units).await {
+            for unit in refused.0 {
                 self.reports.release(unit).await;
             }
         }
     }
-}
-
-/// Claims for every record of the units that must not be sent twice.
-fn durable_claims(destination_id: &str, units: &[DeliveryUnit]) -> Vec<RecordClaim> {
-    let claimed_at_ms = now_ms();
-    units
-        .iter()
-        .filter(|unit| !unit.repeatable)
-        .flat_map(|unit| {
-            let call = unit.calls.first();
-            unit.record_ids
-                .iter()
-                .zip(&unit.records)
-                .map(move |(record_id, record)| RecordClaim {
-                    destination_id: destination_id.to_string(),
-                    record_id: record_id.clone(),
-                    record_json: record.bytes.to_vec(),
-                    record_encoding: record.encoding,
-                    request_method: call.map_or("", |call| call.method.as_str()).to_string(),
-                    request_url: call.map(|call| call.url.to_string()).unwrap_or_default(),
-                    claimed_at_ms,
-                })
-        })
-        .collect()
 }
 
 /// A unit's records failed before anything was sent.
@@ -600,7 +560,6 @@ async fn sleep_until_deadline(deadline: Option<std::time::Instant>) {
 mod tests {
     use super::*;
     use crate::domain::destination::HttpMethod;
-    use crate::domain::record::RecordEncoding;
 
     fn call(method: HttpMethod) -> PlannedCall {
         PlannedCall {
@@ -624,38 +583,5 @@ mod tests {
             false
         ));
         assert!(repeatable(&[call(HttpMethod::Post)], true));
-    }
-
-    #[test]
-    fn only_units_that_must_not_be_repeated_are_claimed() {
-        let unit = |method, ids: &[&str]| DeliveryUnit {
-            record_ids: ids.iter().map(|id| id.to_string()).collect(),
-            records: ids
-                .iter()
-                .map(|id| RecordJson {
-                    bytes: Arc::from(format!(r#"{{"id":"{id}"}}"#).into_bytes()),
-                    encoding: RecordEncoding::RawJson,
-                })
-                .collect(),
-            calls: vec![call(method)],
-            ordering_key: None,
-            repeatable: repeatable(&[call(method)], false),
-        };
-        let claims = durable_claims(
-            "d",
-            &[
-                unit(HttpMethod::Post, &["a", "b"]),
-                unit(HttpMethod::Put, &["c"]),
-            ],
-        );
-        let ids: Vec<&str> = claims
-            .iter()
-            .map(|claim| claim.record_id.as_str())
-            .collect();
-        assert_eq!(ids, ["a", "b"]);
-        assert_eq!(claims[1].record_json, br#"{"id":"b"}"#);
-        assert_eq!(claims[1].record_encoding, RecordEncoding::RawJson);
-        assert_eq!(claims[0].request_method, "POST");
-        assert!(claims[0].request_url.ends_with("/v1/tickets"));
     }
 }
