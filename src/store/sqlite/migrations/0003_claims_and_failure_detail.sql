@@ -3,6 +3,9 @@
 -- outlives its process (a crash, kill -9, power loss) is an orphan: at start-up it becomes a failed record that
 -- may have been delivered, since nobody knows whether its call reached Groove. The row carries the record and
 -- the request so that failed record can be shown and retried.
+--
+-- WITHOUT ROWID: rows are small (a record, a URL) and live for one call, so every claim is an insert and a delete;
+-- keyed by the primary key alone, each costs one B-tree instead of the table's and its key index's.
 CREATE TABLE record_claims (
     destination_id   TEXT NOT NULL REFERENCES destinations (id) ON DELETE CASCADE,
     record_id        TEXT NOT NULL,
@@ -12,7 +15,7 @@ CREATE TABLE record_claims (
     request_url      TEXT NOT NULL,
     claimed_at_ms    INTEGER NOT NULL,
     PRIMARY KEY (destination_id, record_id)
-) STRICT;
+) STRICT, WITHOUT ROWID;
 
 -- 1 when an attempt may have reached Groove: a replay of the record id is then not sent, only an explicit retry.
 -- Sticky: a later failure of an explicit retry does not make the earlier attempt any less ambiguous.
