@@ -11,7 +11,7 @@ use common::{start_sandbox, TestServer};
 use groove_destination::api::json_wire::JsonObject;
 use groove_destination::proto::{self, Outcome};
 use groove_destination::sandbox::{Faults, SandboxHandle, ScriptedAnswer};
-use groove_destination::store::{RecordClaim, SecretBox, SqliteStore, Store};
+use groove_destination::store::{ClaimedRecord, RecordClaim, SecretBox, SqliteStore, Store};
 use serde_json::{json, Value};
 use tonic::Code;
 
@@ -344,9 +344,11 @@ async fn claims_left_by_a_stopped_process_become_failures_that_may_have_been_del
         store
             .claim_records(vec![RecordClaim {
                 destination_id: "tickets".into(),
-                record_id: "orphan".into(),
-                record_json: record.clone(),
-                record_encoding: groove_destination::domain::record::RecordEncoding::RawJson,
+                records: vec![ClaimedRecord {
+                    record_id: "orphan".into(),
+                    record_json: record.clone(),
+                    record_encoding: groove_destination::domain::record::RecordEncoding::RawJson,
+                }],
                 request_method: "POST".into(),
                 request_url: format!("{}/tickets", sandbox.base_url()),
                 claimed_at_ms: 1,

@@ -16,7 +16,7 @@ use crate::delivery::engine::now_ms;
 use crate::delivery::report::{DeliveryReport, DeliveryUnit};
 use crate::delivery::sink::ReportSink;
 use crate::domain::outcome::Outcome;
-use crate::store::{RecordClaim, Store};
+use crate::store::{ClaimedRecord, RecordClaim, Store};
 
 /// Groups of units (one per intake step) waiting for their claims; beyond it the intake waits.
 const QUEUE_CAPACITY: usize = 4;
@@ -117,29 +117,34 @@ impl Stage {
     }
 }
 
-/// Claims for every record of the units that must not be sent twice.
+/// A claim for each unit that must not be sent twice, covering all its records.
 fn durable_claims(destination_id: &str, units: &[DeliveryUnit]) -> Vec<RecordClaim> {
     let claimed_at_ms = now_ms();
     units
         .iter()
         .filter(|unit| !unit.repeatable)
-        .flat_map(|unit| {
+        .map(|unit| {
             let call = unit.calls.first();
-            unit.record_ids
-                .iter()
-                .zip(&unit.records)
-                .map(move |(record_id, record)| RecordClaim {
-                    destination_id: destination_id.to_string(),
-                    record_id: record_id.clone(),
-                    record_json: record.bytes.to_vec(),
-                    record_encoding: record.encoding,
-                    request_method: call.map_or("", |call| call.method.as_str()).to_string(),
-                    request_url: call.map(|call| call.url.to_string()).unwrap_or_default(),
-                    claimed_at_ms,
-                })
+            RecordClaim {
+                destination_id: destination_id.to_string(),
+                records: unit
+                    .record_ids
+                    .iter()
+                    .zip(&unit.records)
+                    .map(|(record_id, record)| ClaimedRecord {
+                        record_id: record_id.clone(),
+                        record_json: record.bytes.to_vec(),
+                        record_encoding: record.encoding,
+                    })
+                    .collect(),
+                request_method: call.map_or("", |call| call.method.as_str()).to_string(),
+                request_url: call.map(|call| call.url.to_string()).unwrap_or_default(),
+                claimed_at_ms,
+            }
         })
         .collect()
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,13 +179,18 @@ mod tests {
                 unit(HttpMethod::Put, &["c"]),
             ],
         );
-        let ids: Vec<&str> = claims
+        assert_eq!(claims.len(), 1, "one claim per unit");
+        let ids: Vec<&str> = claims[0]
+            .records
             .iter()
-            .map(|claim| claim.record_id.as_str())
+            .map(|record| record.record_id.as_str())
             .collect();
         assert_eq!(ids, ["a", "b"]);
-        assert_eq!(claims[1].record_json, br#"{"id":"b"}"#);
-        assert_eq!(claims[1].record_encoding, RecordEncoding::RawJson);
+        assert_eq!(claims[0].records[1].record_json, br#"{"id":"b"}"#);
+        assert_eq!(
+            claims[0].records[1].record_encoding,
+            RecordEncoding::RawJson
+        );
         assert_eq!(claims[0].request_method, "POST");
         assert!(claims[0].request_url.ends_with("/v1/tickets"));
     }

@@ -28,8 +28,8 @@ use crate::domain::destination::Destination;
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use records::{
-    FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, LedgerEntry, RecordClaim,
-    RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
+    ClaimedRecord, FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, LedgerEntry,
+    RecordClaim, RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
 };
 pub use secrets::{SecretBox, SECRET_KEY_ENV, SECRET_KEY_FILE};
 pub use sqlite::{SqliteStore, DATABASE_FILE};
@@ -119,9 +119,10 @@ pub trait Store: Send + Sync {
         expected_revision: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Commits claims on records about to be sent by calls that must not be repeated blindly (creates), before
-    /// those calls go out: one atomic write for a whole message's records. A claim replaces an older one on the
-    /// same record. Claims of a destination that no longer exists are skipped.
+    /// Commits claims on the records of calls that must not be repeated blindly (creates), before those calls go
+    /// out: one atomic write for any number of calls. A claim is one row however many records its call carries
+    /// (a batch). A claim replaces an older one keyed by the same first record. Claims of a destination that no
+    /// longer exists are skipped.
     fn claim_records(&self, claims: Vec<RecordClaim>) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Records how a batch of records ended, as one atomic write: `delivered` entries enter the ledger

@@ -74,20 +74,28 @@ pub struct StoredRequest {
     pub body: Vec<u8>,
 }
 
-/// A record about to be sent by a call that must not be repeated blindly, committed before the call goes out.
-/// If the process stops before the record's outcome is recorded, the claim becomes a failed record that may
-/// have been delivered ([`Store::fail_orphaned_claims`](crate::store::Store::fail_orphaned_claims)).
+/// The records one call carries (one record, or a batch), about to be sent by a call that must not be repeated
+/// blindly; committed before the call goes out. If the process stops before their outcome is recorded, the claim
+/// becomes failed records that may have been delivered
+/// ([`Store::fail_orphaned_claims`](crate::store::Store::fail_orphaned_claims)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordClaim {
     pub destination_id: String,
-    pub record_id: String,
-    /// The record as received, so an orphaned claim can still be shown and retried.
-    pub record_json: Vec<u8>,
-    pub record_encoding: RecordEncoding,
-    /// The call's method and URL, shown with the failed record an orphaned claim becomes.
+    /// The records, in the call's order; at least one. The claim ends when any of them gets its outcome or is
+    /// released (they always end together).
+    pub records: Vec<ClaimedRecord>,
+    /// The call's method and URL, shown with the failed records an orphaned claim becomes.
     pub request_method: String,
     pub request_url: String,
     pub claimed_at_ms: i64,
+}
+
+/// One record of a [`RecordClaim`], kept as received so that an orphaned claim can still be shown and retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedRecord {
+    pub record_id: String,
+    pub record_json: Vec<u8>,
+    pub record_encoding: RecordEncoding,
 }
 
 /// What the store knows of a record id that decides whether it may be sent.

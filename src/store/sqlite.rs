@@ -236,6 +236,10 @@ impl Store for SqliteStore {
             if claims.is_empty() {
                 return Ok(());
             }
+            let claims = claims
+                .into_iter()
+                .map(claims::encode)
+                .collect::<Result<Vec<_>, _>>()?;
             self.writer
                 .write(move |conn| claims::insert(conn, &claims))
                 .await

@@ -4,17 +4,29 @@ use super::record_tests::{count, delivered, failed, ids, store_with_destinations
 use super::*;
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
+use crate::store::ClaimedRecord;
 
-fn claim(destination_id: &str, record_id: &str) -> RecordClaim {
-    RecordClaim {
-        destination_id: destination_id.to_string(),
+fn record(record_id: &str) -> ClaimedRecord {
+    ClaimedRecord {
         record_id: record_id.to_string(),
         record_json: format!(r#"{{"id": "{record_id}", "n": 12345678901234567890}}"#).into_bytes(),
         record_encoding: RecordEncoding::RawJson,
+    }
+}
+
+/// A claim on one call carrying these records.
+fn claim_of(destination_id: &str, record_ids: &[&str]) -> RecordClaim {
+    RecordClaim {
+        destination_id: destination_id.to_string(),
+        records: record_ids.iter().map(|id| record(id)).collect(),
         request_method: "POST".to_string(),
         request_url: "https://api.groovehq.com/v1/tickets".to_string(),
         claimed_at_ms: 5,
     }
+}
+
+fn claim(destination_id: &str, record_id: &str) -> RecordClaim {
+    claim_of(destination_id, &[record_id])
 }
 
 const ORPHANED: &str = "the server stopped while sending";
@@ -55,7 +67,7 @@ async fn a_claim_ends_with_its_outcome_or_its_release() {
     assert_eq!(kept.outcome, Outcome::Failed);
     assert!(kept.maybe_delivered);
     assert_eq!(kept.error, ORPHANED);
-    assert_eq!(kept.record_json, claim("a", "a4").record_json);
+    assert_eq!(kept.record_json, record("a4").record_json);
     assert_eq!(kept.record_encoding, RecordEncoding::RawJson);
     assert_eq!(kept.attempts, 0);
     assert_eq!((kept.first_failure_ms, kept.last_failure_ms), (99, 99));
@@ -64,6 +76,38 @@ async fn a_claim_ends_with_its_outcome_or_its_release() {
     assert!(request.url.ends_with("/v1/tickets"));
     // Nothing is left for a second start.
     assert_eq!(store.fail_orphaned_claims(ORPHANED, 100).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_batch_is_one_claim_that_ends_with_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_destinations(dir.path()).await;
+    store
+        .claim_records(vec![
+            claim_of("a", &["b1", "b2", "b3"]),
+            claim_of("a", &["c1", "c2"]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(count(dir.path(), "record_claims", "a"), 2);
+    store
+        .record_outcomes(
+            ["b1", "b2", "b3"].map(|id| delivered("a", id, 10)).to_vec(),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(dir.path(), "record_claims", "a"), 1);
+    // The other batch is orphaned: each of its records becomes a failed record of its own.
+    assert_eq!(store.fail_orphaned_claims(ORPHANED, 50).await.unwrap(), 2);
+    let kept = store
+        .get_failed_records("a", ids(&["c1", "c2", "b1"]))
+        .await
+        .unwrap();
+    let kept_ids: Vec<&str> = kept.iter().map(|entry| entry.record_id.as_str()).collect();
+    assert_eq!(kept_ids, ["c1", "c2"]);
+    assert_eq!(kept[1].record_json, record("c2").record_json);
+    assert!(kept.iter().all(|entry| entry.maybe_delivered));
 }
 
 #[tokio::test]

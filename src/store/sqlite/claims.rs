@@ -1,5 +1,5 @@
-//! SQL for `record_claims`: claims on records whose call must not be repeated blindly, written before the call,
-//! ended with the record's outcome, and turned into failed records when a process left them behind.
+//! SQL for `record_claims`: claims on the records of calls that must not be repeated blindly, written before
+//! the call, ended with the records' outcome, and turned into failed records when a process left them behind.
 
 use rusqlite::{params, Connection, Row};
 
@@ -8,27 +8,60 @@ use super::per_record::is_missing_destination;
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
 use crate::store::error::{Context, StoreError};
-use crate::store::records::{FailedRecordEntry, RecordClaim, StoredRequest};
+use crate::store::records::{ClaimedRecord, FailedRecordEntry, RecordClaim, StoredRequest};
 
-/// Adds the claims, replacing any on the same record. Claims of a destination that no longer exists are
-/// skipped: nothing of it is kept.
-pub(super) fn insert(conn: &Connection, claims: &[RecordClaim]) -> Result<(), StoreError> {
+/// A claim checked and encoded for its columns before it reaches the writer thread, which every write waits on.
+pub(super) struct EncodedClaim {
+    destination_id: String,
+    first_record_id: String,
+    records: Vec<u8>,
+    request_method: String,
+    request_url: String,
+    claimed_at_ms: i64,
+}
+
+pub(super) fn encode(claim: RecordClaim) -> Result<EncodedClaim, StoreError> {
+    let first_record_id = claim
+        .records
+        .first()
+        .map(|record| record.record_id.clone())
+        .ok_or_else(|| {
+            StoreError::internal(
+                format!(
+                    "claiming records of destination destinations/{}",
+                    claim.destination_id
+                ),
+                "a claim without records",
+            )
+        })?;
+    Ok(EncodedClaim {
+        records: encode_records(&claim.records),
+        destination_id: claim.destination_id,
+        first_record_id,
+        request_method: claim.request_method,
+        request_url: claim.request_url,
+        claimed_at_ms: claim.claimed_at_ms,
+    })
+}
+
+/// Adds the claims, replacing any keyed by the same first record. Claims of a destination that no longer exists
+/// are skipped: nothing of it is kept.
+pub(super) fn insert(conn: &Connection, claims: &[EncodedClaim]) -> Result<(), StoreError> {
     if claims.is_empty() {
         return Ok(());
     }
     let mut statement = conn
         .prepare_cached(
-            "INSERT OR REPLACE INTO record_claims (destination_id, record_id, record_json, record_encoding,
-                 request_method, request_url, claimed_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR REPLACE INTO record_claims (destination_id, record_id, records, request_method,
+                 request_url, claimed_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .context(|| "preparing to claim records".to_string())?;
     for claim in claims {
         let inserted = statement.execute(params![
             claim.destination_id,
-            claim.record_id,
-            claim.record_json,
-            claim.record_encoding.as_str(),
+            claim.first_record_id,
+            claim.records,
             claim.request_method,
             claim.request_url,
             claim.claimed_at_ms,
@@ -38,7 +71,7 @@ pub(super) fn insert(conn: &Connection, claims: &[RecordClaim]) -> Result<(), St
                 return Err(StoreError::internal(
                     format!(
                         "claiming record {} of destination destinations/{}",
-                        claim.record_id, claim.destination_id
+                        claim.first_record_id, claim.destination_id
                     ),
                     err,
                 ))
@@ -49,7 +82,8 @@ pub(super) fn insert(conn: &Connection, claims: &[RecordClaim]) -> Result<(), St
     Ok(())
 }
 
-/// Ends the claims on these records, where there are any.
+/// Ends the claims these records belong to, where there are any. A claim is keyed by its first record, and the
+/// records of one call always end together, so each record is looked up and the first one ends the claim.
 pub(super) fn end<'a>(
     conn: &Connection,
     records: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -78,16 +112,16 @@ fn any(conn: &Connection) -> Result<bool, StoreError> {
         .context(|| "checking for record claims".to_string())
 }
 
-/// Removes every claim and returns them as failed records that may have been delivered, ready to be stored.
+/// Removes every claim and returns its records as failed records that may have been delivered, ready to be
+/// stored.
 pub(super) fn take_all_as_failures(
     conn: &Connection,
     error: &str,
     now_ms: i64,
 ) -> Result<Vec<EncodedFailure>, StoreError> {
-    let context = || "reading orphaned record claims".to_string();
     let rows = conn
         .prepare_cached(
-            "SELECT destination_id, record_id, record_json, record_encoding, request_method, request_url
+            "SELECT destination_id, record_id, records, request_method, request_url
              FROM record_claims ORDER BY claimed_at_ms, destination_id, record_id",
         )
         .and_then(|mut statement| {
@@ -95,19 +129,22 @@ pub(super) fn take_all_as_failures(
                 .query_map([], OrphanRow::read)?
                 .collect::<Result<Vec<_>, _>>()
         })
-        .context(context)?;
+        .context(|| "reading orphaned record claims".to_string())?;
     conn.execute("DELETE FROM record_claims", [])
         .context(|| "removing orphaned record claims".to_string())?;
-    rows.into_iter()
-        .map(|row| super::failed_records::encode(row.into_failure(error, now_ms)))
-        .collect()
+    let mut failures = Vec::new();
+    for row in rows {
+        for failure in row.into_failures(error, now_ms)? {
+            failures.push(super::failed_records::encode(failure)?);
+        }
+    }
+    Ok(failures)
 }
 
 struct OrphanRow {
     destination_id: String,
     record_id: String,
-    record_json: Vec<u8>,
-    record_encoding: String,
+    records: Vec<u8>,
     request_method: String,
     request_url: String,
 }
@@ -117,35 +154,137 @@ impl OrphanRow {
         Ok(OrphanRow {
             destination_id: row.get(0)?,
             record_id: row.get(1)?,
-            record_json: row.get(2)?,
-            record_encoding: row.get(3)?,
-            request_method: row.get(4)?,
-            request_url: row.get(5)?,
+            records: row.get(2)?,
+            request_method: row.get(3)?,
+            request_url: row.get(4)?,
         })
     }
 
-    fn into_failure(self, error: &str, now_ms: i64) -> FailedRecordEntry {
-        FailedRecordEntry {
-            destination_id: self.destination_id,
-            record_id: self.record_id,
-            record_json: self.record_json,
-            outcome: Outcome::Failed,
-            request: Some(StoredRequest {
-                method: self.request_method,
-                url: self.request_url,
-                headers: Vec::new(),
-                body: Vec::new(),
-            }),
-            http_status: 0,
-            response_headers: Vec::new(),
-            response_body: Vec::new(),
-            error: error.to_string(),
-            maybe_delivered: true,
-            // A name this build does not know shows the record as a Struct rather than losing it.
-            record_encoding: RecordEncoding::parse(&self.record_encoding).unwrap_or_default(),
-            attempts: 0,
-            first_failure_ms: now_ms,
-            last_failure_ms: now_ms,
+    fn into_failures(self, error: &str, now_ms: i64) -> Result<Vec<FailedRecordEntry>, StoreError> {
+        let records = decode_records(&self.records).ok_or_else(|| {
+            StoreError::corrupt(
+                format!(
+                    "claim on record {} of destination destinations/{}",
+                    self.record_id, self.destination_id
+                ),
+                "its records cannot be read",
+            )
+        })?;
+        let request = StoredRequest {
+            method: self.request_method,
+            url: self.request_url,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        Ok(records
+            .into_iter()
+            .map(|record| FailedRecordEntry {
+                destination_id: self.destination_id.clone(),
+                record_id: record.record_id,
+                record_json: record.record_json,
+                outcome: Outcome::Failed,
+                request: Some(request.clone()),
+                http_status: 0,
+                response_headers: Vec::new(),
+                response_body: Vec::new(),
+                error: error.to_string(),
+                maybe_delivered: true,
+                record_encoding: record.record_encoding,
+                attempts: 0,
+                first_failure_ms: now_ms,
+                last_failure_ms: now_ms,
+            })
+            .collect())
+    }
+}
+
+/// Each record as a little-endian u32 id length, the id, an encoding byte, a u32 JSON length and the JSON.
+fn encode_records(records: &[ClaimedRecord]) -> Vec<u8> {
+    let size = records
+        .iter()
+        .map(|record| 9 + record.record_id.len() + record.record_json.len())
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    for record in records {
+        put_bytes(&mut out, record.record_id.as_bytes());
+        out.push(match record.record_encoding {
+            RecordEncoding::Struct => 0,
+            RecordEncoding::RawJson => 1,
+        });
+        put_bytes(&mut out, &record.record_json);
+    }
+    out
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Record ids are at most 256 bytes and a record fits a 16 MiB message: u32 lengths always hold.
+    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// `None` if the bytes are not what [`encode_records`] writes.
+fn decode_records(mut bytes: &[u8]) -> Option<Vec<ClaimedRecord>> {
+    let mut records = Vec::new();
+    while !bytes.is_empty() {
+        let record_id = String::from_utf8(take_bytes(&mut bytes)?.to_vec()).ok()?;
+        let (&encoding, rest) = bytes.split_first()?;
+        bytes = rest;
+        let record_encoding = match encoding {
+            0 => RecordEncoding::Struct,
+            1 => RecordEncoding::RawJson,
+            _ => return None,
+        };
+        let record_json = take_bytes(&mut bytes)?.to_vec();
+        records.push(ClaimedRecord {
+            record_id,
+            record_json,
+            record_encoding,
+        });
+    }
+    Some(records)
+}
+
+fn take_bytes<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (length, rest) = bytes.split_first_chunk::<4>()?;
+    let length = usize::try_from(u32::from_le_bytes(*length)).ok()?;
+    if rest.len() < length {
+        return None;
+    }
+    let (taken, rest) = rest.split_at(length);
+    *bytes = rest;
+    Some(taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_is_detected() {
+        let records = vec![
+            ClaimedRecord {
+                record_id: "r-1".to_string(),
+                record_json: br#"{"n": 12345678901234567890}"#.to_vec(),
+                record_encoding: RecordEncoding::RawJson,
+            },
+            ClaimedRecord {
+                record_id: "é".to_string(),
+                record_json: Vec::new(),
+                record_encoding: RecordEncoding::Struct,
+            },
+        ];
+        let encoded = encode_records(&records);
+        assert_eq!(decode_records(&encoded), Some(records));
+        assert_eq!(decode_records(&[]), Some(Vec::new()));
+        for cut in 1..encoded.len() {
+            let decoded = decode_records(&encoded[..cut]);
+            assert!(
+                decoded.is_none() || decoded.is_some_and(|records| records.len() == 1),
+                "cut at {cut}"
+            );
         }
+        let mut bad_encoding = encoded.clone();
+        bad_encoding[4 + 3] = 7;
+        assert_eq!(decode_records(&bad_encoding), None);
     }
 }

@@ -1,16 +1,19 @@
--- Records being sent by a call that must not be repeated blindly (a create): committed before the call is sent,
--- removed in the same transaction as the record's outcome, or when the record is released unsent. A row that
--- outlives its process (a crash, kill -9, power loss) is an orphan: at start-up it becomes a failed record that
--- may have been delivered, since nobody knows whether its call reached Groove. The row carries the record and
--- the request so that failed record can be shown and retried.
+-- Calls that must not be repeated blindly (creates), claimed before they are sent: one row per call, removed in
+-- the same transaction as the outcome of its records, or when its records are released unsent. A row that
+-- outlives its process (a crash, kill -9, power loss) is an orphan: at start-up its records become failed
+-- records that may have been delivered, since nobody knows whether the call reached Groove. The row carries the
+-- records and the request so that those failed records can be shown and retried.
 --
--- WITHOUT ROWID: rows are small (a record, a URL) and live for one call, so every claim is an insert and a delete;
--- keyed by the primary key alone, each costs one B-tree instead of the table's and its key index's.
+-- record_id is the first record of the call; records holds all of them (the first included), each as a
+-- little-endian u32 id length, the id, one encoding byte (0 struct, 1 raw_json), a u32 JSON length and the JSON.
+-- One row per call rather than per record: a batch of a hundred is one insert and one delete.
+--
+-- WITHOUT ROWID: rows live for one call, so every claim is an insert and a delete; keyed by the primary key
+-- alone, each costs one B-tree instead of the table's and its key index's.
 CREATE TABLE record_claims (
     destination_id   TEXT NOT NULL REFERENCES destinations (id) ON DELETE CASCADE,
     record_id        TEXT NOT NULL,
-    record_json      BLOB NOT NULL,
-    record_encoding  TEXT NOT NULL,
+    records          BLOB NOT NULL,
     request_method   TEXT NOT NULL,
     request_url      TEXT NOT NULL,
     claimed_at_ms    INTEGER NOT NULL,
