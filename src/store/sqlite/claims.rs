@@ -1,10 +1,10 @@
 //! SQL for `record_claims`: claims on the records of calls that must not be repeated blindly, written before
 //! the call, ended with the records' outcome, and turned into failed records when a process left them behind.
 
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, params_from_iter, Connection, Row};
 
 use super::failed_records::EncodedFailure;
-use super::per_record::is_missing_destination;
+use super::per_record::{is_missing_destination, padded_chunks, placeholders};
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
 use crate::store::error::{Context, StoreError};
@@ -83,25 +83,39 @@ pub(super) fn insert(conn: &Connection, claims: &[EncodedClaim]) -> Result<(), S
 }
 
 /// Ends the claims these records belong to, where there are any. A claim is keyed by its first record, and the
-/// records of one call always end together, so each record is looked up and the first one ends the claim.
+/// records of one call always end together, so looking every record up finds each claim once.
 pub(super) fn end<'a>(
     conn: &Connection,
     records: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), StoreError> {
     // Most records never had a claim (updates need none), and the table holds only what is in flight: one
-    // probe spares a delete per record.
+    // probe spares the deletes.
     if !any(conn)? {
         return Ok(());
     }
-    let mut statement = conn
-        .prepare_cached("DELETE FROM record_claims WHERE destination_id = ?1 AND record_id = ?2")
-        .context(|| "preparing to end record claims".to_string())?;
+    // One statement per destination and chunk of ids: a batch's hundred records, all but one without a claim of
+    // their own, cost one statement rather than a hundred.
+    let mut by_destination: Vec<(&str, Vec<String>)> = Vec::new();
     for (destination_id, record_id) in records {
-        statement
-            .execute(params![destination_id, record_id])
+        match by_destination.last_mut() {
+            Some((current, ids)) if *current == destination_id => ids.push(record_id.to_string()),
+            _ => by_destination.push((destination_id, vec![record_id.to_string()])),
+        }
+    }
+    for (destination_id, record_ids) in &by_destination {
+        for chunk in padded_chunks(record_ids) {
+            conn.prepare_cached(&format!(
+                "DELETE FROM record_claims WHERE destination_id = ? AND record_id IN ({})",
+                placeholders(chunk.len())
+            ))
+            .and_then(|mut statement| {
+                let values = std::iter::once(*destination_id).chain(chunk.iter().copied());
+                statement.execute(params_from_iter(values))
+            })
             .context(|| {
-                format!("ending the claim on record {record_id} of destination destinations/{destination_id}")
+                format!("ending record claims of destination destinations/{destination_id}")
             })?;
+        }
     }
     Ok(())
 }
