@@ -8,8 +8,9 @@
 -- little-endian u32 id length, the id, one encoding byte (0 struct, 1 raw_json), a u32 JSON length and the JSON.
 -- One row per call rather than per record: a batch of a hundred is one insert and one delete.
 --
--- WITHOUT ROWID: rows live for one call, so every claim is an insert and a delete; keyed by the primary key
--- alone, each costs one B-tree instead of the table's and its key index's.
+-- A rowid table, not WITHOUT ROWID: a batch's records spill into overflow pages, and a WITHOUT ROWID delete reads
+-- the whole row back (measured: deleting batch claims took 14 % of the service's CPU). With a rowid the delete
+-- only reads the key columns at the front of the row.
 CREATE TABLE record_claims (
     destination_id   TEXT NOT NULL REFERENCES destinations (id) ON DELETE CASCADE,
     record_id        TEXT NOT NULL,
@@ -18,7 +19,7 @@ CREATE TABLE record_claims (
     request_url      TEXT NOT NULL,
     claimed_at_ms    INTEGER NOT NULL,
     PRIMARY KEY (destination_id, record_id)
-) STRICT, WITHOUT ROWID;
+) STRICT;
 
 -- 1 when an attempt may have reached Groove: a replay of the record id is then not sent, only an explicit retry.
 -- Sticky: a later failure of an explicit retry does not make the earlier attempt any less ambiguous.
