@@ -65,15 +65,25 @@ fn tickets_config(concurrency: u32, max_attempts: u32) -> proto::DestinationConf
     }
 }
 
-/// Waits until the sandbox has received `count` API calls (answered or not).
-async fn until_received(sandbox: &SandboxHandle, count: usize) {
+/// Waits until `count` creates are on their way to Groove: their claims are committed just before the calls go
+/// out. (The sandbox records a call only once it has answered it.)
+async fn until_claimed(data_dir: &std::path::Path, count: i64) {
+    let database = data_dir.join(groove_destination::store::DATABASE_FILE);
     for _ in 0..500 {
-        if sandbox.requests().len() >= count {
+        let conn = rusqlite::Connection::open_with_flags(
+            &database,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let claimed: i64 = conn
+            .query_row("SELECT count(*) FROM record_claims", [], |row| row.get(0))
+            .unwrap();
+        if claimed >= count {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("the sandbox did not receive {count} calls");
+    panic!("{count} creates were not claimed");
 }
 
 async fn failed_records(
@@ -118,7 +128,7 @@ async fn stopped_with(
 
 #[tokio::test]
 async fn a_record_in_flight_on_another_stream_is_answered_only_when_that_delivery_ends() {
-    let (sandbox, _dir, server) = setup().await;
+    let (sandbox, dir, server) = setup().await;
     let name = active_destination(&server, "tickets", tickets_config(8, 5)).await;
 
     // The reproduction: A's call is slow and ends in a 500 that created nothing.
@@ -128,7 +138,11 @@ async fn a_record_in_flight_on_another_stream_is_answered_only_when_that_deliver
         .send(flows::batch(vec![raw("x1", ticket("x1"))]))
         .await
         .unwrap();
-    until_received(&sandbox, 1).await;
+    until_claimed(dir.path(), 1).await;
+    assert!(
+        sandbox.requests().is_empty(),
+        "the first call is still on the wire"
+    );
     let second = send(&server, &name, vec![vec![raw("x1", ticket("x1"))]])
         .await
         .unwrap();
@@ -155,7 +169,11 @@ async fn a_record_in_flight_on_another_stream_is_answered_only_when_that_deliver
         .send(flows::batch(vec![raw("y1", ticket("y1"))]))
         .await
         .unwrap();
-    until_received(&sandbox, 1).await;
+    until_claimed(dir.path(), 1).await;
+    assert!(
+        sandbox.requests().is_empty(),
+        "the first call is still on the wire"
+    );
     let second = send(&server, &name, vec![vec![raw("y1", ticket("y1"))]])
         .await
         .unwrap();
