@@ -126,6 +126,34 @@ async fn stopped_with(
     (answered.results, summary)
 }
 
+/// Sends `record_id` on a first stream, and again on a second one while the first call is provably still
+/// unanswered (claimed, and the sandbox has answered nothing). Returns the one result of each stream.
+async fn replay_while_in_flight(
+    server: &TestServer,
+    data_dir: &std::path::Path,
+    sandbox: &SandboxHandle,
+    name: &str,
+    record_id: &str,
+) -> (proto::DeliveryResult, proto::DeliveryResult) {
+    sandbox.clear_requests();
+    let (requests, mut first) = flows::open(server, name).await;
+    requests
+        .send(flows::batch(vec![raw(record_id, ticket(record_id))]))
+        .await
+        .unwrap();
+    until_claimed(data_dir, 1).await;
+    assert!(
+        sandbox.requests().is_empty(),
+        "the first call is still on the wire"
+    );
+    let second = send(server, name, vec![vec![raw(record_id, ticket(record_id))]])
+        .await
+        .unwrap();
+    drop(requests);
+    let first = flows::drain(&mut first).await.unwrap();
+    (first.of(record_id).clone(), second.of(record_id).clone())
+}
+
 #[tokio::test]
 async fn a_record_in_flight_on_another_stream_is_answered_only_when_that_delivery_ends() {
     let (sandbox, dir, server) = setup().await;
@@ -133,27 +161,12 @@ async fn a_record_in_flight_on_another_stream_is_answered_only_when_that_deliver
 
     // The reproduction: A's call is slow and ends in a 500 that created nothing.
     sandbox.set_faults(faults(&[ScriptedAnswer::fail(500)], 400));
-    let (requests, mut first) = flows::open(&server, &name).await;
-    requests
-        .send(flows::batch(vec![raw("x1", ticket("x1"))]))
-        .await
-        .unwrap();
-    until_claimed(dir.path(), 1).await;
-    assert!(
-        sandbox.requests().is_empty(),
-        "the first call is still on the wire"
-    );
-    let second = send(&server, &name, vec![vec![raw("x1", ticket("x1"))]])
-        .await
-        .unwrap();
-    let refused = second.of("x1");
+    let (first, refused) = replay_while_in_flight(&server, dir.path(), &sandbox, &name, "x1").await;
     assert_eq!(refused.outcome(), Outcome::Failed, "{refused:?}");
     assert_eq!(refused.attempts, 0);
     assert!(refused.error.contains("may have"), "{}", refused.error);
-    drop(requests);
-    let first = flows::drain(&mut first).await.unwrap();
-    assert_eq!(first.of("x1").outcome(), Outcome::Failed);
-    assert_eq!(first.of("x1").attempts, 1);
+    assert_eq!(first.outcome(), Outcome::Failed);
+    assert_eq!(first.attempts, 1);
     assert_eq!(
         sandbox.requests().len(),
         1,
@@ -162,29 +175,12 @@ async fn a_record_in_flight_on_another_stream_is_answered_only_when_that_deliver
     assert_eq!(tickets_of(&sandbox, "x1"), 0);
 
     // When the first delivery succeeds, the copy waiting for it is a true duplicate.
-    sandbox.clear_requests();
     sandbox.set_faults(faults(&[], 300));
-    let (requests, mut first) = flows::open(&server, &name).await;
-    requests
-        .send(flows::batch(vec![raw("y1", ticket("y1"))]))
-        .await
-        .unwrap();
-    until_claimed(dir.path(), 1).await;
-    assert!(
-        sandbox.requests().is_empty(),
-        "the first call is still on the wire"
-    );
-    let second = send(&server, &name, vec![vec![raw("y1", ticket("y1"))]])
-        .await
-        .unwrap();
-    let duplicate = second.of("y1");
+    let (first, duplicate) =
+        replay_while_in_flight(&server, dir.path(), &sandbox, &name, "y1").await;
     assert_eq!(duplicate.outcome(), Outcome::Duplicate, "{duplicate:?}");
     assert_eq!(duplicate.response.as_ref().unwrap().http_status, 201);
-    drop(requests);
-    assert_eq!(
-        flows::drain(&mut first).await.unwrap().of("y1").outcome(),
-        Outcome::Delivered
-    );
+    assert_eq!(first.outcome(), Outcome::Delivered);
     assert_eq!(tickets_of(&sandbox, "y1"), 1);
     server.stop().await;
 }
