@@ -83,11 +83,15 @@ pub async fn deliver(
         }
     }
     let Some((mut result, index)) = last else {
-        let mut report =
-            DeliveryReport::invalid(String::new(), "record", "record renders to no call");
-        report.record_ids = unit.record_ids;
-        report.records = unit.records;
-        return UnitEnd::Reported(Box::new(report));
+        return UnitEnd::Reported(Box::new(DeliveryReport {
+            field: "record".to_string(),
+            ..DeliveryReport::unsent_records(
+                unit.record_ids,
+                unit.records,
+                Outcome::Invalid,
+                "record renders to no call",
+            )
+        }));
     };
     if result.outcome != Outcome::Delivered && index > 0 && !unit.repeatable {
         result.maybe_delivered = true;

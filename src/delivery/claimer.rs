@@ -98,13 +98,12 @@ impl Stage {
                     units.into_iter().partition(|unit| !unit.repeatable);
                 units = claimed;
                 for unit in unclaimed {
-                    let mut failed = DeliveryReport::unsent(
-                        String::new(),
+                    let failed = DeliveryReport::unsent_records(
+                        unit.record_ids,
+                        unit.records,
                         Outcome::Failed,
                         format!("cannot record the claim before sending; not sent: {error}"),
                     );
-                    failed.record_ids = unit.record_ids;
-                    failed.records = unit.records;
                     self.reports.report(failed).await;
                 }
             }

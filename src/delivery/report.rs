@@ -96,8 +96,18 @@ impl DeliveryReport {
 
     /// A record that ends without a call of its own.
     pub fn unsent(record_id: String, outcome: Outcome, error: impl Into<String>) -> Self {
+        DeliveryReport::unsent_records(vec![record_id], Vec::new(), outcome, error)
+    }
+
+    /// Records that end without a call, keeping their JSON for the failed-records store.
+    pub fn unsent_records(
+        record_ids: Vec<String>,
+        records: Vec<RecordJson>,
+        outcome: Outcome,
+        error: impl Into<String>,
+    ) -> Self {
         DeliveryReport {
-            record_ids: vec![record_id],
+            record_ids,
             outcome,
             answer: None,
             attempts: 0,
@@ -105,7 +115,7 @@ impl DeliveryReport {
             error: error.into(),
             field: String::new(),
             call: None,
-            records: Vec::new(),
+            records,
             maybe_delivered: false,
         }
     }

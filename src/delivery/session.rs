@@ -332,13 +332,12 @@ impl Intake<'_> {
                 tracing::error!(%error, destination = %session.name, "cannot read record states; records kept as failed");
                 let (record_ids, records) = taken.into_iter().map(|r| (r.id, r.json)).unzip();
                 self.reports
-                    .report(DeliveryReport {
+                    .report(DeliveryReport::unsent_records(
+                        record_ids,
                         records,
-                        ..unsent_unit(
-                            record_ids,
-                            "cannot check the delivery ledger; not sent".to_string(),
-                        )
-                    })
+                        Outcome::Failed,
+                        "cannot check the delivery ledger; not sent",
+                    ))
                     .await;
                 return;
             }
@@ -451,14 +450,6 @@ impl Intake<'_> {
                 self.reports.release(unit).await;
             }
         }
-    }
-}
-
-/// A unit's records failed before anything was sent.
-fn unsent_unit(record_ids: Vec<String>, error: String) -> DeliveryReport {
-    DeliveryReport {
-        record_ids,
-        ..DeliveryReport::unsent(String::new(), Outcome::Failed, error)
     }
 }
 
