@@ -133,10 +133,7 @@ async fn work(
             // Idle: let go of the connection as soon as Groove closes it.
             () = connection.closed() => continue,
         };
-        if stop.is_cancelled() {
-            reports.release(unit).await;
-            continue;
-        }
+        // Once stopped, `deliver` releases the unit before anything of it is sent.
         match deliver(&context, &mut connection, unit, &stop).await {
             UnitEnd::Reported(report) => reports.report(*report).await,
             UnitEnd::Released(unit) => reports.release(unit).await,
