@@ -4,6 +4,7 @@
 //! shutdown future resolves.
 
 pub mod api;
+pub mod auth;
 pub mod delivery;
 pub mod domain;
 pub mod groove;
@@ -45,6 +46,8 @@ pub enum ServeError {
     Engine(#[from] delivery::EngineStartError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Security(#[from] auth::SecurityError),
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -56,6 +59,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let address = listener.local_addr().unwrap_or(settings.listen);
+    let security = auth::set_up(&settings.security_options(), address)?;
     let secrets = match &settings.secret_key {
         Some(encoded) => SecretBox::from_encoded(encoded),
         None => SecretBox::load_or_create(&settings.data_dir),
@@ -70,7 +75,7 @@ pub async fn serve(
     let groove = groove::GrooveClient::new(&settings.groove_url)?;
     let engine = delivery::Engine::start(store.clone(), groove, settings.engine_options()).await?;
     let state = api::AppState::new(store, engine);
-    api::run(state, listener, shutdown).await
+    api::run(state, listener, security, shutdown).await
 }
 
 /// Resolves on SIGTERM (what container runtimes send) or SIGINT (Ctrl-C).

@@ -66,6 +66,34 @@ pub struct Settings {
     /// Log line format.
     #[arg(long, env = "GROOVE_DESTINATION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// TOML file of callers: each with a name, the SHA-256 of its bearer token and/or client certificate
+    /// names, its scopes (admin, read, send) and optionally the destinations it may use. Re-read when it
+    /// changes and on SIGHUP. Unset: callers are not authenticated by token.
+    #[arg(long, env = "GROOVE_DESTINATION_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Serve server reflection without caller credentials (it lists the API, not its data).
+    #[arg(long, env = "GROOVE_DESTINATION_PUBLIC_REFLECTION")]
+    pub public_reflection: bool,
+
+    /// Serve a non-loopback address without authenticating callers: only where something in front (a
+    /// service-mesh sidecar) authenticates them.
+    #[arg(long, env = "GROOVE_DESTINATION_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// PEM certificate chain for TLS on the gRPC port; needs --tls-key. Re-read when it changes.
+    #[arg(long, env = "GROOVE_DESTINATION_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GROOVE_DESTINATION_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: clients must present a certificate one of them signed (mTLS). Its URI or DNS
+    /// names can stand for a caller in --auth-tokens-file; without that file any such client is an admin.
+    #[arg(long, env = "GROOVE_DESTINATION_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -89,6 +117,33 @@ impl Settings {
             max_rate_per_credential: None,
             ledger_retention_hours: 168,
             ledger_max_per_destination: 10_000_000,
+            auth_tokens_file: None,
+            public_reflection: false,
+            allow_unauthenticated: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+        }
+    }
+
+    pub fn security_options(&self) -> crate::auth::SecurityOptions {
+        crate::auth::SecurityOptions {
+            auth_tokens_file: self.auth_tokens_file.clone(),
+            tls: self.tls_files(),
+            public_reflection: self.public_reflection,
+            allow_unauthenticated: self.allow_unauthenticated,
+        }
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::auth::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(certificate), Some(key)) => Some(crate::auth::TlsFiles {
+                certificate: certificate.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
         }
     }
 
@@ -153,6 +208,8 @@ mod tests {
             ("--groove-url", "https://user@api.groovehq.com/v1"),
             ("--log", "=="),
             ("--log-format", "xml"),
+            ("--tls-cert", "server.pem"),
+            ("--tls-client-ca", "ca.pem"),
         ] {
             let error = Settings::try_parse_from(["groove-destination", flag, value]).unwrap_err();
             assert!(error.to_string().contains(flag), "{flag}: {error}");

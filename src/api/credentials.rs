@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::convert::{check_display_name, duration, now_ms, page_request, timestamp};
 use crate::api::error::ApiError;
+use crate::api::guard;
 use crate::api::names::CREDENTIALS;
 use crate::api::AppState;
 use crate::domain::credential::{ApiKey, Credential};
@@ -61,6 +62,7 @@ impl CredentialService for Credentials {
         &self,
         request: Request<proto::CreateCredentialRequest>,
     ) -> Result<Response<proto::CreateCredentialResponse>, Status> {
+        let caller = guard::caller(&request)?;
         let request = request.into_inner();
         check_new_credential(&request)?;
         let id = CREDENTIALS.new_id("credential_id", &request.credential_id)?;
@@ -75,7 +77,7 @@ impl CredentialService for Credentials {
             })
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(credential = %CREDENTIALS.name(&credential.id), "credential created");
+        tracing::info!(credential = %CREDENTIALS.name(&credential.id), caller = caller.name(), "credential created");
         Ok(Response::new(proto::CreateCredentialResponse {
             credential: Some(credential_to_proto(credential)),
         }))
@@ -119,13 +121,14 @@ impl CredentialService for Credentials {
         &self,
         request: Request<proto::DeleteCredentialRequest>,
     ) -> Result<Response<proto::DeleteCredentialResponse>, Status> {
+        let caller = guard::caller(&request)?;
         let id = CREDENTIALS.parse_name("name", &request.get_ref().name)?;
         self.state
             .store
             .delete_credential(&id)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(credential = %CREDENTIALS.name(&id), "credential deleted");
+        tracing::info!(credential = %CREDENTIALS.name(&id), caller = caller.name(), "credential deleted");
         Ok(Response::new(proto::DeleteCredentialResponse {}))
     }
 
@@ -133,6 +136,7 @@ impl CredentialService for Credentials {
         &self,
         request: Request<proto::VerifyCredentialRequest>,
     ) -> Result<Response<proto::VerifyCredentialResponse>, Status> {
+        let caller = guard::caller(&request)?;
         let id = CREDENTIALS.parse_name("name", &request.get_ref().name)?;
         let key = self
             .state
@@ -158,7 +162,7 @@ impl CredentialService for Credentials {
                 (Verdict::Unreachable, status.unwrap_or(0), detail)
             }
         };
-        tracing::info!(credential = %CREDENTIALS.name(&id), verdict = ?verdict, http_status, "credential verified");
+        tracing::info!(credential = %CREDENTIALS.name(&id), caller = caller.name(), verdict = ?verdict, http_status, "credential verified");
         Ok(Response::new(proto::VerifyCredentialResponse {
             verdict: verdict as i32,
             http_status: i32::from(http_status),

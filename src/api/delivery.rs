@@ -10,12 +10,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert::{duration, page_request};
 use crate::api::error::ApiError;
+use crate::api::guard;
 use crate::api::names::DESTINATIONS;
 use crate::api::results::{
     failed_record_to_proto, incoming_record, report_outcome_to_proto, report_to_proto,
     summary_to_proto,
 };
 use crate::api::AppState;
+use crate::auth::check_destination;
 use crate::delivery::{IncomingRecord, Interruption, StreamEvent, Unreadable};
 use crate::domain::outcome::Outcome;
 use crate::proto::delivery_service_server::DeliveryService;
@@ -165,6 +167,7 @@ impl DeliveryService for Delivery {
         &self,
         request: Request<Streaming<proto::SendRecordsRequest>>,
     ) -> Result<Response<Self::SendRecordsStream>, Status> {
+        let caller = guard::caller(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await?;
         let Some(proto::SendRecordsRequest {
@@ -178,13 +181,14 @@ impl DeliveryService for Delivery {
             .into());
         };
         let id = DESTINATIONS.parse_name("start.destination", &start.destination)?;
+        check_destination(&caller, &id).map_err(ApiError::from)?;
         let session = self
             .state
             .engine
             .open_session(&id, &start.destination)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(destination = %start.destination, "record stream opened");
+        tracing::info!(destination = %start.destination, caller = caller.name(), "record stream opened");
         let (output, events) = mpsc::channel(OUTPUT_BUFFER);
         let name = start.destination.clone();
         tokio::spawn(async move {
@@ -215,6 +219,7 @@ impl DeliveryService for Delivery {
         &self,
         request: Request<proto::ListFailedRecordsRequest>,
     ) -> Result<Response<proto::ListFailedRecordsResponse>, Status> {
+        guard::destination_caller(&request, "destination", &request.get_ref().destination)?;
         let request = request.into_inner();
         let id = DESTINATIONS.parse_name("destination", &request.destination)?;
         let page = page_request(request.page_size, &request.page_token)?;
@@ -260,6 +265,8 @@ impl DeliveryService for Delivery {
         request: Request<proto::RetryFailedRecordsRequest>,
     ) -> Result<Response<proto::RetryFailedRecordsResponse>, Status> {
         let started = Instant::now();
+        let caller =
+            guard::destination_caller(&request, "destination", &request.get_ref().destination)?;
         let request = request.into_inner();
         let id = DESTINATIONS.parse_name("destination", &request.destination)?;
         let selection = selection(request.all, request.record_ids)?;
@@ -326,7 +333,7 @@ impl DeliveryService for Delivery {
         if let Err(error) = run.await {
             tracing::error!(%error, destination = %request.destination, "retry session failed");
         }
-        tracing::info!(destination = %request.destination, retried = results.len(), "failed records retried");
+        tracing::info!(destination = %request.destination, caller = caller.name(), retried = results.len(), "failed records retried");
         Ok(Response::new(proto::RetryFailedRecordsResponse {
             results,
             summary,
@@ -338,6 +345,8 @@ impl DeliveryService for Delivery {
         &self,
         request: Request<proto::DeleteFailedRecordsRequest>,
     ) -> Result<Response<proto::DeleteFailedRecordsResponse>, Status> {
+        let caller =
+            guard::destination_caller(&request, "destination", &request.get_ref().destination)?;
         let request = request.into_inner();
         let id = DESTINATIONS.parse_name("destination", &request.destination)?;
         let selection = selection(request.all, request.record_ids)?;
@@ -347,7 +356,7 @@ impl DeliveryService for Delivery {
             .delete_failed_records(&id, selection)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(destination = %request.destination, deleted_count, "failed records deleted");
+        tracing::info!(destination = %request.destination, caller = caller.name(), deleted_count, "failed records deleted");
         Ok(Response::new(proto::DeleteFailedRecordsResponse {
             deleted_count,
         }))

@@ -13,10 +13,12 @@ use crate::api::convert::{
     now_ms, page_request, parse_etag, webhook_from_proto,
 };
 use crate::api::error::ApiError;
+use crate::api::guard;
 use crate::api::names::{CREDENTIALS, DESTINATIONS};
 use crate::api::results::{answer_to_proto, groove_response, incoming_record, planned_request};
 use crate::api::templates::template_to_proto;
 use crate::api::AppState;
+use crate::auth::{check_destination, AuthError, Caller};
 use crate::delivery::PlannedCall;
 use crate::domain::batching::{Batch, Batcher};
 use crate::domain::config_validation::validate_config;
@@ -60,6 +62,7 @@ impl Destinations {
     /// Moves a destination to `target`, retrying when a concurrent write changed its revision meanwhile.
     async fn change_state(
         &self,
+        caller: &Caller,
         name: &str,
         target: DestinationState,
     ) -> Result<Destination, ApiError> {
@@ -88,7 +91,7 @@ impl Destinations {
                 .await
             {
                 Ok(saved) => {
-                    tracing::info!(destination = %name, state = saved.state.as_str(), "destination state changed");
+                    tracing::info!(destination = %name, caller = caller.name(), state = saved.state.as_str(), "destination state changed");
                     return Ok(saved);
                 }
                 Err(crate::store::StoreError::RevisionMismatch { .. })
@@ -200,7 +203,15 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::CreateDestinationRequest>,
     ) -> Result<Response<proto::CreateDestinationResponse>, Status> {
+        let caller = guard::caller(&request)?;
         let request = request.into_inner();
+        if request.destination_id.is_empty() && caller.limited_to_some_destinations() {
+            return Err(ApiError::from(AuthError::NeedsChosenId {
+                caller: caller.name().to_string(),
+                patterns: caller.destination_patterns(),
+            })
+            .into());
+        }
         let Some(incoming) = request.destination else {
             return Err(ApiError::invalid("destination", "destination is required").into());
         };
@@ -245,6 +256,7 @@ impl DestinationService for Destinations {
             return Err(Status::internal("validated destination lost a field"));
         };
         let id = DESTINATIONS.new_id("destination_id", &request.destination_id)?;
+        check_destination(&caller, &id).map_err(ApiError::from)?;
         let now = now_ms();
         let destination = Destination {
             id,
@@ -262,7 +274,7 @@ impl DestinationService for Destinations {
             .create_destination(destination)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(destination = %DESTINATIONS.name(&saved.id), "destination created");
+        tracing::info!(destination = %DESTINATIONS.name(&saved.id), caller = caller.name(), "destination created");
         Ok(Response::new(proto::CreateDestinationResponse {
             destination: Some(destination_to_proto(saved)),
         }))
@@ -272,6 +284,7 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::GetDestinationRequest>,
     ) -> Result<Response<proto::GetDestinationResponse>, Status> {
+        guard::destination_caller(&request, "name", &request.get_ref().name)?;
         let destination = self.get("name", &request.get_ref().name).await?;
         Ok(Response::new(proto::GetDestinationResponse {
             destination: Some(destination_to_proto(destination)),
@@ -282,6 +295,7 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::ListDestinationsRequest>,
     ) -> Result<Response<proto::ListDestinationsResponse>, Status> {
+        let caller = guard::caller(&request)?;
         let request = request.into_inner();
         let page = page_request(request.page_size, &request.page_token)?;
         let page = self
@@ -291,7 +305,13 @@ impl DestinationService for Destinations {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(proto::ListDestinationsResponse {
-            destinations: page.items.into_iter().map(destination_to_proto).collect(),
+            // A caller limited to some destinations sees only those; a page may come out short.
+            destinations: page
+                .items
+                .into_iter()
+                .filter(|destination| caller.may_use_destination(&destination.id))
+                .map(destination_to_proto)
+                .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
@@ -300,10 +320,13 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::UpdateDestinationRequest>,
     ) -> Result<Response<proto::UpdateDestinationResponse>, Status> {
+        let caller = guard::caller(&request)?;
         let request = request.into_inner();
         let Some(incoming) = request.destination else {
             return Err(ApiError::invalid("destination", "destination is required").into());
         };
+        let id = DESTINATIONS.parse_name("destination.name", &incoming.name)?;
+        check_destination(&caller, &id).map_err(ApiError::from)?;
         let expected = parse_etag("destination.etag", &incoming.etag)?;
         let current = self.get("destination.name", &incoming.name).await?;
         if let Some(expected) = expected {
@@ -333,7 +356,7 @@ impl DestinationService for Destinations {
             .update_destination(updated, current.revision)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(destination = %DESTINATIONS.name(&saved.id), fields = ?paths, "destination updated");
+        tracing::info!(destination = %DESTINATIONS.name(&saved.id), caller = caller.name(), fields = ?paths, "destination updated");
         Ok(Response::new(proto::UpdateDestinationResponse {
             destination: Some(destination_to_proto(saved)),
         }))
@@ -343,6 +366,7 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::DeleteDestinationRequest>,
     ) -> Result<Response<proto::DeleteDestinationResponse>, Status> {
+        let caller = guard::destination_caller(&request, "name", &request.get_ref().name)?;
         let request = request.into_inner();
         let id = DESTINATIONS.parse_name("name", &request.name)?;
         let expected = parse_etag("etag", &request.etag)?;
@@ -351,7 +375,7 @@ impl DestinationService for Destinations {
             .delete_destination(&id, expected)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(destination = %request.name, "destination deleted");
+        tracing::info!(destination = %request.name, caller = caller.name(), "destination deleted");
         Ok(Response::new(proto::DeleteDestinationResponse {}))
     }
 
@@ -359,8 +383,9 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::ActivateDestinationRequest>,
     ) -> Result<Response<proto::ActivateDestinationResponse>, Status> {
+        let caller = guard::destination_caller(&request, "name", &request.get_ref().name)?;
         let destination = self
-            .change_state(&request.get_ref().name, DestinationState::Active)
+            .change_state(&caller, &request.get_ref().name, DestinationState::Active)
             .await?;
         Ok(Response::new(proto::ActivateDestinationResponse {
             destination: Some(destination_to_proto(destination)),
@@ -371,8 +396,9 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::PauseDestinationRequest>,
     ) -> Result<Response<proto::PauseDestinationResponse>, Status> {
+        let caller = guard::destination_caller(&request, "name", &request.get_ref().name)?;
         let destination = self
-            .change_state(&request.get_ref().name, DestinationState::Paused)
+            .change_state(&caller, &request.get_ref().name, DestinationState::Paused)
             .await?;
         Ok(Response::new(proto::PauseDestinationResponse {
             destination: Some(destination_to_proto(destination)),
@@ -392,6 +418,10 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::PreviewRequestsRequest>,
     ) -> Result<Response<proto::PreviewRequestsResponse>, Status> {
+        if let Some(preview_requests_request::Source::Destination(name)) = &request.get_ref().source
+        {
+            guard::destination_caller(&request, "destination", name)?;
+        }
         let request = request.into_inner();
         if request.records.is_empty() || request.records.len() > MAX_PREVIEW_RECORDS {
             return Err(ApiError::invalid(
@@ -419,6 +449,7 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::TestDestinationRequest>,
     ) -> Result<Response<proto::TestDestinationResponse>, Status> {
+        let caller = guard::destination_caller(&request, "name", &request.get_ref().name)?;
         let request = request.into_inner();
         let destination = self.get("name", &request.name).await?;
         let groove = self.state.engine.groove();
@@ -470,7 +501,7 @@ impl DestinationService for Destinations {
         let started = Instant::now();
         let sent = groove.send(&key, &outgoing).await;
         let latency = duration(started.elapsed());
-        tracing::info!(destination = %request.name, url = %call.url, "test request sent");
+        tracing::info!(destination = %request.name, caller = caller.name(), url = %call.url, "test request sent");
         let (response, error) = match sent {
             Ok(answer) => (Some(answer_to_proto(&answer)), String::new()),
             Err(CallError::OutsideBaseUrl { .. }) => {

@@ -4,6 +4,7 @@ use thiserror::Error;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::AuthError;
 use crate::delivery::{DeliveryError, Interruption, Unreadable};
 use crate::domain::validation::Violations;
 use crate::store::StoreError;
@@ -27,6 +28,10 @@ pub enum ApiError {
     ResourceExhausted(String),
     #[error("{0}")]
     Cancelled(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -63,6 +68,16 @@ impl From<DeliveryError> for ApiError {
             bad_config @ DeliveryError::BadConfig { .. } => {
                 ApiError::FailedPrecondition(bad_config.to_string())
             }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        if error.is_unauthenticated() {
+            ApiError::Unauthenticated(error.to_string())
+        } else {
+            ApiError::PermissionDenied(error.to_string())
         }
     }
 }
@@ -108,6 +123,8 @@ impl From<ApiError> for Status {
             ApiError::Unavailable(message) => Status::unavailable(message),
             ApiError::ResourceExhausted(message) => Status::resource_exhausted(message),
             ApiError::Cancelled(message) => Status::cancelled(message),
+            ApiError::Unauthenticated(message) => Status::unauthenticated(message),
+            ApiError::PermissionDenied(message) => Status::permission_denied(message),
             ApiError::Store(store_error) => store_status(store_error),
         }
     }

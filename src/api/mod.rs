@@ -5,6 +5,7 @@ mod credentials;
 mod delivery;
 mod destinations;
 pub mod error;
+mod guard;
 mod json;
 pub mod json_wire;
 mod names;
@@ -20,6 +21,7 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::auth::{accept_tls, Security};
 use crate::delivery::Engine;
 use crate::proto::credential_service_server::CredentialServiceServer;
 use crate::proto::delivery_service_server::DeliveryServiceServer;
@@ -61,6 +63,7 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 pub async fn run(
     state: AppState,
     listener: TcpListener,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -76,8 +79,13 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let address = listener.local_addr().ok();
-    tracing::info!(address = ?address, "groove-destination serving");
+    let (auth, tls) = security.describe();
+    match listener.local_addr() {
+        Ok(address) => tracing::info!(%address, auth, tls, "groove-destination serving"),
+        Err(error) => {
+            tracing::info!(%error, auth, tls, "groove-destination serving on an unknown address")
+        }
+    }
 
     let drain_reporter = health_reporter.clone();
     let engine = state.engine.clone();
@@ -88,7 +96,8 @@ pub async fn run(
         tracing::info!("health set to not serving; draining calls in flight");
     };
 
-    Server::builder()
+    let router = Server::builder()
+        .layer(guard::GuardLayer::new(security.authenticator.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -101,9 +110,19 @@ pub async fn run(
         .add_service(
             DeliveryServiceServer::new(delivery::Delivery::new(state))
                 .max_decoding_message_size(MAX_RECORDS_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        );
+    match &security.tls {
+        Some(config) => {
+            router
+                .serve_with_incoming_shutdown(accept_tls(listener, config.clone()), shutdown)
+                .await?
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?
+        }
+    }
     tracing::info!("groove-destination stopped");
     Ok(())
 }

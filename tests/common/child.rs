@@ -35,6 +35,7 @@ pub struct ChildServer {
     data_dir: PathBuf,
     groove_url: String,
     log_path: PathBuf,
+    extra_args: Vec<std::ffi::OsString>,
     child: Option<Child>,
 }
 
@@ -42,11 +43,21 @@ impl ChildServer {
     /// Starts the service with its data in `work_dir/data` and its stdout and stderr appended to
     /// `work_dir/server.log`, and returns once gRPC health answers SERVING.
     pub async fn start(work_dir: &Path, groove_url: &str) -> ChildServer {
+        ChildServer::start_with_args(work_dir, groove_url, &[]).await
+    }
+
+    /// [`ChildServer::start`] with more command-line arguments.
+    pub async fn start_with_args(
+        work_dir: &Path,
+        groove_url: &str,
+        extra_args: &[&str],
+    ) -> ChildServer {
         let mut server = ChildServer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: work_dir.join("data"),
             groove_url: groove_url.to_string(),
             log_path: work_dir.join("server.log"),
+            extra_args: extra_args.iter().map(Into::into).collect(),
             child: None,
         };
         server.launch().await;
@@ -185,6 +196,7 @@ impl ChildServer {
             .arg(&self.groove_url)
             .arg("--log")
             .arg("info")
+            .args(&self.extra_args)
             .env("GROOVE_DESTINATION_SECRET_KEY", SECRET_KEY)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("share the log file"))

@@ -16,6 +16,9 @@ use groove_destination::settings::Settings;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 pub const SANDBOX_KEY: &str = "sandbox-test-key-0123456789";
@@ -47,16 +50,78 @@ pub trait GrpcServer {
         channel_to(self.grpc_addr()).await
     }
 
-    async fn credentials(&self) -> CredentialServiceClient<Channel> {
-        CredentialServiceClient::new(self.channel().await)
+    /// The bearer token every call carries; none by default.
+    fn bearer_token(&self) -> Option<&str> {
+        None
     }
 
-    async fn destinations(&self) -> DestinationServiceClient<Channel> {
-        DestinationServiceClient::new(self.channel().await)
+    async fn credentials(&self) -> CredentialServiceClient<Authed> {
+        CredentialServiceClient::with_interceptor(self.channel().await, bearer(self.bearer_token()))
     }
 
-    async fn delivery(&self) -> DeliveryServiceClient<Channel> {
-        DeliveryServiceClient::new(self.channel().await)
+    async fn destinations(&self) -> DestinationServiceClient<Authed> {
+        DestinationServiceClient::with_interceptor(
+            self.channel().await,
+            bearer(self.bearer_token()),
+        )
+    }
+
+    async fn delivery(&self) -> DeliveryServiceClient<Authed> {
+        DeliveryServiceClient::with_interceptor(self.channel().await, bearer(self.bearer_token()))
+    }
+}
+
+/// A channel whose calls carry a bearer token (or none).
+pub type Authed = InterceptedService<Channel, BearerToken>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub fn bearer(token: Option<&str>) -> BearerToken {
+    BearerToken(token.map(|token| format!("Bearer {token}").parse().expect("token is ascii")))
+}
+
+/// A server as one caller sees it: over `channel`, with `token`.
+pub struct AsCaller {
+    pub channel: Channel,
+    pub token: Option<String>,
+}
+
+impl AsCaller {
+    pub async fn plaintext(server: &impl GrpcServer, token: Option<&str>) -> AsCaller {
+        AsCaller {
+            channel: server.channel().await,
+            token: token.map(str::to_string),
+        }
+    }
+}
+
+impl GrpcServer for AsCaller {
+    fn grpc_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    async fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    fn bearer_token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 }
 
@@ -89,6 +154,12 @@ impl TestServer {
             data_dir.to_path_buf(),
             groove_url.parse().expect("groove url"),
         );
+        TestServer::start_with(settings).await
+    }
+
+    /// A server with these settings, on an ephemeral loopback port.
+    pub async fn start_with(settings: Settings) -> TestServer {
+        let data_dir = settings.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
@@ -97,7 +168,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
             shutdown: Some(tx),
             task,
         }
