@@ -376,7 +376,7 @@ async fn reflection_needs_a_caller_unless_public() {
 }
 
 /// Waits until a call with `token` gets an answer other than UNAUTHENTICATED (`admitted`) or UNAUTHENTICATED.
-async fn until_token(server: &TestServer, token: &str, admitted: bool) {
+async fn until_token(server: &impl GrpcServer, token: &str, admitted: bool) {
     let caller = AsCaller::plaintext(server, Some(token)).await;
     for _ in 0..200 {
         let result = caller
@@ -515,4 +515,56 @@ async fn the_binary_names_the_missing_setting() {
         "{stderr}"
     );
     assert!(stderr.contains("--auth-tokens-file"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_callers_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let callers = dir.path().join("callers.toml");
+    write_callers(&callers, &standard_callers());
+    let server = common::child::ChildServer::start_with_args(
+        dir.path(),
+        "http://127.0.0.1:9",
+        &["--auth-tokens-file", callers.to_str().unwrap()],
+    )
+    .await;
+    let server = &server;
+    let reads = |token: &'static str| async move {
+        AsCaller::plaintext(server, Some(token))
+            .await
+            .destinations()
+            .await
+            .list_templates(proto::ListTemplatesRequest::default())
+            .await
+            .map(drop)
+    };
+    reads(READER).await.expect("the reader reads");
+
+    // The reader's token is replaced in place, with the same length and modification time, so the change
+    // cannot be seen from the file's metadata: only SIGHUP makes the server read it.
+    let modified = std::fs::metadata(&callers).unwrap().modified().unwrap();
+    let text = standard_callers().replace(&sha256_hex(READER), &sha256_hex(LATE));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&callers)
+        .unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    tokio::time::sleep(groove_destination::auth::POLL_INTERVAL * 2).await;
+    reads(READER)
+        .await
+        .expect("no reload without a signal or a visible change");
+
+    let pid = server.pid().expect("running").to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    until_token(server, LATE, true).await;
+    assert_eq!(
+        reads(READER).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 }
