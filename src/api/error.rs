@@ -4,7 +4,7 @@ use thiserror::Error;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::delivery::{DeliveryError, Interruption, Unreadable};
+use crate::delivery::{CredentialUpdateError, DeliveryError, Interruption, Unreadable};
 use crate::domain::validation::Violations;
 use crate::store::StoreError;
 
@@ -62,6 +62,20 @@ impl From<DeliveryError> for ApiError {
             }
             bad_config @ DeliveryError::BadConfig { .. } => {
                 ApiError::FailedPrecondition(bad_config.to_string())
+            }
+        }
+    }
+}
+
+impl From<CredentialUpdateError> for ApiError {
+    fn from(error: CredentialUpdateError) -> Self {
+        match error {
+            CredentialUpdateError::Store(store) => ApiError::Store(store),
+            refused @ CredentialUpdateError::KeyRefused { .. } => {
+                ApiError::FailedPrecondition(refused.to_string())
+            }
+            unverified @ CredentialUpdateError::CannotVerify { .. } => {
+                ApiError::Unavailable(unverified.to_string())
             }
         }
     }
