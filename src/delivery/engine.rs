@@ -170,7 +170,8 @@ impl Engine {
         credential_id: &str,
     ) -> Result<(Verification, Duration), StoreError> {
         let stored = self.store.credential_key(credential_id).await?;
-        let key = self.keys.bind(credential_id, stored).current();
+        let entry = self.keys.bind(credential_id, stored);
+        let key = entry.current();
         let started = Instant::now();
         let verification = self.verify_key(&key.key).await;
         let latency = started.elapsed();
@@ -183,9 +184,7 @@ impl Engine {
             } => Evidence::of_status(*status),
             Verification::Unreachable { status: None, .. } => Evidence::Unknown,
         };
-        if let Some(entry) = self.keys.get(credential_id) {
-            entry.observe(key.version, evidence, VERIFY_CALLER).await;
-        }
+        entry.observe(key.version, evidence, VERIFY_CALLER).await;
         Ok((verification, latency))
     }
 

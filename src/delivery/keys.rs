@@ -185,7 +185,7 @@ impl KeyEntry {
     /// Takes the store's state if it holds a newer key.
     fn adopt(&self, stored: StoredKey) {
         self.change(|current| {
-            (stored.key_version > current.version).then(|| KeyState {
+            (stored.key_version > current.version).then_some(KeyState {
                 key: stored.key,
                 version: stored.key_version,
                 refusal: stored.refusal,
@@ -196,7 +196,7 @@ impl KeyEntry {
     /// A new key, already stored as `version`: calls use it from now on, and a refusal of the old key ends.
     pub fn replace(&self, key: ApiKey, version: u64) {
         let replaced = self.change(|current| {
-            (version > current.version).then(|| KeyState {
+            (version > current.version).then_some(KeyState {
                 key,
                 version,
                 refusal: None,
