@@ -207,6 +207,41 @@ async fn bearer_header_and_access_token_param_are_both_accepted() {
     assert_eq!(query_post.status(), StatusCode::CREATED);
 }
 
+#[tokio::test]
+async fn accepted_keys_can_be_rotated_and_revoked() {
+    let sb = Sandbox::start().await;
+    let status_with = |key: &'static str| {
+        let request = sb.client.get(sb.url("mailboxes")).bearer_auth(key);
+        async move { request.send().await.unwrap().status() }
+    };
+    // Both keys during a rotation, then only the new one.
+    sb.handle.set_api_keys(&[KEY, "next-key"]);
+    assert_eq!(status_with(KEY).await, StatusCode::OK);
+    assert_eq!(status_with("next-key").await, StatusCode::OK);
+    assert_eq!(sb.handle.api_keys(), [KEY, "next-key"]);
+    let rotated = sb
+        .client
+        .put(sb.control("api_keys"))
+        .json(&json!({"api_keys": ["next-key"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), StatusCode::NO_CONTENT);
+    assert_eq!(status_with(KEY).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_with("next-key").await, StatusCode::OK);
+    // Every key revoked.
+    sb.handle.set_api_keys(&[]);
+    assert_eq!(status_with("next-key").await, StatusCode::UNAUTHORIZED);
+    let malformed = sb
+        .client
+        .put(sb.control("api_keys"))
+        .json(&json!({"keys": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+}
+
 // --- bodies ---
 
 #[tokio::test]

@@ -1,6 +1,4 @@
-//! CredentialService: store, show, delete and verify Groove API keys.
-
-use std::time::Instant;
+//! CredentialService: store, show, change, delete and verify Groove API keys.
 
 use tonic::{Request, Response, Status};
 
@@ -10,13 +8,25 @@ use crate::api::guard;
 use crate::api::names::CREDENTIALS;
 use crate::api::AppState;
 use crate::domain::credential::{ApiKey, Credential};
+use crate::domain::validation::Violations;
 use crate::groove::Verification;
 use crate::proto::credential_service_server::CredentialService;
 use crate::proto::{self, verify_credential_response::Verdict};
-use crate::store::NewCredential;
+use crate::store::{CredentialUpdate, NewCredential};
 
 /// Longest API key accepted; Groove's are far shorter, this only bounds what we store.
 const MAX_API_KEY_LEN: usize = 4096;
+/// Fields UpdateCredential changes, as `update_mask` names them.
+const UPDATABLE_FIELDS: [&str; 2] = ["display_name", "api_key"];
+/// Fields of Credential that only the server sets.
+const OUTPUT_ONLY_FIELDS: [&str; 6] = [
+    "name",
+    "api_key_hint",
+    "create_time",
+    "update_time",
+    "state",
+    "refusal",
+];
 
 pub struct Credentials {
     state: AppState,
@@ -29,31 +39,106 @@ impl Credentials {
 }
 
 fn credential_to_proto(credential: Credential) -> proto::Credential {
+    let state = match credential.refusal {
+        Some(_) => proto::credential::State::Refused,
+        None => proto::credential::State::Active,
+    };
     proto::Credential {
         name: CREDENTIALS.name(&credential.id),
         display_name: credential.display_name,
         api_key_hint: credential.api_key_hint,
         create_time: Some(timestamp(credential.create_time_ms)),
         update_time: Some(timestamp(credential.update_time_ms)),
+        state: state as i32,
+        refusal: credential
+            .refusal
+            .map(|refusal| proto::credential::Refusal {
+                http_status: i32::from(refusal.http_status),
+                refuse_time: Some(timestamp(refusal.refuse_time_ms)),
+                detail: refusal.detail,
+            }),
     }
 }
 
 fn check_new_credential(request: &proto::CreateCredentialRequest) -> Result<(), ApiError> {
-    let mut violations = crate::domain::validation::Violations::default();
+    let mut violations = Violations::default();
     check_display_name("display_name", &request.display_name, &mut violations);
-    let key = request.api_key.trim();
+    check_api_key("api_key", &request.api_key, &mut violations);
+    violations.into_result().map_err(ApiError::from)
+}
+
+fn check_api_key(field: &str, key: &str, violations: &mut Violations) {
+    let key = key.trim();
     if key.is_empty() {
-        violations.push("api_key", "api key is required");
+        violations.push(field, "api key is required");
     } else if key.len() > MAX_API_KEY_LEN
         || key.chars().any(|c| c.is_control() || c.is_whitespace())
     {
         // The key goes into an HTTP header: control characters or spaces would make it unusable.
         violations.push(
-            "api_key",
+            field,
             "api key must be printable text without spaces, at most 4096 bytes",
         );
     }
-    violations.into_result().map_err(ApiError::from)
+}
+
+/// The change an UpdateCredential request asks for: the fields its mask names (all of them for `*`; those given
+/// a non-empty value for an empty mask), each checked like on create.
+fn credential_update(
+    id: String,
+    request: &proto::UpdateCredentialRequest,
+) -> Result<CredentialUpdate, ApiError> {
+    let mut violations = Violations::default();
+    let mut paths: Vec<&str> = match &request.update_mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths.iter().map(String::as_str).collect(),
+        _ => [
+            ("display_name", &request.display_name),
+            ("api_key", &request.api_key),
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.trim().is_empty())
+        .map(|(path, _)| path)
+        .collect(),
+    };
+    if paths.is_empty() {
+        violations.push(
+            "update_mask",
+            "nothing to change: name display_name and/or api_key in update_mask, or give a new value",
+        );
+    }
+    if paths.contains(&"*") {
+        paths.retain(|path| *path != "*");
+        paths.extend(UPDATABLE_FIELDS);
+    }
+    paths.sort_unstable();
+    paths.dedup();
+    let mut update = CredentialUpdate {
+        id,
+        display_name: None,
+        api_key: None,
+        now_ms: now_ms(),
+    };
+    for path in paths {
+        match path {
+            "display_name" => {
+                check_display_name("display_name", &request.display_name, &mut violations);
+                update.display_name = Some(request.display_name.trim().to_string());
+            }
+            "api_key" => {
+                check_api_key("api_key", &request.api_key, &mut violations);
+                update.api_key = Some(ApiKey::new(request.api_key.trim()));
+            }
+            output_only if OUTPUT_ONLY_FIELDS.contains(&output_only) => {
+                violations.push("update_mask", format!("{output_only} is output only"));
+            }
+            other => violations.push(
+                "update_mask",
+                format!("unknown field {other:?}; the fields are display_name and api_key"),
+            ),
+        }
+    }
+    violations.into_result()?;
+    Ok(update)
 }
 
 #[tonic::async_trait]
@@ -128,6 +213,7 @@ impl CredentialService for Credentials {
             .delete_credential(&id)
             .await
             .map_err(ApiError::from)?;
+        self.state.engine.forget_credential(&id);
         tracing::info!(credential = %CREDENTIALS.name(&id), caller = caller.name(), "credential deleted");
         Ok(Response::new(proto::DeleteCredentialResponse {}))
     }
@@ -138,15 +224,13 @@ impl CredentialService for Credentials {
     ) -> Result<Response<proto::VerifyCredentialResponse>, Status> {
         let caller = guard::caller(&request)?;
         let id = CREDENTIALS.parse_name("name", &request.get_ref().name)?;
-        let key = self
+        let (verification, latency) = self
             .state
-            .store
-            .credential_api_key(&id)
+            .engine
+            .verify_credential(&id)
             .await
             .map_err(ApiError::from)?;
-        let started = Instant::now();
-        let verification = self.state.engine.groove().verify(&key).await;
-        let latency = duration(started.elapsed());
+        let latency = duration(latency);
         let (verdict, http_status, detail) = match verification {
             Verification::Valid { status } => (
                 Verdict::Valid,
@@ -168,6 +252,40 @@ impl CredentialService for Credentials {
             http_status: i32::from(http_status),
             detail,
             latency: Some(latency),
+        }))
+    }
+
+    async fn update_credential(
+        &self,
+        request: Request<proto::UpdateCredentialRequest>,
+    ) -> Result<Response<proto::UpdateCredentialResponse>, Status> {
+        let caller = guard::caller(&request)?;
+        let request = request.into_inner();
+        let id = CREDENTIALS.parse_name("name", &request.name)?;
+        let update = credential_update(id, &request)?;
+        let fields: Vec<&str> = [
+            update.display_name.is_some().then_some("display_name"),
+            update.api_key.is_some().then_some("api_key"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let verify = !request.skip_verification;
+        let credential = self
+            .state
+            .engine
+            .update_credential(update, verify)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(
+            credential = %request.name,
+            caller = caller.name(),
+            ?fields,
+            key_verified = verify && fields.contains(&"api_key"),
+            "credential updated"
+        );
+        Ok(Response::new(proto::UpdateCredentialResponse {
+            credential: Some(credential_to_proto(credential)),
         }))
     }
 }

@@ -5,7 +5,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
-use crate::delivery::{DeliveryError, Interruption, Unreadable};
+use crate::delivery::{CredentialUpdateError, DeliveryError, Interruption, Unreadable};
 use crate::domain::validation::Violations;
 use crate::store::StoreError;
 
@@ -78,6 +78,20 @@ impl From<AuthError> for ApiError {
             ApiError::Unauthenticated(error.to_string())
         } else {
             ApiError::PermissionDenied(error.to_string())
+        }
+    }
+}
+
+impl From<CredentialUpdateError> for ApiError {
+    fn from(error: CredentialUpdateError) -> Self {
+        match error {
+            CredentialUpdateError::Store(store) => ApiError::Store(store),
+            refused @ CredentialUpdateError::KeyRefused { .. } => {
+                ApiError::FailedPrecondition(refused.to_string())
+            }
+            unverified @ CredentialUpdateError::CannotVerify { .. } => {
+                ApiError::Unavailable(unverified.to_string())
+            }
         }
     }
 }

@@ -127,6 +127,7 @@ const CREDENTIAL_METHODS: &[(&str, Access)] = &[
     ("CreateCredential", Access::UnrestrictedAdmin),
     ("GetCredential", Access::Scoped(Scope::Read)),
     ("ListCredentials", Access::Scoped(Scope::Read)),
+    ("UpdateCredential", Access::UnrestrictedAdmin),
     ("DeleteCredential", Access::UnrestrictedAdmin),
     // It spends a call of the key's rate limit on Groove.
     ("VerifyCredential", Access::UnrestrictedAdmin),

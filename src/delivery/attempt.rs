@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::keys::{Evidence, KeyEntry, KeyState};
 use crate::delivery::report::{DeliveryReport, DeliveryUnit, PlannedCall};
 use crate::delivery::retry::{decide, Attempts, Decision};
-use crate::domain::credential::ApiKey;
 use crate::domain::destination::{DeliveryOptions, HttpMethod};
 use crate::domain::outcome::Outcome;
 use crate::groove::pacer::Pacer;
@@ -17,9 +17,12 @@ use crate::groove::{CallError, GrooveAnswer, GrooveClient, GrooveConnection, Out
 #[derive(Clone)]
 pub struct CallContext {
     pub client: GrooveClient,
-    pub key: ApiKey,
+    /// The credential's key, read at each attempt: a key replaced meanwhile is used from the next one.
+    pub key: Arc<KeyEntry>,
     pub pacer: Arc<Pacer>,
     pub options: DeliveryOptions,
+    /// `destinations/{id}`, for what a refusal says.
+    pub destination_name: String,
 }
 
 /// How a unit's delivery ended.
@@ -34,6 +37,9 @@ pub enum UnitEnd {
 /// The end of one call after its retries.
 enum CallEnd {
     Finished(CallResult),
+    /// Groove refuses the credential's key: the call was not sent (again). Earlier attempts of it, if any, were
+    /// ones that are safe to repeat.
+    KeyRefused(CallResult),
     /// The stream stopped while the call waited (for the pacer, or before a retry); no attempt of it that could
     /// have reached Groove was made.
     Stopped,
@@ -59,9 +65,14 @@ pub async fn deliver(
     let started = Instant::now();
     let mut attempts = 0;
     let mut last: Option<(CallResult, usize)> = None;
+    let mut last_sent = true;
     for (index, call) in unit.calls.iter().enumerate() {
         let result = match send_with_retries(context, connection, call, stop).await {
             CallEnd::Finished(result) => result,
+            CallEnd::KeyRefused(result) => {
+                last_sent = result.attempts > 0;
+                result
+            }
             CallEnd::Stopped if index == 0 || unit.repeatable => return UnitEnd::Released(unit),
             // Earlier calls of a create were delivered: sending the unit again would repeat them.
             CallEnd::Stopped => CallResult {
@@ -115,7 +126,8 @@ pub async fn deliver(
         latency: started.elapsed(),
         error: result.error,
         field: String::new(),
-        call: Some(calls.swap_remove(index)),
+        // A call never sent is not shown as the request sent.
+        call: last_sent.then(|| calls.swap_remove(index)),
         records,
         maybe_delivered: result.maybe_delivered,
     }))
@@ -136,6 +148,12 @@ async fn send_with_retries(
     };
     let mut attempts = Attempts::default();
     loop {
+        // A refused key is looked for before waiting for the pacer, and again after: nothing is sent with it.
+        if context.key.is_refused() {
+            if let Some(refused) = key_refused(context, &context.key.current(), attempts) {
+                return refused;
+            }
+        }
         // Waiting for the pacer or for a retry is not being on the wire: a stopped stream ends it. A retry is
         // only ever waited for when the attempts so far are safe to repeat, so nothing is lost by stopping.
         let permit = tokio::select! {
@@ -143,11 +161,23 @@ async fn send_with_retries(
             () = stop.cancelled() => return CallEnd::Stopped,
             permit = context.pacer.acquire() => permit,
         };
-        let result = connection.send(&context.key, &request).await;
+        let key = context.key.current();
+        if let Some(refused) = key_refused(context, &key, attempts) {
+            return refused;
+        }
+        let result = connection.send(&key.key, &request).await;
         match &result {
             Ok(answer) => permit.observe(answer.status, &answer.pacing_headers()),
             Err(_) => drop(permit),
         }
+        context
+            .key
+            .observe(
+                key.version,
+                Evidence::of(&result),
+                &context.destination_name,
+            )
+            .await;
         attempts.record(&result);
         let decision = decide(
             call.method,
@@ -174,6 +204,18 @@ async fn send_with_retries(
             }
         }
     }
+}
+
+/// The end of a call whose credential's key Groove refuses, when it does.
+fn key_refused(context: &CallContext, key: &KeyState, attempts: Attempts) -> Option<CallEnd> {
+    let refusal = key.refusal.as_ref()?;
+    Some(CallEnd::KeyRefused(CallResult {
+        outcome: Outcome::Failed,
+        answer: None,
+        attempts: attempts.total,
+        error: refusal.record_error(context.key.credential_id()),
+        maybe_delivered: false,
+    }))
 }
 
 fn finished(result: Result<GrooveAnswer, CallError>, attempts: u32) -> CallResult {

@@ -2,22 +2,24 @@
 //! forwarder, the in-flight ids — and the checks that open a stream.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::delivery::attempt::CallContext;
 use crate::delivery::in_flight::InFlight;
+use crate::delivery::keys::{CredentialKeys, Evidence};
 use crate::delivery::recorder::Recorder;
 use crate::delivery::session::{Replays, Session, Shared};
 use crate::delivery::webhook::WebhookForwarder;
+use crate::domain::credential::{status_text, ApiKey, Credential};
 use crate::domain::destination::{Destination, DestinationState};
 use crate::domain::render::Renderer;
 use crate::domain::validation::Violations;
 use crate::groove::pacer::PacerRegistry;
-use crate::groove::GrooveClient;
-use crate::store::{Store, StoreError};
+use crate::groove::{GrooveClient, Verification};
+use crate::store::{CredentialUpdate, Store, StoreError};
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -67,11 +69,38 @@ pub enum DeliveryError {
     },
 }
 
+/// Why UpdateCredential changed nothing.
+#[derive(Debug, Error)]
+pub enum CredentialUpdateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Groove answered 401 or 403 to the new key.
+    #[error(
+        "groove refused the new api key for credential credentials/{credential_id} ({}); the credential was \
+         not changed",
+        status_text(*status)
+    )]
+    KeyRefused { credential_id: String, status: u16 },
+    /// Groove could not be asked, or gave no verdict.
+    #[error(
+        "cannot verify the new api key for credential credentials/{credential_id} with groove ({detail}); the \
+         credential was not changed: try again, or set skip_verification to store the key unverified"
+    )]
+    CannotVerify {
+        credential_id: String,
+        detail: String,
+    },
+}
+
+/// What the RPCs that check a key call the caller in a refusal's detail.
+const VERIFY_CALLER: &str = "VerifyCredential";
+
 #[derive(Clone)]
 pub struct Engine {
     store: Arc<dyn Store>,
     groove: GrooveClient,
     pacers: Arc<PacerRegistry>,
+    keys: Arc<CredentialKeys>,
     options: EngineOptions,
     shared: Shared,
     stopping: Arc<watch::Sender<bool>>,
@@ -115,6 +144,7 @@ impl Engine {
         };
         tokio::spawn(prune_ledger(store.clone(), options.clone()));
         Ok(Engine {
+            keys: Arc::new(CredentialKeys::new(store.clone())),
             store,
             groove,
             pacers: Arc::new(PacerRegistry::default()),
@@ -126,6 +156,76 @@ impl Engine {
 
     pub fn groove(&self) -> &GrooveClient {
         &self.groove
+    }
+
+    /// One cheap authenticated call to Groove with `key`: does Groove accept it? Changes nothing.
+    pub async fn verify_key(&self, key: &ApiKey) -> Verification {
+        self.groove.verify(key).await
+    }
+
+    /// Checks the stored key of a credential with Groove, and how long that took. What Groove answers counts
+    /// like a delivery's answer: an accepted key ends a refusal, a refused one adds to the streak.
+    pub async fn verify_credential(
+        &self,
+        credential_id: &str,
+    ) -> Result<(Verification, Duration), StoreError> {
+        let stored = self.store.credential_key(credential_id).await?;
+        let entry = self.keys.bind(credential_id, stored);
+        let key = entry.current();
+        let started = Instant::now();
+        let verification = self.verify_key(&key.key).await;
+        let latency = started.elapsed();
+        let evidence = match &verification {
+            Verification::Valid { status }
+            | Verification::Invalid { status }
+            | Verification::Unreachable {
+                status: Some(status),
+                ..
+            } => Evidence::of_status(*status),
+            Verification::Unreachable { status: None, .. } => Evidence::Unknown,
+        };
+        entry.observe(key.version, evidence, VERIFY_CALLER).await;
+        Ok((verification, latency))
+    }
+
+    /// Changes a credential's display name and/or key. A new key is first checked with Groove when `verify`
+    /// is set, and refused if Groove does not accept it; once stored, open streams use it from their next call
+    /// and a refusal of the old key ends.
+    pub async fn update_credential(
+        &self,
+        update: CredentialUpdate,
+        verify: bool,
+    ) -> Result<Credential, CredentialUpdateError> {
+        if let (true, Some(key)) = (verify, &update.api_key) {
+            // A credential that does not exist is not worth a call to Groove.
+            self.store.get_credential(&update.id).await?;
+            match self.verify_key(key).await {
+                Verification::Valid { .. } => {}
+                Verification::Invalid { status } => {
+                    return Err(CredentialUpdateError::KeyRefused {
+                        credential_id: update.id,
+                        status,
+                    })
+                }
+                Verification::Unreachable { detail, .. } => {
+                    return Err(CredentialUpdateError::CannotVerify {
+                        credential_id: update.id,
+                        detail,
+                    })
+                }
+            }
+        }
+        let new_key = update.api_key.clone();
+        let credential = self.store.update_credential(update).await?;
+        if let (Some(key), Some(entry)) = (new_key, self.keys.get(&credential.id)) {
+            entry.replace(key, credential.key_version);
+        }
+        Ok(credential)
+    }
+
+    /// Forgets what delivery knows of a credential that was deleted.
+    pub fn forget_credential(&self, credential_id: &str) {
+        self.keys.forget(credential_id);
     }
 
     /// Sessions stop reading their streams, deliver what they accepted and end.
@@ -162,10 +262,11 @@ impl Engine {
                     violations,
                 }
             })?;
-        let key = self
+        let stored = self
             .store
-            .credential_api_key(&destination.credential_id)
+            .credential_key(&destination.credential_id)
             .await?;
+        let key = self.keys.bind(&destination.credential_id, stored);
         let pacer = self.pacers.pacer(
             &destination.credential_id,
             self.options.max_rate_per_credential,
@@ -175,6 +276,7 @@ impl Engine {
             key,
             pacer,
             options: destination.config.delivery.clone(),
+            destination_name: name.to_string(),
         };
         Ok(Session {
             name: name.to_string(),

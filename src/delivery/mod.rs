@@ -1,15 +1,17 @@
 //! The delivery pipeline: records in, Groove calls out, one outcome per record back.
 //!
 //! Stages, each a small module: `session` (per stream: parse, check each id's state, render, batch, claim) →
-//! `dispatch` (concurrency and per-key order) → `attempt` (pacing and retries for one call) → `recorder`
-//! (ledger, failed records and the end of claims, in group commits) and `webhook` (forwarding results). Queues
-//! between stages are bounded, so a stream is read only as fast as it is delivered.
+//! `dispatch` (concurrency and per-key order) → `attempt` (pacing and retries for one call, with the credential's
+//! current key from `keys`, which stops the calls of a key Groove keeps refusing) → `recorder` (ledger, failed
+//! records and the end of claims, in group commits) and `webhook` (forwarding results). Queues between stages
+//! are bounded, so a stream is read only as fast as it is delivered.
 
 mod attempt;
 mod claimer;
 mod dispatch;
 mod engine;
 mod in_flight;
+mod keys;
 mod recorder;
 mod report;
 pub mod retry;
@@ -17,7 +19,10 @@ mod session;
 mod sink;
 mod webhook;
 
-pub use engine::{now_ms, DeliveryError, Engine, EngineOptions, EngineStartError};
+pub use engine::{
+    now_ms, CredentialUpdateError, DeliveryError, Engine, EngineOptions, EngineStartError,
+};
+pub use keys::REFUSALS_TO_STOP;
 pub use report::{
     DeliveryReport, IncomingRecord, Interruption, PlannedCall, RecordJson, StreamEvent, Summary,
     Unreadable,

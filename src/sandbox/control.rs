@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,6 +22,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/_sandbox/stats", get(stats))
         .route("/_sandbox/faults", get(faults).put(set_faults))
         .route("/_sandbox/data", get(data))
+        .route("/_sandbox/api_keys", put(set_api_keys))
 }
 
 #[derive(Deserialize)]
@@ -64,6 +65,21 @@ async fn set_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
     }
     app.gate.replace(faults.clone());
     Json(faults).into_response()
+}
+
+#[derive(Deserialize)]
+struct ApiKeys {
+    api_keys: Vec<String>,
+}
+
+/// Replaces the accepted tokens: `{"api_keys": ["new-key"]}` (a rotation), `{"api_keys": []}` (all revoked).
+async fn set_api_keys(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let keys: ApiKeys = match serde_json::from_slice(&body) {
+        Ok(keys) => keys,
+        Err(err) => return bad_request(format!("invalid api keys: {err}")),
+    };
+    app.set_api_keys(keys.api_keys);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn data(State(app): State<Arc<App>>) -> Response {

@@ -10,8 +10,9 @@
 //! Beyond Groove, for tests and benchmarks: random faults and deterministic scripted answers
 //! ([`Faults`], [`ScriptedAnswer`]), a recording of every request with the answer's status and
 //! headers ([`ReceivedRequest`]), an opt-in bulk-capable gateway mode
-//! ([`Faults::accept_batches`], off by default because Groove has none) and a bound on stored
-//! tickets ([`SandboxConfig::max_stored_tickets`]).
+//! ([`Faults::accept_batches`], off by default because Groove has none), a bound on stored
+//! tickets ([`SandboxConfig::max_stored_tickets`]) and a set of accepted API keys that can be
+//! replaced while it runs, as when a key is rotated or revoked ([`SandboxHandle::set_api_keys`]).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -66,7 +67,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How to run a sandbox.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
-    /// The only token accepted, as `Authorization: Bearer` or `?access_token=`.
+    /// The only token accepted at start, as `Authorization: Bearer` or `?access_token=`; change the accepted
+    /// tokens later with [`SandboxHandle::set_api_keys`].
     pub api_key: String,
     /// Fault knobs at start; change them later with [`SandboxHandle::set_faults`].
     pub faults: Faults,
@@ -170,9 +172,17 @@ impl SandboxHandle {
         format!("http://{}/_sandbox", reachable(self.addr))
     }
 
-    /// The API key the sandbox accepts.
-    pub fn api_key(&self) -> &str {
-        &self.app.api_key
+    /// The API keys the sandbox accepts now.
+    pub fn api_keys(&self) -> Vec<String> {
+        self.app.api_keys()
+    }
+
+    /// From now on only `keys` are accepted (any of them); calls with another token are answered 401. Like a
+    /// Groove admin generating a new token, or revoking one; an empty list refuses every call. Same as
+    /// `PUT /_sandbox/api_keys` with `{"api_keys": [...]}`.
+    pub fn set_api_keys(&self, keys: &[&str]) {
+        self.app
+            .set_api_keys(keys.iter().map(|key| key.to_string()).collect());
     }
 
     /// Ids of the seeded data.

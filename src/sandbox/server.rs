@@ -1,7 +1,7 @@
 //! The HTTP front: every non-control request goes through [`entry`], which applies the fault
 //! knobs, authenticates, dispatches to the API and records the outcome.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use axum::body::{Body, Bytes};
@@ -27,7 +27,8 @@ const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
 /// Shared state of one sandbox.
 pub(crate) struct App {
-    pub api_key: String,
+    /// The tokens accepted; replaced whole by [`App::set_api_keys`] (a key rotated or revoked).
+    api_keys: RwLock<Vec<String>>,
     pub base_url: String,
     pub gate: FaultGate,
     pub recorder: Recorder,
@@ -43,7 +44,7 @@ impl App {
         max_stored_tickets: usize,
     ) -> Self {
         App {
-            api_key,
+            api_keys: RwLock::new(vec![api_key]),
             base_url,
             gate: FaultGate::new(faults),
             recorder: Recorder::new(max_recorded),
@@ -52,6 +53,32 @@ impl App {
                 max_stored_tickets,
             )),
         }
+    }
+
+    /// The tokens accepted now.
+    pub(crate) fn api_keys(&self) -> Vec<String> {
+        self.api_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// From now on only `keys` are accepted, as when a Groove admin generates a new token (or revokes one).
+    pub(crate) fn set_api_keys(&self, keys: Vec<String>) {
+        *self
+            .api_keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = keys;
+    }
+
+    fn accepts(&self, token: Option<&str>) -> bool {
+        token.is_some_and(|token| {
+            self.api_keys
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|key| key == token)
+        })
     }
 
     pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
@@ -249,7 +276,7 @@ fn fault_response(status: StatusCode, retry_after_secs: Option<u64>) -> Response
 }
 
 fn authorized_call(app: &App, faults: &Faults, parts: &Parts, body: &Bytes) -> Response {
-    if presented_token(parts).as_deref() != Some(app.api_key.as_str()) {
+    if !app.accepts(presented_token(parts).as_deref()) {
         let mut response = respond(ApiResponse::error(
             StatusCode::UNAUTHORIZED,
             vec!["invalid or missing access token".into()],

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use futures::future::BoxFuture;
 
-use crate::domain::credential::{ApiKey, Credential};
+use crate::domain::credential::{ApiKey, Credential, Refusal, StoredKey};
 use crate::domain::destination::Destination;
 
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
@@ -45,6 +45,18 @@ pub struct NewCredential {
     pub display_name: String,
     pub api_key: ApiKey,
     /// Creation time (ms since the Unix epoch), passed in so callers and tests control the clock.
+    pub now_ms: i64,
+}
+
+/// Input of [`Store::update_credential`]: the fields to change, `None` for the ones kept. `Debug` is safe:
+/// [`ApiKey`] prints only its hint.
+#[derive(Clone, Debug)]
+pub struct CredentialUpdate {
+    /// Last segment of `credentials/{id}`.
+    pub id: String,
+    pub display_name: Option<String>,
+    pub api_key: Option<ApiKey>,
+    /// Update time (ms since the Unix epoch).
     pub now_ms: i64,
 }
 
@@ -75,6 +87,30 @@ pub trait Store: Send + Sync {
     /// The decrypted API key: the only way a key leaves the store. [`StoreError::Decrypt`] if it cannot be
     /// authenticated (wrong secret key, or ciphertext damaged or moved from another row).
     fn credential_api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ApiKey, StoreError>>;
+
+    /// The decrypted API key with its version and refusal, read together. Errors as
+    /// [`Store::credential_api_key`].
+    fn credential_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredKey, StoreError>>;
+
+    /// Changes the given fields as one atomic write and returns the credential as stored. A new key is
+    /// encrypted like a created one, gets the next key version, and ends the refusal (which was about the old
+    /// key); `update_time_ms` becomes `update.now_ms`. An update with no field changes nothing but still
+    /// returns the credential. [`StoreError::NotFound`] if there is no such credential.
+    fn update_credential(
+        &self,
+        update: CredentialUpdate,
+    ) -> BoxFuture<'_, Result<Credential, StoreError>>;
+
+    /// Records (`Some`) or clears (`None`) a refusal of the key at `key_version`, a compare-and-swap on the
+    /// version: `Ok(false)`, with nothing written, when the credential holds another key by now.
+    /// [`StoreError::NotFound`] if there is no such credential. Does not change `update_time_ms`: the refusal
+    /// is Groove's verdict, not a change by a user.
+    fn set_credential_refusal<'a>(
+        &'a self,
+        id: &'a str,
+        key_version: u64,
+        refusal: Option<Refusal>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Deletes a credential. Refused with [`StoreError::CredentialInUse`] while any destination refers to it;
     /// the check and the delete are one atomic step.

@@ -42,8 +42,8 @@ use super::records::{
     RecordState, MAX_FAILED_RECORD_IDS,
 };
 use super::secrets::{self, SecretBox};
-use super::{NewCredential, Store};
-use crate::domain::credential::{ApiKey, Credential};
+use super::{CredentialUpdate, NewCredential, Store};
+use crate::domain::credential::{ApiKey, Credential, Refusal, StoredKey};
 use crate::domain::destination::Destination;
 
 /// File name of the database inside the data directory.
@@ -97,6 +97,19 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Decrypts the sealed key of credential `id`.
+    fn open_key(&self, id: &str, sealed: &[u8]) -> Result<ApiKey, StoreError> {
+        let decrypt_error = || StoreError::Decrypt {
+            credential_id: id.to_string(),
+        };
+        let plaintext = self
+            .secrets
+            .open(&credentials::key_binding(id), sealed)
+            .ok_or_else(decrypt_error)?;
+        let key = String::from_utf8(plaintext).map_err(|_| decrypt_error())?;
+        Ok(ApiKey::new(key))
+    }
 }
 
 impl Store for SqliteStore {
@@ -116,6 +129,8 @@ impl Store for SqliteStore {
                 display_name: new.display_name,
                 create_time_ms: new.now_ms,
                 update_time_ms: new.now_ms,
+                key_version: 1,
+                refusal: None,
             };
             let stored = credential.clone();
             self.writer
@@ -152,16 +167,73 @@ impl Store for SqliteStore {
                 .readers
                 .read(move |conn| credentials::sealed_key(conn, &owned))
                 .await?;
-            let decrypt_error = || StoreError::Decrypt {
-                credential_id: id.to_string(),
-            };
-            let plaintext = self
-                .secrets
-                .open(&credentials::key_binding(id), &sealed)
-                .ok_or_else(decrypt_error)?;
-            let key = String::from_utf8(plaintext).map_err(|_| decrypt_error())?;
-            Ok(ApiKey::new(key))
+            self.open_key(id, &sealed)
         })
+    }
+
+    fn credential_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<StoredKey, StoreError>> {
+        Box::pin(async move {
+            let owned = id.to_string();
+            let (sealed, key_version, refusal) = self
+                .readers
+                .read(move |conn| credentials::sealed_key_state(conn, &owned))
+                .await?;
+            Ok(StoredKey {
+                key: self.open_key(id, &sealed)?,
+                key_version,
+                refusal,
+            })
+        })
+    }
+
+    fn update_credential(
+        &self,
+        update: CredentialUpdate,
+    ) -> BoxFuture<'_, Result<Credential, StoreError>> {
+        Box::pin(async move {
+            // Encrypt here, not on the writer thread, which every write waits on.
+            let new_key = match &update.api_key {
+                Some(key) => Some((
+                    self.secrets.seal(
+                        &credentials::key_binding(&update.id),
+                        key.expose().as_bytes(),
+                    )?,
+                    key.hint(),
+                )),
+                None => None,
+            };
+            let CredentialUpdate {
+                id,
+                display_name,
+                now_ms,
+                ..
+            } = update;
+            self.writer
+                .write(move |conn| {
+                    if let Some(display_name) = &display_name {
+                        credentials::set_display_name(conn, &id, display_name, now_ms)?;
+                    }
+                    if let Some((sealed, hint)) = &new_key {
+                        credentials::replace_key(conn, &id, sealed, hint, now_ms)?;
+                    }
+                    credentials::get(conn, &id)
+                })
+                .await
+        })
+    }
+
+    fn set_credential_refusal<'a>(
+        &'a self,
+        id: &'a str,
+        key_version: u64,
+        refusal: Option<Refusal>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let id = id.to_string();
+        Box::pin(
+            self.writer.write(move |conn| {
+                credentials::set_refusal(conn, &id, key_version, refusal.as_ref())
+            }),
+        )
     }
 
     fn delete_credential<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {

@@ -26,6 +26,10 @@ const MIGRATIONS: &[Migration] = &[
         name: "0003_claims_and_failure_detail",
         sql: include_str!("migrations/0003_claims_and_failure_detail.sql"),
     },
+    Migration {
+        name: "0004_credential_refusal",
+        sql: include_str!("migrations/0004_credential_refusal.sql"),
+    },
 ];
 
 /// The schema version this build writes.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use rusqlite::Connection;
 
 use super::*;
+use crate::domain::credential::Refusal;
 use crate::domain::destination::{DestinationConfig, DestinationState};
-use crate::store::{DEFAULT_PAGE_SIZE, SECRET_KEY_FILE};
+use crate::store::{CredentialUpdate, DEFAULT_PAGE_SIZE, SECRET_KEY_FILE};
 
 const KEY: &str = "groove-secret-api-key-0123456789";
 
@@ -94,6 +95,192 @@ async fn credential_crud() {
         store.delete_credential("main").await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+fn update(id: &str) -> CredentialUpdate {
+    CredentialUpdate {
+        id: id.to_string(),
+        display_name: None,
+        api_key: None,
+        now_ms: 5_000,
+    }
+}
+
+fn refusal(status: u16) -> Refusal {
+    Refusal {
+        http_status: status,
+        refuse_time_ms: 4_000,
+        detail: format!("groove answered {status} to 3 calls in a row"),
+    }
+}
+
+#[tokio::test]
+async fn credential_updates_change_only_the_fields_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let created = store
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    assert_eq!((created.key_version, created.refusal.clone()), (1, None));
+
+    let renamed = store
+        .update_credential(CredentialUpdate {
+            display_name: Some("Support key".into()),
+            ..update("main")
+        })
+        .await
+        .unwrap();
+    assert_eq!(renamed.display_name, "Support key");
+    assert_eq!(renamed.update_time_ms, 5_000);
+    assert_eq!(
+        (renamed.key_version, renamed.api_key_hint.as_str()),
+        (1, "****main"),
+        "the key is kept"
+    );
+    assert_eq!(
+        store.credential_api_key("main").await.unwrap().expose(),
+        format!("{KEY}-main")
+    );
+
+    let rekeyed = store
+        .update_credential(CredentialUpdate {
+            api_key: Some(ApiKey::new("a-brand-new-key-9876")),
+            now_ms: 6_000,
+            ..update("main")
+        })
+        .await
+        .unwrap();
+    assert_eq!(rekeyed.display_name, "Support key", "the name is kept");
+    assert_eq!(rekeyed.api_key_hint, "****9876");
+    assert_eq!(rekeyed.key_version, 2);
+    assert_eq!(rekeyed.update_time_ms, 6_000);
+    assert_eq!(rekeyed.create_time_ms, 1_000);
+    assert_eq!(store.get_credential("main").await.unwrap(), rekeyed);
+    let stored = store.credential_key("main").await.unwrap();
+    assert_eq!(stored.key.expose(), "a-brand-new-key-9876");
+    assert_eq!(stored.key_version, 2);
+
+    let both = store
+        .update_credential(CredentialUpdate {
+            display_name: Some("Both".into()),
+            api_key: Some(ApiKey::new("third-key-aaaa")),
+            ..update("main")
+        })
+        .await
+        .unwrap();
+    assert_eq!((both.display_name.as_str(), both.key_version), ("Both", 3));
+
+    let missing = store
+        .update_credential(CredentialUpdate {
+            display_name: Some("x".into()),
+            ..update("nope")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.to_string(), "credential credentials/nope not found");
+    assert!(matches!(
+        store.credential_key("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_refusal_is_stored_against_its_key_version_and_ends_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+
+    assert!(store
+        .set_credential_refusal("main", 1, Some(refusal(401)))
+        .await
+        .unwrap());
+    let refused = store.get_credential("main").await.unwrap();
+    assert_eq!(refused.refusal, Some(refusal(401)));
+    assert_eq!(
+        refused.update_time_ms, 1_000,
+        "a refusal is not a user's change"
+    );
+    assert_eq!(
+        store.credential_key("main").await.unwrap().refusal,
+        Some(refusal(401))
+    );
+    // Listings show it too.
+    let listed = store
+        .list_credentials(PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(listed.items[0].refusal, Some(refusal(401)));
+
+    // A refusal seen with another key version is not written.
+    assert!(!store
+        .set_credential_refusal("main", 2, Some(refusal(403)))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get_credential("main").await.unwrap().refusal,
+        Some(refusal(401))
+    );
+
+    // Renaming keeps it; a new key ends it, and the old key's refusals no longer land.
+    let renamed = store
+        .update_credential(CredentialUpdate {
+            display_name: Some("renamed".into()),
+            ..update("main")
+        })
+        .await
+        .unwrap();
+    assert_eq!(renamed.refusal, Some(refusal(401)));
+    let rekeyed = store
+        .update_credential(CredentialUpdate {
+            api_key: Some(ApiKey::new("the-right-key-0000")),
+            ..update("main")
+        })
+        .await
+        .unwrap();
+    assert_eq!((rekeyed.key_version, rekeyed.refusal), (2, None));
+    assert!(!store
+        .set_credential_refusal("main", 1, Some(refusal(401)))
+        .await
+        .unwrap());
+    assert_eq!(store.get_credential("main").await.unwrap().refusal, None);
+
+    // Cleared by a call that succeeded with the same key.
+    assert!(store
+        .set_credential_refusal("main", 2, Some(refusal(403)))
+        .await
+        .unwrap());
+    assert!(store.set_credential_refusal("main", 2, None).await.unwrap());
+    assert_eq!(store.get_credential("main").await.unwrap().refusal, None);
+
+    assert!(matches!(
+        store.set_credential_refusal("nope", 1, None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_refusal_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store
+            .create_credential(new_credential("main"))
+            .await
+            .unwrap();
+        store
+            .set_credential_refusal("main", 1, Some(refusal(401)))
+            .await
+            .unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store.get_credential("main").await.unwrap().refusal,
+        Some(refusal(401))
+    );
 }
 
 #[tokio::test]
@@ -505,6 +692,14 @@ async fn api_keys_never_reach_the_disk_in_plaintext() {
     for id in ["one", "two"] {
         store.create_credential(new_credential(id)).await.unwrap();
     }
+    // A replaced key is sealed like a created one.
+    store
+        .update_credential(CredentialUpdate {
+            api_key: Some(ApiKey::new(format!("{KEY}-rotated"))),
+            ..update("two")
+        })
+        .await
+        .unwrap();
     assert!(store.credential_api_key("one").await.is_ok());
     // Checked while the store is open: the WAL file then still holds the freshly written pages.
     let mut files = 0;
