@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use url::Url;
 
+use crate::domain::host_policy::{AllowedHost, HostPolicy};
+
 /// groove-destination: delivers streams of records to the Groove helpdesk API.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "groove-destination", version, about)]
@@ -66,6 +68,16 @@ pub struct Settings {
     /// Log line format.
     #[arg(long, env = "GROOVE_DESTINATION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Where response webhooks may reach loopback, private and CGNAT addresses, comma-separated: networks
+    /// (`10.0.0.0/8`, `127.0.0.1/32`) and host names (`hooks.internal`, allowed whatever they resolve to).
+    /// Link-local and cloud-metadata addresses are refused whatever this lists. Unset: public addresses only.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_WEBHOOK_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub webhook_allowed_hosts: Vec<AllowedHost>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -89,6 +101,7 @@ impl Settings {
             max_rate_per_credential: None,
             ledger_retention_hours: 168,
             ledger_max_per_destination: 10_000_000,
+            webhook_allowed_hosts: Vec::new(),
         }
     }
 
@@ -99,6 +112,7 @@ impl Settings {
                 self.ledger_retention_hours.saturating_mul(3600),
             ),
             ledger_max_entries_per_destination: self.ledger_max_per_destination,
+            webhook_hosts: HostPolicy::new(&self.webhook_allowed_hosts),
         }
     }
 }
@@ -143,6 +157,23 @@ mod tests {
         assert_eq!(settings.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(settings.data_dir, PathBuf::from("./data"));
         assert_eq!(settings.groove_url.as_str(), "https://api.groovehq.com/v1");
+        assert!(settings.webhook_allowed_hosts.is_empty());
+    }
+
+    #[test]
+    fn webhook_allowed_hosts_are_comma_separated_networks_and_names() {
+        let settings = Settings::try_parse_from([
+            "groove-destination",
+            "--webhook-allowed-hosts",
+            "10.0.0.0/8,127.0.0.1, hooks.internal",
+        ])
+        .unwrap();
+        let shown: Vec<String> = settings
+            .webhook_allowed_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32", "hooks.internal"]);
     }
 
     #[test]
@@ -153,6 +184,8 @@ mod tests {
             ("--groove-url", "https://user@api.groovehq.com/v1"),
             ("--log", "=="),
             ("--log-format", "xml"),
+            ("--webhook-allowed-hosts", "10.0.0.0/8,*.internal"),
+            ("--webhook-allowed-hosts", "169.254.169.254"),
         ] {
             let error = Settings::try_parse_from(["groove-destination", flag, value]).unwrap_err();
             assert!(error.to_string().contains(flag), "{flag}: {error}");

@@ -588,6 +588,16 @@ async fn destination_validation_names_each_field() {
             webhook("ftp://hooks.example/x"),
             "destination.config.response_webhook",
         ),
+        (
+            "webhook on the cloud metadata address",
+            webhook("http://169.254.169.254/latest/meta-data/"),
+            "destination.config.response_webhook",
+        ),
+        (
+            "webhook on aws's ipv6 metadata address",
+            webhook("http://[fd00:ec2::254]/"),
+            "destination.config.response_webhook",
+        ),
     ];
     for (case, config, field) in cases {
         let status = create_destination(&server, "", destination(cred, config))

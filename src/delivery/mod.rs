@@ -16,6 +16,7 @@ pub mod retry;
 mod session;
 mod sink;
 mod webhook;
+mod webhook_guard;
 
 pub use engine::{now_ms, DeliveryError, Engine, EngineOptions, EngineStartError};
 pub use report::{
