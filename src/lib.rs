@@ -31,11 +31,14 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 
 use crate::settings::Settings;
-use crate::store::{SecretBox, SqliteStore, Store, StoreError};
+use crate::store::{DataDirError, DataDirLock, SecretBox, SqliteStore, Store, StoreError};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum ServeError {
+    /// The data dir is locked by another process, or cannot be prepared.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     #[error("cannot open the store in {path}: {source}")]
     Store { path: String, source: StoreError },
     #[error("{0} (GROOVE_DESTINATION_SECRET_KEY or <data-dir>/secret.key)")]
@@ -61,6 +64,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let address = listener.local_addr().unwrap_or(settings.listen);
     let security = auth::set_up(&settings.security_options(), address)?;
+    // Held until the server stops: a second process on this data dir is refused before it reads anything.
+    let _data_dir_lock = DataDirLock::acquire(&settings.data_dir)?;
     let secrets = match &settings.secret_key {
         Some(encoded) => SecretBox::from_encoded(encoded),
         None => SecretBox::load_or_create(&settings.data_dir),

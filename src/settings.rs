@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use url::Url;
 
+use crate::domain::host_policy::{AllowedHost, HostPolicy};
+
 /// groove-destination: delivers streams of records to the Groove helpdesk API.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "groove-destination", version, about)]
@@ -94,6 +96,16 @@ pub struct Settings {
     /// names can stand for a caller in --auth-tokens-file; without that file any such client is an admin.
     #[arg(long, env = "GROOVE_DESTINATION_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Where response webhooks may reach loopback, private and CGNAT addresses, comma-separated: networks
+    /// (`10.0.0.0/8`, `127.0.0.1/32`) and host names (`hooks.internal`, allowed whatever they resolve to).
+    /// Link-local and cloud-metadata addresses are refused whatever this lists. Unset: public addresses only.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_WEBHOOK_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub webhook_allowed_hosts: Vec<AllowedHost>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -123,6 +135,7 @@ impl Settings {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            webhook_allowed_hosts: Vec::new(),
         }
     }
 
@@ -154,6 +167,7 @@ impl Settings {
                 self.ledger_retention_hours.saturating_mul(3600),
             ),
             ledger_max_entries_per_destination: self.ledger_max_per_destination,
+            webhook_hosts: HostPolicy::new(&self.webhook_allowed_hosts),
         }
     }
 }
@@ -198,6 +212,23 @@ mod tests {
         assert_eq!(settings.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(settings.data_dir, PathBuf::from("./data"));
         assert_eq!(settings.groove_url.as_str(), "https://api.groovehq.com/v1");
+        assert!(settings.webhook_allowed_hosts.is_empty());
+    }
+
+    #[test]
+    fn webhook_allowed_hosts_are_comma_separated_networks_and_names() {
+        let settings = Settings::try_parse_from([
+            "groove-destination",
+            "--webhook-allowed-hosts",
+            "10.0.0.0/8,127.0.0.1, hooks.internal",
+        ])
+        .unwrap();
+        let shown: Vec<String> = settings
+            .webhook_allowed_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32", "hooks.internal"]);
     }
 
     #[test]
@@ -210,6 +241,8 @@ mod tests {
             ("--log-format", "xml"),
             ("--tls-cert", "server.pem"),
             ("--tls-client-ca", "ca.pem"),
+            ("--webhook-allowed-hosts", "10.0.0.0/8,*.internal"),
+            ("--webhook-allowed-hosts", "169.254.169.254"),
         ] {
             let error = Settings::try_parse_from(["groove-destination", flag, value]).unwrap_err();
             assert!(error.to_string().contains(flag), "{flag}: {error}");

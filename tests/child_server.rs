@@ -157,3 +157,92 @@ async fn creates_in_flight_at_a_kill_9_are_kept_as_maybe_delivered_and_not_resen
     let stopped = server.stop().await;
     assert!(stopped.success(), "{stopped}\n{}", server.log_tail());
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_dir_is_refused_until_the_first_exits() {
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ChildServer::start(dir.path(), &sandbox.base_url()).await;
+    let pid = server.pid().unwrap();
+
+    let (status, printed) = server.run_another_on_the_same_data_dir().await;
+    assert!(!status.success(), "{status}\n{printed}");
+    let expected = format!(
+        "error: data dir {} is in use by another groove-destination process (pid {pid})",
+        server.data_dir().display()
+    );
+    assert!(printed.contains(&expected), "{printed}");
+    assert_eq!(printed.trim().lines().count(), 1, "one line: {printed}");
+    // The first one is untouched and still serves.
+    credential(&server, "main").await;
+
+    let stopped = server.stop().await;
+    assert!(stopped.success(), "{stopped}\n{}", server.log_tail());
+    server.restart().await;
+    credential(&server, "second").await;
+    let stopped = server.stop().await;
+    assert!(stopped.success(), "{stopped}\n{}", server.log_tail());
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_dir_and_its_files_are_private_whatever_the_umask() {
+    use common::child::ChildOptions;
+    use groove_destination::store::{DATABASE_FILE, LOCK_FILE, SECRET_KEY_FILE};
+    use std::os::unix::fs::PermissionsExt;
+
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = ChildOptions {
+        umask: Some(0o022),
+        generated_key: true,
+        ..ChildOptions::default()
+    };
+    // The harness makes the data dir itself (0755 under this umask), as an operator or a volume mount would.
+    let mut server = ChildServer::start_with(dir.path(), &sandbox.base_url(), options).await;
+    credential(&server, "main").await;
+    let data = server.data_dir().to_path_buf();
+    let database = data.join(DATABASE_FILE);
+    let wal = data.join(format!("{DATABASE_FILE}-wal"));
+    let shm = data.join(format!("{DATABASE_FILE}-shm"));
+    assert_eq!(mode(&data), 0o700);
+    for path in [
+        &database,
+        &wal,
+        &shm,
+        &data.join(SECRET_KEY_FILE),
+        &data.join(LOCK_FILE),
+    ] {
+        assert_eq!(mode(path), 0o600, "{}", path.display());
+    }
+    let stopped = server.stop().await;
+    assert!(stopped.success(), "{stopped}\n{}", server.log_tail());
+
+    // What an older version left behind: a 0755 dir and a 0644 database.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
+    server.restart().await;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&database), 0o600);
+    let log = std::fs::read_to_string(server.log_path()).unwrap();
+    let log = log.rsplit("--- starting on").next().unwrap();
+    assert!(
+        log.contains("data dir was accessible to group or others; tightened to 0700"),
+        "{log}"
+    );
+    assert!(
+        log.contains("file was accessible to group or others; tightened to 0600"),
+        "{log}"
+    );
+    // Still the same data, readable with the generated key.
+    credential(&server, "second").await;
+    let stopped = server.stop().await;
+    assert!(stopped.success(), "{stopped}\n{}", server.log_tail());
+}

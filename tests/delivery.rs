@@ -1091,18 +1091,30 @@ async fn test_send_works_while_paused_and_stays_out_of_the_ledger() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn the_response_webhook_receives_every_result() {
-    use axum::{extract::State, routing::post, Json, Router};
-    use std::sync::{Arc, Mutex};
-    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+/// What a local webhook receiver got: the JSON bodies, and the `Authorization` header of each call.
+#[derive(Clone, Default)]
+struct Received {
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    authorizations: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+/// A local webhook receiver; its URL is `http://127.0.0.1:<port>/hook`.
+async fn webhook_receiver() -> (String, Received) {
+    use axum::{extract::State, http::HeaderMap, routing::post, Json, Router};
+    let received = Received::default();
     let app = Router::new()
         .route(
             "/hook",
             post(
-                |State(seen): State<Arc<Mutex<Vec<serde_json::Value>>>>,
+                |State(seen): State<Received>,
+                 headers: HeaderMap,
                  Json(body): Json<serde_json::Value>| async move {
-                    seen.lock().unwrap().push(body);
+                    let authorization = headers
+                        .get("authorization")
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_string);
+                    seen.authorizations.lock().unwrap().push(authorization);
+                    seen.bodies.lock().unwrap().push(body);
                 },
             ),
         )
@@ -1110,8 +1122,30 @@ async fn the_response_webhook_receives_every_result() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (hook, received)
+}
 
-    let (sandbox, _dir, server) = setup().await;
+/// A server whose webhooks may reach the loopback receiver.
+async fn setup_allowing_loopback_webhooks() -> (
+    groove_destination::sandbox::SandboxHandle,
+    tempfile::TempDir,
+    TestServer,
+) {
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), &sandbox.base_url(), |settings| {
+        settings.webhook_allowed_hosts = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    credential(&server, "main").await;
+    (sandbox, dir, server)
+}
+
+#[tokio::test]
+async fn the_response_webhook_receives_every_result() {
+    let (hook, received) = webhook_receiver().await;
+    // The receiver is on loopback, which webhooks reach only when it is listed.
+    let (sandbox, _dir, server) = setup_allowing_loopback_webhooks().await;
     let mut config = template("create_ticket", &[]);
     config.response_webhook = Some(proto::ResponseWebhook { url: hook });
     let name = active_destination(&server, "tickets", config).await;
@@ -1121,11 +1155,11 @@ async fn the_response_webhook_receives_every_result() {
     records.push(raw("bad", json!({"body": "no sender"})));
     send(&server, &name, vec![records]).await.unwrap();
     let mut waited = 0;
-    while received.lock().unwrap().len() < 11 && waited < 200 {
+    while received.bodies.lock().unwrap().len() < 11 && waited < 200 {
         tokio::time::sleep(Duration::from_millis(25)).await;
         waited += 1;
     }
-    let received = received.lock().unwrap().clone();
+    let received = received.bodies.lock().unwrap().clone();
     assert_eq!(received.len(), 11);
     let delivered: Vec<_> = received
         .iter()
@@ -1141,6 +1175,127 @@ async fn the_response_webhook_receives_every_result() {
         "the key reached the webhook"
     );
     assert_eq!(sandbox.stats().count(201), 10);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_on_loopback_is_refused_by_default_and_delivery_goes_on() {
+    let (hook, received) = webhook_receiver().await;
+    let (sandbox, _dir, server) = setup().await;
+    let mut config = template("create_ticket", &[]);
+    config.response_webhook = Some(proto::ResponseWebhook { url: hook });
+    let name = active_destination(&server, "tickets", config).await;
+    let records: Vec<_> = (0..3)
+        .map(|index| raw(&format!("r-{index}"), ticket(index)))
+        .collect();
+    let answered = send(&server, &name, vec![records]).await.unwrap();
+    assert_eq!(answered.summary.unwrap().delivered, 3);
+    assert_eq!(sandbox.stats().count(201), 3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        received.bodies.lock().unwrap().is_empty(),
+        "a refused webhook got results"
+    );
+    // The server is unharmed: the next stream works too.
+    let again = send(&server, &name, vec![vec![raw("r-9", ticket(9))]])
+        .await
+        .unwrap();
+    assert_eq!(again.of("r-9").outcome(), Outcome::Delivered);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_password_is_never_shown_and_survives_a_read_modify_write() {
+    use base64::Engine;
+    let (hook, received) = webhook_receiver().await;
+    let with_password = hook.replacen("http://", "http://hooks:s3cret@", 1);
+    let shown = hook.replacen("http://", "http://hooks:***@", 1);
+    let (_sandbox, _dir, server) = setup_allowing_loopback_webhooks().await;
+    let mut client = server.destinations().await;
+    let mut config = template("create_ticket", &[]);
+    config.response_webhook = Some(proto::ResponseWebhook {
+        url: with_password.clone(),
+    });
+    let webhook_of = |destination: &proto::Destination| {
+        destination
+            .config
+            .as_ref()
+            .and_then(|config| config.response_webhook.as_ref())
+            .map(|webhook| webhook.url.clone())
+    };
+    let created = client
+        .create_destination(proto::CreateDestinationRequest {
+            destination_id: "tickets".into(),
+            destination: Some(proto::Destination {
+                display_name: "tickets".into(),
+                credential: "credentials/main".into(),
+                config: Some(config),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .destination
+        .unwrap();
+    assert_eq!(webhook_of(&created).as_deref(), Some(shown.as_str()));
+    let got = client
+        .get_destination(proto::GetDestinationRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .destination
+        .unwrap();
+    assert_eq!(webhook_of(&got).as_deref(), Some(shown.as_str()));
+    let listed = client
+        .list_destinations(proto::ListDestinationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .destinations;
+    assert_eq!(webhook_of(&listed[0]).as_deref(), Some(shown.as_str()));
+
+    // A client that reads, edits another field and writes the whole destination back sends the redacted URL.
+    let mut edited = got.clone();
+    edited.display_name = "renamed".into();
+    let updated = client
+        .update_destination(proto::UpdateDestinationRequest {
+            destination: Some(edited),
+            update_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .destination
+        .unwrap();
+    assert_eq!(updated.display_name, "renamed");
+    assert_eq!(webhook_of(&updated).as_deref(), Some(shown.as_str()));
+
+    // The stored password is the one sent: the webhook is called with it.
+    client
+        .activate_destination(proto::ActivateDestinationRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap();
+    send(&server, &created.name, vec![vec![raw("r-1", ticket(1))]])
+        .await
+        .unwrap();
+    let mut waited = 0;
+    while received.authorizations.lock().unwrap().is_empty() && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += 1;
+    }
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("hooks:s3cret")
+    );
+    assert_eq!(
+        received.authorizations.lock().unwrap().clone(),
+        [Some(expected)]
+    );
     server.stop().await;
 }
 

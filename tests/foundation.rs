@@ -588,6 +588,16 @@ async fn destination_validation_names_each_field() {
             webhook("ftp://hooks.example/x"),
             "destination.config.response_webhook",
         ),
+        (
+            "webhook on the cloud metadata address",
+            webhook("http://169.254.169.254/latest/meta-data/"),
+            "destination.config.response_webhook",
+        ),
+        (
+            "webhook on aws's ipv6 metadata address",
+            webhook("http://[fd00:ec2::254]/"),
+            "destination.config.response_webhook",
+        ),
     ];
     for (case, config, field) in cases {
         let status = create_destination(&server, "", destination(cred, config))
@@ -847,6 +857,33 @@ async fn data_survives_a_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(verdict.verdict(), Verdict::Valid);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_server_on_a_data_dir_in_use_is_refused() {
+    use groove_destination::store::DataDirError;
+    use groove_destination::ServeError;
+
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &sandbox.base_url()).await;
+    create_credential(&server, "main", SANDBOX_KEY).await;
+    let settings = groove_destination::settings::Settings::for_tests(
+        dir.path().to_path_buf(),
+        sandbox.base_url().parse().unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Refused before serving: it returns at once, without waiting for the shutdown future.
+    let refused = groove_destination::serve(settings, listener, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ServeError::DataDir(DataDirError::InUse { pid: Some(pid), .. }) if *pid == std::process::id()),
+        "{refused:?}"
+    );
+    // The first one goes on serving.
+    create_credential(&server, "second", SANDBOX_KEY).await;
     server.stop().await;
 }
 

@@ -69,7 +69,7 @@ async fn server_with_callers(dir: &Path, groove_url: &str) -> (TestServer, PathB
     write_callers(&callers, &standard_callers());
     let mut settings = Settings::for_tests(dir.join("data"), groove_url.parse().unwrap());
     settings.auth_tokens_file = Some(callers.clone());
-    (TestServer::start_with(settings).await, callers)
+    (TestServer::start_with_settings(settings).await, callers)
 }
 
 fn code_and_message<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Code, String) {
@@ -356,7 +356,7 @@ async fn reflection_needs_a_caller_unless_public() {
     );
     settings.auth_tokens_file = Some(callers);
     settings.public_reflection = true;
-    let public = TestServer::start_with(settings).await;
+    let public = TestServer::start_with_settings(settings).await;
     list_services(&public, None)
         .await
         .expect("public reflection");
@@ -522,10 +522,13 @@ async fn sighup_rereads_the_callers_file() {
     let dir = tempfile::tempdir().unwrap();
     let callers = dir.path().join("callers.toml");
     write_callers(&callers, &standard_callers());
-    let server = common::child::ChildServer::start_with_args(
+    let server = common::child::ChildServer::start_with(
         dir.path(),
         "http://127.0.0.1:9",
-        &["--auth-tokens-file", callers.to_str().unwrap()],
+        common::child::ChildOptions {
+            args: vec!["--auth-tokens-file".into(), callers.display().to_string()],
+            ..Default::default()
+        },
     )
     .await;
     let server = &server;

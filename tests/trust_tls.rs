@@ -110,7 +110,7 @@ async fn tls_server(
         settings.auth_tokens_file = Some(path);
     }
     TlsServer {
-        server: TestServer::start_with(settings).await,
+        server: TestServer::start_with_settings(settings).await,
         certificate,
         key,
     }

@@ -13,6 +13,7 @@ use crate::domain::destination::{
 };
 use crate::domain::headers::parse_header_list;
 use crate::domain::validation::Violations;
+use crate::domain::webhook_url;
 use crate::proto;
 use crate::store::PageRequest;
 
@@ -192,7 +193,10 @@ pub fn config_to_proto(config: &DestinationConfig) -> proto::DestinationConfig {
         response_webhook: config
             .response_webhook
             .as_ref()
-            .map(|url| proto::ResponseWebhook { url: url.clone() }),
+            // A password in the URL is not shown; sending the shown URL back keeps it (see apply_update).
+            .map(|url| proto::ResponseWebhook {
+                url: webhook_url::redact(url),
+            }),
         delivery: Some(proto::DeliveryOptions {
             concurrency: delivery.concurrency,
             max_attempts: delivery.max_attempts,
@@ -415,6 +419,16 @@ pub fn delivery_from_proto(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhook_password_is_not_shown() {
+        let config = DestinationConfig {
+            response_webhook: Some("https://hooks:s3cret@hooks.example/x".into()),
+            ..DestinationConfig::default()
+        };
+        let shown = config_to_proto(&config).response_webhook.unwrap().url;
+        assert_eq!(shown, "https://hooks:***@hooks.example/x");
+    }
 
     #[test]
     fn timestamps_split_milliseconds() {

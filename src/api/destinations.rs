@@ -28,6 +28,7 @@ use crate::domain::render::Renderer;
 use crate::domain::templates;
 use crate::domain::validation::FieldViolation;
 use crate::domain::validation::Violations;
+use crate::domain::webhook_url::keep_stored_password;
 use crate::groove::{CallError, OutgoingRequest};
 use crate::proto::destination_service_server::DestinationService;
 use crate::proto::{self, destination_config, preview_requests_request, test_destination_request};
@@ -130,7 +131,13 @@ fn apply_update(
                     CREDENTIALS.parse_name("destination.credential", &incoming.credential)?;
             }
             "config" => match config_from_proto(config.clone()) {
-                Ok(new_config) => current.config = new_config,
+                Ok(mut new_config) => {
+                    new_config.response_webhook = keep_stored_password(
+                        new_config.response_webhook,
+                        current.config.response_webhook.as_deref(),
+                    );
+                    current.config = new_config
+                }
                 Err(found) => violations.0.extend(found.0),
             },
             "config.template" | "config.manual" => {
@@ -165,8 +172,10 @@ fn apply_update(
                 grouping_given = given;
             }
             "config.response_webhook" => {
-                current.config.response_webhook =
-                    webhook_from_proto(config.response_webhook.clone())
+                current.config.response_webhook = keep_stored_password(
+                    webhook_from_proto(config.response_webhook.clone()),
+                    current.config.response_webhook.as_deref(),
+                )
             }
             "config.delivery" => {
                 current.config.delivery =

@@ -15,6 +15,7 @@ use crate::delivery::session::{Replays, Session, Shared};
 use crate::delivery::webhook::WebhookForwarder;
 use crate::domain::credential::{status_text, ApiKey, Credential};
 use crate::domain::destination::{Destination, DestinationState};
+use crate::domain::host_policy::HostPolicy;
 use crate::domain::render::Renderer;
 use crate::domain::validation::Violations;
 use crate::groove::pacer::PacerRegistry;
@@ -37,6 +38,8 @@ pub struct EngineOptions {
     pub ledger_retention: Duration,
     /// Most record ids remembered per destination; the oldest go first.
     pub ledger_max_entries_per_destination: u64,
+    /// Which internal addresses response webhooks may reach (`--webhook-allowed-hosts`).
+    pub webhook_hosts: HostPolicy,
 }
 
 impl Default for EngineOptions {
@@ -45,6 +48,7 @@ impl Default for EngineOptions {
             max_rate_per_credential: None,
             ledger_retention: Duration::from_secs(7 * 24 * 3600),
             ledger_max_entries_per_destination: 10_000_000,
+            webhook_hosts: HostPolicy::default(),
         }
     }
 }
@@ -139,7 +143,7 @@ impl Engine {
             store: store.clone(),
             recorder: Recorder::start(store.clone(), in_flight.clone()),
             in_flight,
-            webhooks: WebhookForwarder::start()?,
+            webhooks: WebhookForwarder::start(options.webhook_hosts.clone())?,
             shutdown,
         };
         tokio::spawn(prune_ledger(store.clone(), options.clone()));

@@ -18,6 +18,7 @@ pub mod retry;
 mod session;
 mod sink;
 mod webhook;
+mod webhook_guard;
 
 pub use engine::{
     now_ms, CredentialUpdateError, DeliveryError, Engine, EngineOptions, EngineStartError,

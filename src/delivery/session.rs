@@ -129,7 +129,7 @@ impl Session {
             self.shared.webhooks.clone(),
             self.destination.id.clone(),
             self.name.clone(),
-            self.destination.config.response_webhook.clone(),
+            self.destination.config.response_webhook.as_deref(),
         );
         let stop = Stop::default();
         let watcher = tokio::spawn(watch_for_stop(

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::delivery::recorder::Recorder;
 use crate::delivery::report::{DeliveryReport, DeliveryUnit, StreamEvent, Summary};
-use crate::delivery::webhook::WebhookForwarder;
+use crate::delivery::webhook::{WebhookForwarder, WebhookTarget};
 
 #[derive(Clone)]
 pub(crate) struct ReportSink {
@@ -24,7 +24,7 @@ struct Inner {
     webhooks: WebhookForwarder,
     destination_id: String,
     destination_name: String,
-    webhook_url: Option<String>,
+    webhook: Option<Arc<WebhookTarget>>,
     summary: Mutex<Summary>,
 }
 
@@ -35,8 +35,9 @@ impl ReportSink {
         webhooks: WebhookForwarder,
         destination_id: String,
         destination_name: String,
-        webhook_url: Option<String>,
+        webhook_url: Option<&str>,
     ) -> Self {
+        let webhook = webhook_url.and_then(|url| WebhookTarget::new(url, &destination_name));
         ReportSink {
             inner: Arc::new(Inner {
                 output,
@@ -45,7 +46,7 @@ impl ReportSink {
                 webhooks,
                 destination_id,
                 destination_name,
-                webhook_url,
+                webhook,
                 summary: Mutex::new(Summary::default()),
             }),
         }
@@ -68,8 +69,8 @@ impl ReportSink {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .count(&report);
-        if let Some(url) = &inner.webhook_url {
-            inner.webhooks.submit(url, &inner.destination_name, &report);
+        if let Some(webhook) = &inner.webhook {
+            inner.webhooks.submit(webhook, &report);
         }
         if inner.client_listening.load(Ordering::Relaxed)
             && inner

@@ -5,7 +5,9 @@
 //! Only the configuration is checked here; record bodies are checked per record by
 //! [`super::templates::check_record_fields`] and URLs again at render time by [`super::url_guard::resolve`].
 
-use url::Url;
+use std::net::IpAddr;
+
+use url::{Host, Url};
 
 use super::destination::{
     BatchEnvelope, Batching, DeliveryOptions, DestinationConfig, Endpoint, GroupingAlgorithm,
@@ -13,6 +15,7 @@ use super::destination::{
     MAX_REQUEST_TIMEOUT,
 };
 use super::headers::check_headers;
+use super::host_policy::{self, AddressClass};
 use super::reference::{FieldPath, Pattern};
 use super::templates::{self, Template};
 use super::url_guard;
@@ -216,10 +219,11 @@ fn validate_webhook(webhook: &str, violations: &mut Violations) {
         );
         return;
     }
+    // The url is not quoted back: it may carry a password.
     match Url::parse(webhook) {
         Err(error) => violations.push(
             field,
-            format!("response webhook \"{webhook}\" is not a valid url: {error}"),
+            format!("response webhook is not a valid url: {error}"),
         ),
         Ok(url) if !matches!(url.scheme(), "http" | "https") => violations.push(
             field,
@@ -228,7 +232,23 @@ fn validate_webhook(webhook: &str, violations: &mut Violations) {
                 url.scheme()
             ),
         ),
-        Ok(_) => {}
+        Ok(url) => {
+            // A literal address that is never allowed is refused now; names, and internal addresses (which
+            // depend on --webhook-allowed-hosts), are checked when the webhook is called.
+            let ip = match url.host() {
+                Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+                Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+                Some(Host::Domain(_)) | None => None,
+            };
+            if let Some(ip) = ip {
+                if let AddressClass::Forbidden(kind) = host_policy::classify(ip) {
+                    violations.push(
+                        field,
+                        format!("response webhook address {ip} is {kind}, which a response webhook may never reach"),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -559,7 +579,14 @@ mod tests {
             ("http://127.0.0.1:9000/hook", None),
             ("", Some("response webhook is empty; leave it unset to disable forwarding")),
             ("ftp://hooks.example/x", Some("response webhook must be an http or https url, not \"ftp\"")),
-            ("hooks.example/x", Some("response webhook \"hooks.example/x\" is not a valid url: relative URL without a base")),
+            ("hooks.example/x", Some("response webhook is not a valid url: relative URL without a base")),
+            ("http://169.254.169.254/latest/meta-data", Some("response webhook address 169.254.169.254 is link-local (cloud metadata), which a response webhook may never reach")),
+            ("http://[fd00:ec2::254]/", Some("response webhook address fd00:ec2::254 is cloud metadata, which a response webhook may never reach")),
+            ("http://[::ffff:169.254.169.254]/", Some("response webhook address ::ffff:169.254.169.254 is link-local (cloud metadata), which a response webhook may never reach")),
+            ("http://0.0.0.0:8080/", Some("response webhook address 0.0.0.0 is unspecified, which a response webhook may never reach")),
+            ("https://user:pw@hooks.example/x", None),
+            ("http://[::1]:9000/hook", None),
+            ("http://10.0.0.5/hook", None),
         ];
         for (url, message) in cases {
             let mut config = template("create_ticket", &[]);

@@ -18,6 +18,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use rand::rngs::OsRng;
 use rand::TryRngCore;
 
+use super::data_dir::create_private_dir;
 use super::error::{Context, StoreError};
 
 /// Environment variable holding the base64 secret key; it takes precedence over the key file.
@@ -60,7 +61,7 @@ impl SecretBox {
     /// Refuses a key file that group or others may read or write: the key would already be exposed, and
     /// carrying on would hide that. Creates `data_dir` (mode 0700) if missing.
     pub fn load_or_create(data_dir: &Path) -> Result<Self, StoreError> {
-        ensure_private_dir(data_dir)?;
+        create_private_dir(data_dir)?;
         let path = data_dir.join(SECRET_KEY_FILE);
         // Two attempts: if another process creates the file between our read and our create, read theirs.
         for _ in 0..2 {
@@ -161,21 +162,6 @@ impl SecretBox {
             )
             .ok()
     }
-}
-
-/// Creates `dir` and its parents if missing; new directories are private to the owner (they will hold the
-/// key file and the database).
-pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .context(|| format!("creating data directory {}", dir.display()))
 }
 
 /// The key in `path`, or `None` if there is no such file.

@@ -35,13 +35,14 @@ use rusqlite::TransactionBehavior;
 
 use self::readers::Readers;
 use self::writer::Writer;
+use super::data_dir;
 use super::error::{Context, StoreError};
 use super::page::{Page, PageRequest};
 use super::records::{
     FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, LedgerEntry, RecordClaim,
     RecordState, MAX_FAILED_RECORD_IDS,
 };
-use super::secrets::{self, SecretBox};
+use super::secrets::SecretBox;
 use super::{CredentialUpdate, NewCredential, Store};
 use crate::domain::credential::{ApiKey, Credential, Refusal, StoredKey};
 use crate::domain::destination::Destination;
@@ -75,8 +76,15 @@ impl SqliteStore {
     /// Refuses, with [`StoreError::SecretKey`], a `secrets` key other than the one the stored credentials were
     /// encrypted with. Blocks while it opens and migrates: call it at startup, or from `spawn_blocking`.
     pub fn open(data_dir: &Path, secrets: SecretBox) -> Result<SqliteStore, StoreError> {
-        secrets::ensure_private_dir(data_dir)?;
+        data_dir::create_private_dir(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
+        // SQLite would create the database with mode 0644 less the umask, and gives its -wal and -shm files
+        // the database's mode: created here first, 0600, they all stay private. Side files left loose by an
+        // older version are tightened before SQLite opens them.
+        data_dir::create_private_file(&path)?;
+        for suffix in ["-wal", "-shm"] {
+            data_dir::restrict_file(&side_file(&path, suffix))?;
+        }
         let mut conn = connection::open_writer(&path)?;
         migrations::migrate(&mut conn)?;
         let tx = conn
@@ -110,6 +118,13 @@ impl SqliteStore {
         let key = String::from_utf8(plaintext).map_err(|_| decrypt_error())?;
         Ok(ApiKey::new(key))
     }
+}
+
+/// `<database>-wal` or `<database>-shm`: the side files SQLite keeps next to a database in WAL mode.
+fn side_file(database: &Path, suffix: &str) -> PathBuf {
+    let mut name = database.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 impl Store for SqliteStore {

@@ -29,13 +29,25 @@ const START_TRIES: u32 = 5;
 const BIND_FAILURE: &str = "cannot listen on";
 const LOG_TAIL_LINES: usize = 60;
 
+/// How a child server is started; the default is what [`ChildServer::start`] does.
+#[derive(Clone, Debug, Default)]
+pub struct ChildOptions {
+    /// Runs the server under this umask (set by `sh` before it execs the binary), so a test can show that
+    /// file modes do not depend on it. Unset: the test process's umask.
+    pub umask: Option<u32>,
+    /// Leaves `GROOVE_DESTINATION_SECRET_KEY` unset, so the server generates `<data-dir>/secret.key`.
+    pub generated_key: bool,
+    /// More flags for the server.
+    pub args: Vec<String>,
+}
+
 /// A running `groove-destination` process with its data dir and log file.
 pub struct ChildServer {
     addr: SocketAddr,
     data_dir: PathBuf,
     groove_url: String,
     log_path: PathBuf,
-    extra_args: Vec<std::ffi::OsString>,
+    options: ChildOptions,
     child: Option<Child>,
 }
 
@@ -43,25 +55,57 @@ impl ChildServer {
     /// Starts the service with its data in `work_dir/data` and its stdout and stderr appended to
     /// `work_dir/server.log`, and returns once gRPC health answers SERVING.
     pub async fn start(work_dir: &Path, groove_url: &str) -> ChildServer {
-        ChildServer::start_with_args(work_dir, groove_url, &[]).await
+        Self::start_with(work_dir, groove_url, ChildOptions::default()).await
     }
 
-    /// [`ChildServer::start`] with more command-line arguments.
-    pub async fn start_with_args(
+    /// [`ChildServer::start`] with `options`; a restart keeps them.
+    pub async fn start_with(
         work_dir: &Path,
         groove_url: &str,
-        extra_args: &[&str],
+        options: ChildOptions,
     ) -> ChildServer {
         let mut server = ChildServer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: work_dir.join("data"),
             groove_url: groove_url.to_string(),
             log_path: work_dir.join("server.log"),
-            extra_args: extra_args.iter().map(Into::into).collect(),
+            options,
             child: None,
         };
         server.launch().await;
         server
+    }
+
+    /// Starts a second process on this server's data dir and waits for it to exit, returning how it exited
+    /// and what it printed.
+    ///
+    /// # Panics
+    /// If it is still running after [`READY_WITHIN`] (it is killed first).
+    pub async fn run_another_on_the_same_data_dir(&self) -> (ExitStatus, String) {
+        let mut command = self.command(free_local_addr());
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a second groove-destination");
+        let deadline = Instant::now() + READY_WITHIN;
+        while child.try_wait().expect("poll the second server").is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a second server on the same data dir kept running");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let output = child
+            .wait_with_output()
+            .expect("read the second server's output");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status, printed)
     }
 
     /// Where the server listens now; a restart picks a new port.
@@ -180,7 +224,27 @@ impl ChildServer {
 
     fn spawn(&self, addr: SocketAddr) -> Child {
         let log = self.open_log();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_groove-destination"));
+        self.command(addr)
+            .stdout(log.try_clone().expect("share the log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start the groove-destination binary")
+    }
+
+    /// The server's command line for `addr`, with this server's data dir and options.
+    fn command(&self, addr: SocketAddr) -> Command {
+        let binary = env!("CARGO_BIN_EXE_groove-destination");
+        let mut command = match self.options.umask {
+            Some(umask) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
+                    .arg(binary);
+                shell
+            }
+            None => Command::new(binary),
+        };
         // Settings a developer's shell may hold must not change the server under test.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("GROOVE_DESTINATION_") {
@@ -196,13 +260,12 @@ impl ChildServer {
             .arg(&self.groove_url)
             .arg("--log")
             .arg("info")
-            .args(&self.extra_args)
-            .env("GROOVE_DESTINATION_SECRET_KEY", SECRET_KEY)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("share the log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start the groove-destination binary")
+            .args(&self.options.args)
+            .stdin(Stdio::null());
+        if !self.options.generated_key {
+            command.env("GROOVE_DESTINATION_SECRET_KEY", SECRET_KEY);
+        }
+        command
     }
 
     fn open_log(&self) -> File {

@@ -150,15 +150,26 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(data_dir: &Path, groove_url: &str) -> TestServer {
-        let settings = Settings::for_tests(
+        Self::start_with(data_dir, groove_url, |_| {}).await
+    }
+
+    /// [`TestServer::start`] with settings changed by `adjust` (e.g. `webhook_allowed_hosts`, which is empty in
+    /// `Settings::for_tests`, as by default: a webhook on loopback must be allowed explicitly).
+    pub async fn start_with(
+        data_dir: &Path,
+        groove_url: &str,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestServer {
+        let mut settings = Settings::for_tests(
             data_dir.to_path_buf(),
             groove_url.parse().expect("groove url"),
         );
-        TestServer::start_with(settings).await
+        adjust(&mut settings);
+        TestServer::start_with_settings(settings).await
     }
 
     /// A server with these settings, on an ephemeral loopback port.
-    pub async fn start_with(settings: Settings) -> TestServer {
+    pub async fn start_with_settings(settings: Settings) -> TestServer {
         let data_dir = settings.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
         let addr = listener.local_addr().expect("local addr");

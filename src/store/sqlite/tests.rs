@@ -780,3 +780,41 @@ async fn database_file_lives_in_the_data_dir_in_wal_mode() {
         .unwrap();
     assert_eq!(version, migrations::SCHEMA_VERSION);
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn database_and_its_side_files_are_private_and_loose_ones_are_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let database = data_dir.join(DATABASE_FILE);
+    let wal = side_file(&database, "-wal");
+    let shm = side_file(&database, "-shm");
+    {
+        let store = open(&data_dir);
+        store
+            .create_credential(new_credential("main"))
+            .await
+            .unwrap();
+        assert_eq!(mode(&data_dir), 0o700);
+        // SQLite made the side files itself, with the database's mode.
+        for path in [&database, &wal, &shm] {
+            assert_eq!(mode(path), 0o600, "{}", path.display());
+        }
+    }
+    // What an older version left: a 0644 database, and side files of a process that died.
+    let loose = std::fs::Permissions::from_mode(0o644);
+    std::fs::set_permissions(&database, loose.clone()).unwrap();
+    for path in [&wal, &shm] {
+        if !path.exists() {
+            std::fs::write(path, b"").unwrap();
+        }
+        std::fs::set_permissions(path, loose.clone()).unwrap();
+    }
+    let store = open(&data_dir);
+    for path in [&database, &wal, &shm] {
+        assert_eq!(mode(path), 0o600, "{}", path.display());
+    }
+    assert_eq!(store.get_credential("main").await.unwrap().id, "main");
+}
