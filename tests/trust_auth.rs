@@ -6,12 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::flows::{self, raw, template};
-use common::{start_sandbox, AsCaller, GrpcServer, TestServer};
+use common::flows::{self, template, ticket};
+use common::{replace_file, sha256_hex, start_sandbox, AsCaller, GrpcServer, TestServer};
 use groove_destination::proto;
 use groove_destination::settings::Settings;
-use serde_json::json;
-use sha2::{Digest, Sha256};
 use tonic::Code;
 
 const ADMIN: &str = "admin-token-7f3a";
@@ -19,13 +17,6 @@ const READER: &str = "reader-token-19bc";
 const CRM_SENDER: &str = "crm-sender-token-55d0";
 const CRM_ADMIN: &str = "crm-admin-token-0c21";
 const LATE: &str = "late-token-a410";
-
-fn sha256_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
 
 /// One `[[caller]]` table.
 fn caller(name: &str, token: &str, scopes: &[&str], destinations: Option<&[&str]>) -> String {
@@ -57,16 +48,9 @@ fn standard_callers() -> String {
     .concat()
 }
 
-/// Replaces the file the way an editor or a Secret update does: a new file renamed over the old one.
-fn write_callers(path: &Path, text: &str) {
-    let temporary = path.with_extension("new");
-    std::fs::write(&temporary, text).unwrap();
-    std::fs::rename(&temporary, path).unwrap();
-}
-
 async fn server_with_callers(dir: &Path, groove_url: &str) -> (TestServer, PathBuf) {
     let callers = dir.join("callers.toml");
-    write_callers(&callers, &standard_callers());
+    replace_file(&callers, &standard_callers());
     let mut settings = Settings::for_tests(dir.join("data"), groove_url.parse().unwrap());
     settings.auth_tokens_file = Some(callers.clone());
     (TestServer::start_with_settings(settings).await, callers)
@@ -75,13 +59,6 @@ async fn server_with_callers(dir: &Path, groove_url: &str) -> (TestServer, PathB
 fn code_and_message<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Code, String) {
     let status = result.expect_err("the call should be refused");
     (status.code(), status.message().to_string())
-}
-
-fn ticket(id: &str) -> proto::Record {
-    raw(
-        id,
-        json!({"body": format!("[{id}] help"), "from": "customer@example.com", "to": "support@sandbox.example.com"}),
-    )
 }
 
 #[tokio::test]
@@ -412,7 +389,7 @@ async fn a_changed_callers_file_applies_to_new_calls_and_keeps_open_streams() {
     flows::next_results(&mut stream, 1).await;
 
     // crm-sync is removed, a new caller is added; a broken file in between changes nothing.
-    write_callers(&callers, "[[caller]]\nname = broken\n");
+    replace_file(&callers, "[[caller]]\nname = broken\n");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     AsCaller::plaintext(&server, Some(READER))
         .await
@@ -421,7 +398,7 @@ async fn a_changed_callers_file_applies_to_new_calls_and_keeps_open_streams() {
         .list_templates(proto::ListTemplatesRequest::default())
         .await
         .expect("the last good file stays in force");
-    write_callers(
+    replace_file(
         &callers,
         &[
             caller("platform-admin", ADMIN, &["admin", "send"], None),
@@ -433,13 +410,7 @@ async fn a_changed_callers_file_applies_to_new_calls_and_keeps_open_streams() {
     until_token(&server, CRM_SENDER, false).await;
 
     // The stream opened before goes on and ends OK.
-    requests
-        .send(flows::batch(vec![ticket("after")]))
-        .await
-        .unwrap();
-    drop(requests);
-    let (answered, ended) = flows::drain_to_end(&mut stream).await;
-    ended.expect("the open stream ends ok");
+    let answered = flows::finish(requests, &mut stream, vec![ticket("after")]).await;
     assert_eq!(answered.of("after").outcome(), proto::Outcome::Delivered);
     assert_eq!(answered.summary.unwrap().delivered, 2);
 }
@@ -477,7 +448,7 @@ async fn other_hosts_are_not_served_without_caller_authentication() {
             settings.allow_unauthenticated = true;
         } else {
             let callers = dir.path().join("callers.toml");
-            write_callers(&callers, &standard_callers());
+            replace_file(&callers, &standard_callers());
             settings.auth_tokens_file = Some(callers);
         }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -521,7 +492,7 @@ async fn the_binary_names_the_missing_setting() {
 async fn sighup_rereads_the_callers_file() {
     let dir = tempfile::tempdir().unwrap();
     let callers = dir.path().join("callers.toml");
-    write_callers(&callers, &standard_callers());
+    replace_file(&callers, &standard_callers());
     let server = common::child::ChildServer::start_with(
         dir.path(),
         "http://127.0.0.1:9",

@@ -7,15 +7,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::flows::{self, raw, template};
-use common::{start_sandbox, AsCaller, GrpcServer, TestServer};
+use common::flows::{self, template, ticket};
+use common::{replace_file, sha256_hex, start_sandbox, AsCaller, GrpcServer, TestServer};
 use groove_destination::proto;
 use groove_destination::settings::Settings;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
 };
-use serde_json::json;
-use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Code;
 
@@ -71,13 +69,6 @@ impl Authority {
     }
 }
 
-/// Replaces a file the way cert-manager's kubelet mount does: a new file renamed over the old one.
-fn replace(path: &Path, text: &str) {
-    let temporary = path.with_extension("new");
-    std::fs::write(&temporary, text).unwrap();
-    std::fs::rename(&temporary, path).unwrap();
-}
-
 struct TlsServer {
     server: TestServer,
     certificate: PathBuf,
@@ -94,19 +85,19 @@ async fn tls_server(
     let (certificate_pem, key_pem) = authority.server_certificate();
     let certificate = dir.join("server.pem");
     let key = dir.join("server.key");
-    replace(&certificate, &certificate_pem);
-    replace(&key, &key_pem);
+    replace_file(&certificate, &certificate_pem);
+    replace_file(&key, &key_pem);
     let mut settings = Settings::for_tests(dir.join("data"), groove_url.parse().unwrap());
     settings.tls_cert = Some(certificate.clone());
     settings.tls_key = Some(key.clone());
     if let Some(client_ca) = client_ca {
         let path = dir.join("client-ca.pem");
-        replace(&path, &client_ca.pem());
+        replace_file(&path, &client_ca.pem());
         settings.tls_client_ca = Some(path);
     }
     if let Some(callers) = callers {
         let path = dir.join("callers.toml");
-        replace(&path, callers);
+        replace_file(&path, callers);
         settings.auth_tokens_file = Some(path);
     }
     TlsServer {
@@ -137,20 +128,10 @@ async fn tls_channel(
 }
 
 fn callers_file() -> String {
-    let hash: String = Sha256::digest(ADMIN.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let hash = sha256_hex(ADMIN);
     format!(
         "[[caller]]\nname = \"admin\"\ntoken_sha256 = \"{hash}\"\nscopes = [\"admin\", \"send\"]\n\n\
          [[caller]]\nname = \"dashboards\"\ncertificate_names = [\"{READER_NAME}\"]\nscopes = [\"read\"]\n"
-    )
-}
-
-fn ticket(id: &str) -> proto::Record {
-    raw(
-        id,
-        json!({"body": format!("[{id}] help"), "from": "customer@example.com", "to": "support@sandbox.example.com"}),
     )
 }
 
@@ -357,8 +338,8 @@ async fn rotated_certificates_serve_new_connections_and_keep_open_streams() {
     // cert-manager renews the certificate from a new CA: key first, then the certificate.
     let second_ca = Authority::new("second ca");
     let (certificate, key) = second_ca.server_certificate();
-    replace(&tls.key, &key);
-    replace(&tls.certificate, &certificate);
+    replace_file(&tls.key, &key);
+    replace_file(&tls.certificate, &certificate);
     let mut rotated = false;
     for _ in 0..200 {
         if let Ok(channel) = tls_channel(&tls.server, &second_ca, None).await {
@@ -383,13 +364,7 @@ async fn rotated_certificates_serve_new_connections_and_keep_open_streams() {
     );
 
     // The stream on the old connection goes on and ends OK.
-    requests
-        .send(flows::batch(vec![ticket("after")]))
-        .await
-        .unwrap();
-    drop(requests);
-    let (answered, ended) = flows::drain_to_end(&mut stream).await;
-    ended.expect("the open stream ends ok");
+    let answered = flows::finish(requests, &mut stream, vec![ticket("after")]).await;
     assert_eq!(answered.of("after").outcome(), proto::Outcome::Delivered);
 }
 
@@ -401,8 +376,8 @@ async fn a_mismatched_key_is_refused_at_start() {
     let (_, other_key) = authority.server_certificate();
     let certificate_path = dir.path().join("server.pem");
     let key_path = dir.path().join("server.key");
-    replace(&certificate_path, &certificate);
-    replace(&key_path, &other_key);
+    replace_file(&certificate_path, &certificate);
+    replace_file(&key_path, &other_key);
     let mut settings = Settings::for_tests(
         dir.path().join("data"),
         "http://127.0.0.1:9".parse().unwrap(),

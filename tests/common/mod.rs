@@ -208,6 +208,23 @@ impl GrpcServer for TestServer {
     }
 }
 
+/// Lowercase hex SHA-256 of `token`, as the callers file lists it.
+pub fn sha256_hex(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Replaces a file the way an editor, a Secret update or cert-manager's mount does: a new file renamed over
+/// the old one.
+pub fn replace_file(path: &Path, text: &str) {
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, text).expect("write the new file");
+    std::fs::rename(&temporary, path).expect("rename it over the old one");
+}
+
 pub mod flows {
     //! Small steps most delivery tests share.
 
@@ -282,6 +299,31 @@ pub mod flows {
             .await
             .expect("activate");
         created.name
+    }
+
+    /// A create_ticket record whose body names its id.
+    pub fn ticket(id: &str) -> proto::Record {
+        raw(
+            id,
+            serde_json::json!({"body": format!("[{id}] help"), "from": "customer@example.com", "to": "support@sandbox.example.com"}),
+        )
+    }
+
+    /// Sends `records` as the last message of an open stream, half-closes it, and returns everything it
+    /// answered; the stream must end OK.
+    pub async fn finish(
+        requests: tokio::sync::mpsc::Sender<proto::SendRecordsRequest>,
+        stream: &mut tonic::Streaming<proto::SendRecordsResponse>,
+        records: Vec<proto::Record>,
+    ) -> Answered {
+        requests
+            .send(batch(records))
+            .await
+            .expect("queue the last records");
+        drop(requests);
+        let (answered, ended) = drain_to_end(stream).await;
+        ended.expect("the stream ends ok");
+        answered
     }
 
     pub fn raw(id: &str, json: Value) -> proto::Record {
