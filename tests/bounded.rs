@@ -13,6 +13,7 @@ use groove_destination::sandbox::{Faults, SandboxHandle, ScriptedAnswer};
 use prost::Message;
 use serde_json::json;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 /// What a gRPC client accepts by default, and what every answer here must fit in.
 const CLIENT_LIMIT: usize = 4 * 1024 * 1024;
@@ -272,6 +273,239 @@ async fn retrying_many_large_failed_records_answers_within_the_client_limit() {
     assert!(all_pages(&server, &name, 0).await[0]
         .failed_records
         .is_empty());
+    server.stop().await;
+}
+
+fn fields_of(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|violation| violation.field)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Longest relative URL that still fits once joined to the sandbox's base URL.
+fn url_room(sandbox: &SandboxHandle) -> usize {
+    let base = format!("{}/", sandbox.base_url().trim_end_matches('/'));
+    groove_destination::domain::url_guard::MAX_URL_BYTES - base.len()
+}
+
+#[tokio::test]
+async fn a_test_send_edited_by_hand_passes_the_same_url_guard_as_a_manual_url() {
+    let (sandbox, _dir, server) = setup().await;
+    let name = active_destination(
+        &server,
+        "state",
+        flows::template("update_ticket_state", &[("ticket_number", "{n}")]),
+    )
+    .await;
+    let mut client = server.destinations().await;
+    let preview = client
+        .preview_requests(proto::PreviewRequestsRequest {
+            source: Some(proto::preview_requests_request::Source::Destination(
+                name.clone(),
+            )),
+            records: vec![raw_record("p", json!({"n": 1, "state": "open"}))],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let planned = preview.requests[0].clone();
+    let base = format!("{}/", sandbox.base_url().trim_end_matches('/'));
+    assert_eq!(planned.url, format!("{base}tickets/1/state"));
+    let test = |url: String| {
+        let mut edited = planned.clone();
+        edited.url = url;
+        proto::TestDestinationRequest {
+            name: name.clone(),
+            payload: Some(proto::test_destination_request::Payload::Request(edited)),
+        }
+    };
+
+    // Today's send as previewed goes through.
+    let sent = client
+        .test_destination(test(planned.url.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sent.error.is_empty(), "{}", sent.error);
+    assert_eq!(sandbox.requests().len(), 1);
+
+    let refused = [
+        (
+            format!("{base}tickets/%2e%2e%2fadmin"),
+            "\"..\" path segments",
+        ),
+        (
+            format!("{base}tickets/1/%2E%2e%2Fstate"),
+            "\"..\" path segments",
+        ),
+        (
+            format!("{base}tickets/%2e%2e/1/state"),
+            "\"..\" path segments",
+        ),
+        (format!("{base}tickets/1/sta\tte"), "'\\t'"),
+        (format!("{base}tickets/1/state\r\nX-Injected: 1"), "'\\r'"),
+        (format!("{base}tickets/1/\nstate"), "'\\n'"),
+        (format!("{base}tickets/1/state\u{0}"), "'\\0'"),
+        (
+            format!("{base}tickets/1/{}", "9".repeat(url_room(&sandbox))),
+            "at most 8000",
+        ),
+        (
+            "http://evil.example/v1/tickets/1/state".to_string(),
+            "must start with the groove base url",
+        ),
+    ];
+    for (url, says) in refused {
+        let status = client
+            .test_destination(test(url.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{url:?}");
+        assert_eq!(fields_of(&status), ["request.url"], "{url:?}");
+        assert!(
+            status.message().contains(says),
+            "{url:?}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(sandbox.requests().len(), 1, "nothing refused was sent");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn urls_that_could_never_be_sent_are_refused_when_saved() {
+    let (sandbox, _dir, server) = setup().await;
+    let mut client = server.destinations().await;
+    let create = |id: &str, config: proto::DestinationConfig| proto::CreateDestinationRequest {
+        destination_id: id.to_string(),
+        destination: Some(proto::Destination {
+            display_name: id.to_string(),
+            credential: "credentials/main".to_string(),
+            config: Some(config),
+            ..Default::default()
+        }),
+    };
+    let room = url_room(&sandbox);
+    let manual = |url: &str| flows::manual(proto::HttpMethod::Put, url);
+    let refused = [
+        (
+            manual("tickets/%2e%2e%2fadmin"),
+            "destination.config.manual.url",
+            "path segments",
+        ),
+        (
+            manual("tickets/%2E%2e%2F1/state"),
+            "destination.config.manual.url",
+            "path segments",
+        ),
+        (
+            manual("tickets/1\t/state"),
+            "destination.config.manual.url",
+            "'\\t'",
+        ),
+        (
+            manual("tickets/1/state\r\n"),
+            "destination.config.manual.url",
+            "'\\r'",
+        ),
+        (
+            manual(&format!("customers/{}", "a".repeat(room))),
+            "destination.config.manual.url",
+            "at most 8000",
+        ),
+        (
+            flows::template(
+                "update_ticket_state",
+                &[("ticket_number", &"7".repeat(room))],
+            ),
+            "destination.config.template.parameters.ticket_number",
+            "at most 8000",
+        ),
+    ];
+    for (index, (config, field, says)) in refused.into_iter().enumerate() {
+        let status = client
+            .create_destination(create(&format!("bad-{index}"), config))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{index}");
+        assert_eq!(fields_of(&status), [field], "{index}");
+        assert!(
+            status.message().contains(says),
+            "{index}: {}",
+            status.message()
+        );
+    }
+    // Right at the limit is fine, and an update is held to the same rule.
+    let fits = manual(&format!(
+        "customers/{}",
+        "a".repeat(room - "customers/".len())
+    ));
+    let saved = client
+        .create_destination(create("fits", fits))
+        .await
+        .unwrap()
+        .into_inner()
+        .destination
+        .unwrap();
+    let mut longer = saved.clone();
+    longer.config = Some(manual(&format!("customers/{}", "a".repeat(room))));
+    let status = client
+        .update_destination(proto::UpdateDestinationRequest {
+            destination: Some(longer),
+            update_mask: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(fields_of(&status), ["destination.config.manual.url"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_record_whose_url_would_be_too_long_is_invalid_and_never_sent() {
+    let (sandbox, _dir, server) = setup().await;
+    let config = proto::DestinationConfig {
+        delivery: Some(proto::DeliveryOptions {
+            max_attempts: 5,
+            ..Default::default()
+        }),
+        ..flows::template("update_ticket_state", &[("ticket_number", "{n}")])
+    };
+    let name = active_destination(&server, "state", config).await;
+    let long = "1".repeat(url_room(&sandbox));
+    let answered = flows::send(
+        &server,
+        &name,
+        vec![vec![
+            raw_record("long", json!({"n": long, "state": "open"})),
+            raw_record("short", json!({"n": 1, "state": "open"})),
+        ]],
+    )
+    .await
+    .unwrap();
+    let refused = answered.of("long");
+    assert_eq!(refused.outcome(), Outcome::Invalid);
+    assert_eq!(refused.field, "record.n");
+    assert_eq!(refused.attempts, 0);
+    assert!(
+        refused.error.contains("makes the url too long"),
+        "{}",
+        refused.error
+    );
+    assert!(refused.error.contains("at most 8000"), "{}", refused.error);
+    assert_ne!(answered.of("short").outcome(), Outcome::Invalid);
+    let paths: Vec<String> = sandbox
+        .requests()
+        .iter()
+        .map(|request| request.path.clone())
+        .collect();
+    assert_eq!(paths.len(), 1, "only the short record is sent: {paths:?}");
     server.stop().await;
 }
 
