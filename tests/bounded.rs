@@ -522,24 +522,35 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-/// Not a check but a measurement, for the README and reviews: 24 failed records of 8 MiB each, then one
-/// listing and one retry of all of them against a fresh server process, with its peak memory and the size of
-/// each answer. Run with `cargo test --test bounded -- --ignored --nocapture measure`.
+/// Not a check but a measurement, for reviews: failed records of 8 MiB each (24 of them; `BOUNDED_RECORDS` and
+/// `BOUNDED_SIZE_KIB` change that), then a
+/// listing of all of them and a retry of all of them, each on a fresh server process, with its peak memory and
+/// the size of each answer. Run with `cargo test --test bounded -- --ignored --nocapture measure`.
 #[tokio::test]
 #[ignore = "a measurement: slow, prints numbers"]
 async fn measure_listing_and_retry_of_large_failed_records() {
-    const RECORDS: usize = 24;
-    const SIZE: usize = 8 * 1024 * 1024;
+    let records: usize = std::env::var("BOUNDED_RECORDS")
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(24);
+    let size: usize = std::env::var("BOUNDED_SIZE_KIB")
+        .ok()
+        .and_then(|kib| kib.parse::<usize>().ok())
+        .map_or(8 * MIB, |kib| kib * KIB);
     let sandbox = start_sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let mut server = ChildServer::start(dir.path(), &sandbox.base_url()).await;
     credential(&server, "main").await;
     let name = active_destination(&server, "big", tickets_once()).await;
-    let records = (0..RECORDS)
-        .map(|index| rejected_ticket(&format!("big-{index:02}"), SIZE))
-        .collect();
-    let sent = send_each(&server, &name, records).await;
-    assert_eq!(sent.rejected, RECORDS as u64);
+    let sent = send_each(
+        &server,
+        &name,
+        (0..records)
+            .map(|index| rejected_ticket(&format!("big-{index:02}"), size))
+            .collect(),
+    )
+    .await;
+    assert_eq!(sent.rejected, records as u64);
 
     server.restart().await;
     let pid = server.pid().unwrap();
@@ -586,7 +597,7 @@ async fn measure_listing_and_retry_of_large_failed_records() {
     let (after_retry, _) = memory_kib(pid);
     let summary = retried.summary.unwrap();
     println!(
-        "{RECORDS} failed records of {SIZE} bytes: listed {listed} in {} pages, largest {} bytes; peak rss \
+        "{records} failed records of {size} bytes: listed {listed} in {} pages, largest {} bytes; peak rss \
          {} KiB (idle {idle} KiB)",
         pages.len(),
         pages.iter().max().unwrap(),
@@ -598,8 +609,8 @@ async fn measure_listing_and_retry_of_large_failed_records() {
         retried.results.len(),
         summary.rejected,
     );
-    assert_eq!(listed, RECORDS);
-    assert_eq!(summary.rejected, RECORDS as u64);
+    assert_eq!(listed, records);
+    assert_eq!(summary.rejected, records as u64);
     assert_eq!(
         retried
             .results
