@@ -255,7 +255,9 @@ pub fn endpoint_from_proto(
             method.map(|method| {
                 Endpoint::Manual(ManualEndpoint {
                     method,
-                    url: manual.url.trim().to_string(),
+                    // As given: the URL guard names a stray space, tab or line break instead of it being
+                    // dropped unseen.
+                    url: manual.url,
                     content_format: ContentFormat::Json,
                     headers,
                 })

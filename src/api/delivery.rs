@@ -1,5 +1,6 @@
 //! DeliveryService: streaming delivery and failed records.
 
+use std::collections::HashSet;
 use std::error::Error as _;
 use std::pin::Pin;
 use std::time::Instant;
@@ -10,11 +11,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert::{duration, page_request};
 use crate::api::error::ApiError;
+use crate::api::failed::{bounded_page, BoundedResults, RetryFeed, ANSWER_BYTES, MAX_RETRY};
 use crate::api::guard;
 use crate::api::names::DESTINATIONS;
 use crate::api::results::{
-    failed_record_to_proto, incoming_record, report_outcome_to_proto, report_to_proto,
-    summary_to_proto,
+    incoming_record, report_outcome_to_proto, report_to_proto, summary_to_proto,
 };
 use crate::api::AppState;
 use crate::auth::check_destination;
@@ -30,8 +31,6 @@ const OUTPUT_BUFFER: usize = 64;
 /// may carry a batch's whole answer) stay well under a client's default 4 MiB message limit.
 const COALESCE_FULL: usize = 8;
 const COALESCE_OUTCOME_ONLY: usize = 256;
-/// Most failed records one RetryFailedRecords call takes on.
-const MAX_RETRY: u32 = 10_000;
 
 pub struct Delivery {
     state: AppState,
@@ -247,17 +246,10 @@ impl DeliveryService for Delivery {
         let page = self
             .state
             .store
-            .list_failed_records(&id, filter, page)
+            .list_failed_records(&id, filter, page, ANSWER_BYTES as u64)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(proto::ListFailedRecordsResponse {
-            failed_records: page
-                .items
-                .into_iter()
-                .map(|entry| failed_record_to_proto(&request.destination, entry))
-                .collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        Ok(Response::new(bounded_page(&request.destination, page)))
     }
 
     async fn retry_failed_records(
@@ -270,6 +262,18 @@ impl DeliveryService for Delivery {
         let request = request.into_inner();
         let id = DESTINATIONS.parse_name("destination", &request.destination)?;
         let selection = selection(request.all, request.record_ids)?;
+        if let FailedRecordSelection::Ids(asked) = &selection {
+            if asked.len() > MAX_RETRY as usize {
+                return Err(ApiError::invalid(
+                    "record_ids",
+                    format!(
+                        "{} record ids given; at most {MAX_RETRY} per call",
+                        asked.len()
+                    ),
+                )
+                .into());
+            }
+        }
         let session = self
             .state
             .engine
@@ -277,53 +281,41 @@ impl DeliveryService for Delivery {
             .await
             .map_err(ApiError::from)?
             .resending_maybe_delivered();
-        let record_ids = match &selection {
-            FailedRecordSelection::All => self
-                .state
-                .store
-                .failed_record_ids(&id, MAX_RETRY)
-                .await
-                .map_err(ApiError::from)?,
-            FailedRecordSelection::Ids(asked) => {
-                let mut unique = asked.clone();
-                unique.sort();
-                unique.dedup();
-                unique
-            }
-        };
-        let entries = self
+        // Ids and sizes only: the records themselves are read a chunk at a time as delivery takes them.
+        let sizes = self
             .state
             .store
-            .get_failed_records(&id, record_ids.clone())
+            .failed_record_sizes(&id, selection.clone(), MAX_RETRY)
             .await
             .map_err(ApiError::from)?;
         // With `all`, a record delivered meanwhile by another stream has simply left the list.
-        if selection != FailedRecordSelection::All && entries.len() < record_ids.len() {
-            let missing: Vec<&String> = record_ids
+        if let FailedRecordSelection::Ids(asked) = &selection {
+            let found: HashSet<&str> = sizes.iter().map(|size| size.record_id.as_str()).collect();
+            let mut missing: Vec<&String> = asked
                 .iter()
-                .filter(|record_id| !entries.iter().any(|entry| &entry.record_id == *record_id))
+                .filter(|record_id| !found.contains(record_id.as_str()))
                 .collect();
-            return Err(ApiError::NotFound(format!(
-                "no failed record {missing:?} in destination {}",
-                request.destination
-            ))
-            .into());
+            missing.sort();
+            missing.dedup();
+            if !missing.is_empty() {
+                return Err(ApiError::NotFound(format!(
+                    "no failed record {missing:?} in destination {}",
+                    request.destination
+                ))
+                .into());
+            }
         }
-        let records: Vec<IncomingRecord> = entries
-            .into_iter()
-            .map(|entry| IncomingRecord {
-                id: entry.record_id,
-                json: Ok(entry.record_json),
-                encoding: entry.record_encoding,
-            })
-            .collect();
+        let (mut feed, input) = RetryFeed::new(self.state.store.clone(), id, sizes);
         let (output, mut events) = mpsc::channel(OUTPUT_BUFFER);
-        let run = tokio::spawn(session.run(futures::stream::iter(vec![Ok(records)]), output));
-        let mut results = Vec::new();
+        let run = tokio::spawn(session.run(input, output));
+        let mut results = BoundedResults::default();
         let mut summary = None;
         while let Some(event) = events.recv().await {
             match event {
-                StreamEvent::Report(report) => results.push(report_to_proto(*report)),
+                StreamEvent::Report(report) => {
+                    feed.answered(&report.record_ids);
+                    results.push(*report);
+                }
                 StreamEvent::Summary(done) => summary = Some(summary_to_proto(&done)),
                 StreamEvent::Interrupted(interruption) => {
                     tracing::info!(destination = %request.destination, %interruption, "retry stopped early");
@@ -333,11 +325,16 @@ impl DeliveryService for Delivery {
         if let Err(error) = run.await {
             tracing::error!(%error, destination = %request.destination, "retry session failed");
         }
-        tracing::info!(destination = %request.destination, caller = caller.name(), retried = results.len(), "failed records retried");
+        if let Some(error) = feed.failure() {
+            return Err(ApiError::from(error).into());
+        }
+        tracing::info!(destination = %request.destination, caller = caller.name(), results = results.count(), "failed records retried");
+        let (results, omitted_results) = results.into_parts();
         Ok(Response::new(proto::RetryFailedRecordsResponse {
             results,
             summary,
             duration: Some(duration(started.elapsed())),
+            omitted_results,
         }))
     }
 

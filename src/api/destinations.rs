@@ -26,6 +26,7 @@ use crate::domain::destination::{Destination, DestinationConfig, DestinationStat
 use crate::domain::headers::check_header;
 use crate::domain::render::Renderer;
 use crate::domain::templates;
+use crate::domain::url_guard;
 use crate::domain::validation::FieldViolation;
 use crate::domain::validation::Violations;
 use crate::domain::webhook_url::keep_stored_password;
@@ -485,9 +486,10 @@ impl DestinationService for Destinations {
                 };
                 (PlannedCall::from(call), vec![record_id])
             }
-            Some(test_destination_request::Payload::Request(edited)) => {
-                (edited_call(&edited)?, edited.record_ids.clone())
-            }
+            Some(test_destination_request::Payload::Request(edited)) => (
+                edited_call(&edited, groove.base_url())?,
+                edited.record_ids.clone(),
+            ),
             None => {
                 return Err(
                     ApiError::invalid("payload", "one of record or request is required").into(),
@@ -595,14 +597,16 @@ fn batch_request(batch: Batch<String>) -> proto::PlannedRequest {
 }
 
 /// A request edited by hand for TestDestination: the method is required, and `Authorization` / `Content-Type`
-/// are set by the client whatever the edit says. The Groove client refuses a URL outside the base URL.
-fn edited_call(edited: &proto::PlannedRequest) -> Result<PlannedCall, ApiError> {
+/// are set by the client whatever the edit says. The URL passes the same guard as a manual destination's, on
+/// its text as given: a parser would drop tabs and line breaks or decode dot segments before anything could
+/// look at them.
+fn edited_call(edited: &proto::PlannedRequest, base: &Url) -> Result<PlannedCall, ApiError> {
     let mut violations = Violations::default();
     let method = method_from_proto("request.method", edited.method, &mut violations);
-    let url = match Url::parse(&edited.url) {
+    let url = match url_guard::resolve_absolute(base, &edited.url) {
         Ok(url) => Some(url),
         Err(error) => {
-            violations.push("request.url", format!("url is not valid: {error}"));
+            violations.push("request.url", error.to_string());
             None
         }
     };

@@ -5,6 +5,7 @@ mod credentials;
 mod delivery;
 mod destinations;
 pub mod error;
+mod failed;
 mod guard;
 mod json;
 pub mod json_wire;

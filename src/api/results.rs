@@ -208,5 +208,6 @@ pub fn failed_record_to_proto(
         first_failure_time: Some(timestamp(entry.first_failure_ms)),
         last_failure_time: Some(timestamp(entry.last_failure_ms)),
         maybe_delivered: entry.maybe_delivered,
+        omitted_fields: Vec::new(),
     }
 }

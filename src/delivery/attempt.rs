@@ -263,3 +263,84 @@ fn failed(
 fn has_body(method: HttpMethod) -> bool {
     !matches!(method, HttpMethod::Get | HttpMethod::Delete)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use url::Url;
+
+    use super::*;
+    use crate::delivery::report::RecordJson;
+    use crate::domain::record::RecordEncoding;
+
+    /// A unit whose only call carries a header value HTTP cannot carry: it fails at once, says why, and
+    /// counts no attempt, however many attempts the destination allows.
+    #[tokio::test]
+    async fn a_call_that_cannot_be_built_fails_at_once_without_an_attempt() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = Url::parse(&format!("http://{}/v1/", listener.local_addr().unwrap())).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let server = tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let client = GrooveClient::new(&base).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, _keys, key) = crate::delivery::keys::test_entry(dir.path()).await;
+        let context = CallContext {
+            client: client.clone(),
+            key,
+            destination_name: "destinations/d".into(),
+            pacer: Arc::new(Pacer::new(None)),
+            options: DeliveryOptions {
+                max_attempts: 10,
+                ..DeliveryOptions::default()
+            },
+        };
+        let unit = DeliveryUnit {
+            record_ids: vec!["r1".to_string()],
+            records: vec![RecordJson {
+                bytes: Arc::from(&b"{}"[..]),
+                encoding: RecordEncoding::RawJson,
+            }],
+            calls: vec![PlannedCall {
+                method: HttpMethod::Put,
+                url: base.join("tickets/1/state").unwrap(),
+                headers: Arc::from([("X-Note".to_string(), "tab\tand\u{1}".to_string())]),
+                body: Bytes::from_static(b"{}"),
+            }],
+            ordering_key: None,
+            repeatable: true,
+        };
+        let started = Instant::now();
+        let UnitEnd::Reported(report) = deliver(
+            &context,
+            &mut client.connection(),
+            unit,
+            &CancellationToken::new(),
+        )
+        .await
+        else {
+            panic!("a unit that cannot be sent is reported, not released");
+        };
+        assert_eq!(report.outcome, Outcome::Failed);
+        assert_eq!(report.attempts, 0);
+        assert!(!report.maybe_delivered);
+        assert!(
+            report
+                .error
+                .starts_with("request could not be built, so it was not sent: "),
+            "{}",
+            report.error
+        );
+        assert!(report.error.contains("X-Note"), "{}", report.error);
+        // No backoff was waited for: nothing was retried.
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+        server.abort();
+    }
+}

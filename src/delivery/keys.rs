@@ -313,12 +313,22 @@ impl KeyEntry {
     }
 }
 
+/// A store in `dir` with credential `k1`, and its key entry: for tests of whatever calls with a key.
+#[cfg(test)]
+pub(crate) async fn test_entry(
+    dir: &std::path::Path,
+) -> (Arc<dyn Store>, CredentialKeys, Arc<KeyEntry>) {
+    tests::entry(dir).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{NewCredential, SecretBox, SqliteStore};
 
-    async fn entry(dir: &std::path::Path) -> (Arc<dyn Store>, CredentialKeys, Arc<KeyEntry>) {
+    pub(super) async fn entry(
+        dir: &std::path::Path,
+    ) -> (Arc<dyn Store>, CredentialKeys, Arc<KeyEntry>) {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(dir, SecretBox::generate().unwrap()).expect("open store"));
         store

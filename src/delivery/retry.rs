@@ -7,7 +7,7 @@
 //! | 408, 503 (at least its `Retry-After`), not sent | retry with backoff, up to `max_attempts` |
 //! | 500, 502, 504, or no answer after sending | idempotent method (GET, PUT, DELETE) or `retry_unsafe`: retry as above; POST/PATCH: ambiguous, it may have reached Groove |
 //! | other status (other 4xx: rejected) | done |
-//! | URL outside the base URL, invalid header | give up at once |
+//! | URL outside the base URL, a request that cannot be built (header, URL too long) | give up at once |
 //!
 //! 408 says the server did not receive the whole request, 503 and 429 that it refused to handle it (RFC 9110
 //! §15.5.9, §15.6.4; RFC 6585 §4): nothing was done, so even a create is repeated. A 502 or 504 comes from a
@@ -54,8 +54,12 @@ pub struct Attempts {
 }
 
 impl Attempts {
-    /// Counts one more attempt and its outcome.
+    /// Counts one more attempt and its outcome. A request refused here before any connection
+    /// ([`CallError::is_local`]) is not an attempt: nothing was sent.
     pub fn record(&mut self, outcome: &Result<GrooveAnswer, CallError>) {
+        if matches!(outcome, Err(error) if error.is_local()) {
+            return;
+        }
         self.total = self.total.saturating_add(1);
         if matches!(outcome, Ok(answer) if answer.status == 429) {
             self.rate_limited = self.rate_limited.saturating_add(1);
@@ -123,7 +127,7 @@ pub fn decide(
         Err(CallError::MaybeSent { reason }) => {
             not_repeated(method, &format!("no answer after sending: {reason}"))
         }
-        Err(error @ (CallError::OutsideBaseUrl { .. } | CallError::InvalidHeader { .. })) => {
+        Err(error @ (CallError::OutsideBaseUrl { .. } | CallError::Unbuildable { .. })) => {
             Decision::GiveUp {
                 reason: error.to_string(),
             }
@@ -328,8 +332,9 @@ mod tests {
             url: "https://evil.example/v1/tickets".to_string(),
             base: "https://api.groovehq.com/v1/".to_string(),
         });
-        let header = Err(CallError::InvalidHeader {
-            name: "x-bad".to_string(),
+        let header = Err(CallError::Unbuildable {
+            reason: "the value of header x-bad holds characters an http header cannot carry"
+                .to_string(),
         });
         for method in HttpMethod::ALL {
             for outcome in [&outside, &header] {
@@ -339,7 +344,7 @@ mod tests {
                 };
                 assert!(
                     reason.contains("outside the groove base url")
-                        || reason.contains("invalid request header x-bad")
+                        || reason.starts_with("request could not be built, so it was not sent: ")
                 );
             }
         }

@@ -105,15 +105,42 @@ fn validate_template(
             ),
         );
     }
-    // Belt and braces: the catalogue's own path must stay under the base URL with every parameter filled.
+    // Belt and braces: the catalogue's own path must stay under the base URL with every parameter filled, and
+    // fit in a URL: literals as they will be sent, references (checked per record) as a plain value.
+    let literals: Vec<(&str, String)> = template
+        .parameters
+        .iter()
+        .filter_map(|parameter| {
+            let value = endpoint.parameters.get(parameter.name)?;
+            let literal = Pattern::parse(value).ok()?.as_literal()?;
+            // Unsafe or empty literals are reported on their own field above.
+            (!literal.trim().is_empty() && url_guard::is_safe_segment_value(&literal))
+                .then(|| (parameter.name, url_guard::encode_path_segment(&literal)))
+        })
+        .collect();
     let sample = template
         .parameters
         .iter()
         .fold(template.path.to_string(), |path, parameter| {
-            path.replace(&format!("{{{}}}", parameter.name), "x")
+            let value = literals
+                .iter()
+                .find(|(name, _)| *name == parameter.name)
+                .map_or("x", |(_, encoded)| encoded.as_str());
+            path.replace(&format!("{{{}}}", parameter.name), value)
         });
-    if let Err(error) = url_guard::resolve(base, &sample) {
-        violations.push("config.template.template_id", error.to_string());
+    match url_guard::resolve(base, &sample) {
+        Ok(_) => {}
+        Err(error @ url_guard::UrlGuardError::TooLong { .. }) => {
+            let longest = literals
+                .iter()
+                .max_by_key(|(_, encoded)| encoded.len())
+                .map_or_else(
+                    || "config.template.parameters".to_string(),
+                    |(name, _)| format!("config.template.parameters.{name}"),
+                );
+            violations.push(longest, error.to_string());
+        }
+        Err(error) => violations.push("config.template.template_id", error.to_string()),
     }
 }
 
@@ -543,6 +570,43 @@ mod tests {
         assert_eq!(
             fields(&manual("a@evil.example", &[])),
             ["config.manual.url"]
+        );
+        // Encoded climbs in any case, and characters a parser would drop, are refused as written.
+        for url in [
+            "tickets/%2e%2e%2fadmin",
+            "tickets/%2E%2e%2Fadmin",
+            "tickets\t",
+            "tickets\r\n",
+            "tic\nkets",
+            "tickets\u{0}",
+        ] {
+            assert_eq!(fields(&manual(url, &[])), ["config.manual.url"], "{url:?}");
+        }
+    }
+
+    #[test]
+    fn urls_longer_than_can_be_sent_are_refused_when_saved() {
+        let room = url_guard::MAX_URL_BYTES - "https://api.groovehq.com/v1/tickets/".len();
+        let long = "1".repeat(room + 1);
+        let found = violations(&manual(&format!("tickets/{long}"), &[]));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "config.manual.url");
+        assert!(found[0].1.contains("at most 8000"), "{}", found[0].1);
+        assert!(fields(&manual(&format!("tickets/{}", "1".repeat(room)), &[])).is_empty());
+        // A reference stands for what a record will hold: its length is checked per record.
+        assert!(fields(&manual("tickets/{n}", &[])).is_empty());
+
+        let state = |number: &str| template("update_ticket_state", &[("ticket_number", number)]);
+        let found = violations(&state(&long));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "config.template.parameters.ticket_number");
+        assert!(found[0].1.contains("at most 8000"), "{}", found[0].1);
+        assert!(fields(&state("{ticket.number}")).is_empty());
+        // The literal counts as it is sent, percent-encoded.
+        let spaces = " ".repeat(room / 3 + 1);
+        assert_eq!(
+            fields(&state(&format!("x{spaces}"))),
+            ["config.template.parameters.ticket_number"]
         );
     }
 

@@ -592,24 +592,39 @@ fn template_url(base: &Url, parts: &[PathPart], record: &Value) -> Result<Url, F
 }
 
 /// A rendered URL refused by the guard. Record values are encoded into unreserved characters, so only dot
-/// segments (`..`, `.`) can be at fault; the first referenced field holding a dot is named, else the first one.
+/// segments (`..`, `.`) or a URL too long to send can be at fault: for the first, the first referenced field
+/// holding a dot is named, for the second the one holding the longest value; else the first one.
 fn guard_violation<'p>(
     references: impl Iterator<Item = &'p FieldPath>,
     record: &Value,
     error: &UrlGuardError,
 ) -> FieldViolation {
     let references: Vec<&FieldPath> = references.collect();
+    let text_of = |path: &FieldPath| match path.lookup(record) {
+        Some(Value::String(text)) => text.len(),
+        Some(other) => other.to_string().len(),
+        None => 0,
+    };
     let holds_dot = |path: &&&FieldPath| {
         path.lookup(record)
             .and_then(Value::as_str)
             .is_some_and(|text| text.contains('.'))
     };
-    let culprit = references
-        .iter()
-        .find(holds_dot)
-        .or(references.first())
-        .copied();
+    let too_long = matches!(error, UrlGuardError::TooLong { .. });
+    let culprit = if too_long {
+        references.iter().copied().max_by_key(|path| text_of(path))
+    } else {
+        references
+            .iter()
+            .find(holds_dot)
+            .or(references.first())
+            .copied()
+    };
     match culprit {
+        Some(path) if too_long => FieldViolation::new(
+            path.record_field(),
+            format!("record field \"{path}\" makes the url too long: {error}"),
+        ),
         Some(path) => FieldViolation::new(
             path.record_field(),
             format!("record field \"{path}\" makes an unsafe url: {error}"),
@@ -1205,6 +1220,38 @@ mod tests {
             assert!(url.path().starts_with("/v1/"), "{value}");
             assert_eq!(url.path().matches('/').count(), 2, "{value}");
         }
+    }
+
+    #[test]
+    fn a_record_whose_url_would_be_too_long_is_refused_naming_the_longest_field() {
+        let long = "7".repeat(crate::domain::url_guard::MAX_URL_BYTES);
+        let manual = renderer_with_url("tickets/{ticket.number}/messages?source={src}");
+        let found = refusal(render_json(
+            &manual,
+            &json!({"ticket": {"number": 1}, "src": long}),
+        ));
+        assert_eq!(found[0].0, "record.src");
+        assert!(
+            found[0]
+                .1
+                .starts_with("record field \"src\" makes the url too long: url is"),
+            "{}",
+            found[0].1
+        );
+        assert!(found[0].1.contains("at most 8000"), "{}", found[0].1);
+
+        let template = renderer(&DestinationConfig {
+            endpoint: Endpoint::Template(TemplateEndpoint {
+                template_id: "update_ticket_state".to_string(),
+                parameters: [("ticket_number".to_string(), "{n}".to_string())].into(),
+            }),
+            ..DestinationConfig::default()
+        });
+        assert_eq!(
+            refused_fields(render_json(&template, &json!({"n": long, "state": "open"}))),
+            ["record.n"]
+        );
+        assert!(render_json(&template, &json!({"n": 12, "state": "open"})).is_ok());
     }
 
     fn renderer_with_url(url: &str) -> Renderer {

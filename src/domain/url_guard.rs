@@ -9,13 +9,23 @@
 //!
 //! The rules are stricter than RFC 3986 needs: syntax that a browser, a proxy or Groove's server might read
 //! differently (backslashes, `@`, dot segments in any encoding, control characters) is refused outright rather
-//! than reasoned about, and the joined result is checked once more against the base.
+//! than reasoned about, and the joined result is checked once more against the base. Every check runs on the
+//! text as written, before a parser can drop tabs and line breaks or decode anything. A full URL (a request
+//! edited by hand) goes through the same rules with [`resolve_absolute`].
+//!
+//! A URL longer than [`MAX_URL_BYTES`] is refused too: it could not reliably be sent at all.
 
 use serde_json::Value;
 use thiserror::Error;
 use url::Url;
 
 use super::reference::{Pattern, ReferenceError, ResolveError, Segment};
+
+/// Longest URL sent, in bytes, the base URL included. RFC 9110 §4.1 asks senders and recipients to support URIs
+/// of at least 8000 octets, and servers and proxies commonly refuse a longer request line with 414 (nginx and
+/// Apache read request lines into 8 KiB buffers); see docs/groove-api.md §4. A configured URL over it is refused
+/// when saved, a URL rendered over it fails its record alone, before any call.
+pub const MAX_URL_BYTES: usize = 8000;
 
 /// Why a relative URL (or the base URL itself) is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -65,6 +75,20 @@ pub enum UrlGuardError {
     Unparsable {
         /// The parser's message.
         reason: String,
+    },
+    /// Longer than [`MAX_URL_BYTES`] with the base URL.
+    #[error(
+        "url is {length} bytes long with the groove base url; at most {MAX_URL_BYTES} can be sent"
+    )]
+    TooLong {
+        /// Its length in bytes, the base URL included (at least; counting stops once it is too long).
+        length: usize,
+    },
+    /// A full URL that does not start with the base URL, or names only the base URL itself.
+    #[error("url must start with the groove base url \"{base}\" and name a path under it")]
+    NotUnderBase {
+        /// The normalised base URL.
+        base: String,
     },
     /// The joined URL is not under the base URL; the last line of defence.
     #[error("url resolves to \"{resolved}\", outside the groove base url \"{base}\"")]
@@ -141,6 +165,12 @@ pub fn check_pattern(base: &Url, pattern: &str) -> Result<Pattern, UrlGuardError
 /// URL right before calling it.
 pub fn resolve(base: &Url, relative: &str) -> Result<Url, UrlGuardError> {
     let base = normalised_base(base)?;
+    // Joining never shortens a relative reference without dot segments, so this refuses only what the joined
+    // URL would exceed, and spares checking and parsing a huge rendered value.
+    let at_least = base.as_str().len().saturating_add(relative.len());
+    if at_least > MAX_URL_BYTES {
+        return Err(UrlGuardError::TooLong { length: at_least });
+    }
     check_relative_syntax(relative)?;
     let joined = base
         .join(relative)
@@ -158,7 +188,28 @@ pub fn resolve(base: &Url, relative: &str) -> Result<Url, UrlGuardError> {
             base: base.to_string(),
         });
     }
+    // The parser percent-encodes what it must (a space, `é`), which can make the URL longer than its text.
+    if joined.as_str().len() > MAX_URL_BYTES {
+        return Err(UrlGuardError::TooLong {
+            length: joined.as_str().len(),
+        });
+    }
     Ok(joined)
+}
+
+/// Checks a full URL written out (a request edited by hand) by the same rules as [`resolve`]: on the text as
+/// given, it must start with the base URL exactly as [`normalised_base`] writes it, and the rest must pass as a
+/// relative URL under it.
+pub fn resolve_absolute(base: &Url, text: &str) -> Result<Url, UrlGuardError> {
+    let base = normalised_base(base)?;
+    // Before comparing with the base, so that a tab or line break is named as such wherever it is.
+    check_characters(text)?;
+    match text.strip_prefix(base.as_str()) {
+        Some(relative) if !relative.is_empty() => resolve(&base, relative),
+        _ => Err(UrlGuardError::NotUnderBase {
+            base: base.to_string(),
+        }),
+    }
 }
 
 /// Renders a parsed URL pattern for one record (values encoded as path segments) and joins it safely.
@@ -199,12 +250,7 @@ fn check_relative_syntax(relative: &str) -> Result<(), UrlGuardError> {
     if relative.is_empty() {
         return Err(UrlGuardError::Empty);
     }
-    // The WHATWG parser silently drops tabs and newlines and reads `\` as `/`, so `/\t/evil` or `\\evil` would
-    // become `//evil`; refusing them here means our reading and the parser's cannot differ.
-    if let Some(character) = relative.chars().find(|&c| forbidden_hint(c).is_some()) {
-        let hint = forbidden_hint(character).unwrap_or_default();
-        return Err(UrlGuardError::ForbiddenCharacter { character, hint });
-    }
+    check_characters(relative)?;
     if relative.starts_with("//") {
         return Err(UrlGuardError::SchemeRelative);
     }
@@ -223,6 +269,15 @@ fn check_relative_syntax(relative: &str) -> Result<(), UrlGuardError> {
         });
     }
     Ok(())
+}
+
+/// The WHATWG parser silently drops tabs and newlines and reads `\` as `/`, so `/\t/evil` or `\\evil` would
+/// become `//evil`; refusing them here means our reading and the parser's cannot differ.
+fn check_characters(text: &str) -> Result<(), UrlGuardError> {
+    match text.chars().find_map(|c| Some((c, forbidden_hint(c)?))) {
+        Some((character, hint)) => Err(UrlGuardError::ForbiddenCharacter { character, hint }),
+        None => Ok(()),
+    }
 }
 
 fn forbidden_hint(c: char) -> Option<&'static str> {
@@ -454,11 +509,188 @@ mod tests {
             }),
             ("tickets%zz", |e| *e == E::MalformedEscape { position: 8 }),
             ("tickets%2", |e| *e == E::MalformedEscape { position: 8 }),
+            // One segment that decodes to a climb: `%2f` hides the slash, in any case.
+            ("%2e%2e%2fadmin", |e| matches!(e, E::DotSegment { .. })),
+            ("x/%2E%2e%2Fadmin", |e| matches!(e, E::DotSegment { .. })),
+            ("x/%2e%2E%5cadmin", |e| matches!(e, E::DotSegment { .. })),
+            ("tickets%2f%2E%2E%2fx", |e| {
+                matches!(e, E::DotSegment { .. })
+            }),
+            ("tickets\u{0}", |e| {
+                matches!(
+                    e,
+                    E::ForbiddenCharacter {
+                        character: '\u{0}',
+                        ..
+                    }
+                )
+            }),
+            ("tickets\u{7f}x", |e| {
+                matches!(
+                    e,
+                    E::ForbiddenCharacter {
+                        character: '\u{7f}',
+                        ..
+                    }
+                )
+            }),
+            ("tickets\u{b}", |e| {
+                matches!(
+                    e,
+                    E::ForbiddenCharacter {
+                        character: '\u{b}',
+                        ..
+                    }
+                )
+            }),
+            ("tickets\u{85}x", |e| {
+                matches!(
+                    e,
+                    E::ForbiddenCharacter {
+                        character: '\u{85}',
+                        ..
+                    }
+                )
+            }),
+            ("tickets\u{2028}x", |e| {
+                matches!(
+                    e,
+                    E::ForbiddenCharacter {
+                        character: '\u{2028}',
+                        ..
+                    }
+                )
+            }),
         ];
         for (relative, expected) in cases {
             let error = resolve(&base(), relative).unwrap_err();
             assert!(expected(&error), "{relative:?} gave {error:?}");
         }
+    }
+
+    #[test]
+    fn full_urls_pass_the_same_rules_on_their_text_as_given() {
+        let base = base();
+        assert_eq!(
+            resolve_absolute(&base, "https://api.groovehq.com/v1/tickets/12/state")
+                .unwrap()
+                .as_str(),
+            "https://api.groovehq.com/v1/tickets/12/state"
+        );
+        // A base URL written without its trailing slash is the same base.
+        assert!(resolve_absolute(&base, "https://api.groovehq.com/v1/tickets?page=2").is_ok());
+        use UrlGuardError as E;
+        let cases: Vec<(&str, Expectation)> = vec![
+            ("https://api.groovehq.com/v1/tickets/%2e%2e%2fadmin", |e| {
+                matches!(e, E::DotSegment { .. })
+            }),
+            ("https://api.groovehq.com/v1/%2E%2e%2Fadmin", |e| {
+                matches!(e, E::DotSegment { .. })
+            }),
+            ("https://api.groovehq.com/v1/%2e%2e/admin", |e| {
+                matches!(e, E::DotSegment { .. })
+            }),
+            ("https://api.groovehq.com/v1/../admin", |e| {
+                matches!(e, E::DotSegment { .. })
+            }),
+            // The parser would drop these silently and send something else than what was written.
+            ("https://api.groovehq.com/v1/tic\tkets", |e| {
+                matches!(
+                    e,
+                    E::ForbiddenCharacter {
+                        character: '\t',
+                        ..
+                    }
+                )
+            }),
+            ("https://api.groovehq.com/v1/tickets\r\nX-Evil: 1", |e| {
+                matches!(
+                    e,
+                    E::ForbiddenCharacter {
+                        character: '\r',
+                        ..
+                    }
+                )
+            }),
+            ("https://api.groove\nhq.com/v1/tickets", |e| {
+                matches!(
+                    e,
+                    E::ForbiddenCharacter {
+                        character: '\n',
+                        ..
+                    }
+                )
+            }),
+            ("https://api.groovehq.com/v1//evil.example", |e| {
+                *e == E::RootRelative
+            }),
+            ("https://api.groovehq.com/v1///evil.example", |e| {
+                *e == E::SchemeRelative
+            }),
+            ("https://api.groovehq.com/v1/x@evil.example", |e| {
+                matches!(e, E::ForbiddenCharacter { character: '@', .. })
+            }),
+            ("https://evil.example/v1/tickets", |e| {
+                matches!(e, E::NotUnderBase { .. })
+            }),
+            ("https://api.groovehq.com/v2/tickets", |e| {
+                matches!(e, E::NotUnderBase { .. })
+            }),
+            ("https://api.groovehq.com.evil.example/v1/tickets", |e| {
+                matches!(e, E::NotUnderBase { .. })
+            }),
+            ("https://api.groovehq.com/v1/", |e| {
+                matches!(e, E::NotUnderBase { .. })
+            }),
+            ("tickets", |e| matches!(e, E::NotUnderBase { .. })),
+        ];
+        for (text, expected) in cases {
+            let error = resolve_absolute(&base, text).unwrap_err();
+            assert!(expected(&error), "{text:?} gave {error:?}");
+        }
+    }
+
+    #[test]
+    fn urls_longer_than_can_be_sent_are_refused() {
+        let base = base();
+        let room = MAX_URL_BYTES - "https://api.groovehq.com/v1/".len();
+        assert_eq!(
+            resolve(&base, &"x".repeat(room)).unwrap().as_str().len(),
+            MAX_URL_BYTES
+        );
+        assert_eq!(
+            resolve(&base, &"x".repeat(room + 1)),
+            Err(UrlGuardError::TooLong {
+                length: MAX_URL_BYTES + 1
+            })
+        );
+        // Short as written, long once the parser has percent-encoded it.
+        let accented = "é".repeat(room / 4);
+        assert!(matches!(
+            resolve(&base, &accented),
+            Err(UrlGuardError::TooLong { length }) if length > MAX_URL_BYTES
+        ));
+        assert!(matches!(
+            check_pattern(&base, &format!("tickets/{}", "1".repeat(room))),
+            Err(UrlGuardError::TooLong { .. })
+        ));
+        // A reference is checked per record, with what the record holds.
+        let pattern = check_pattern(&base, "tickets/{number}").unwrap();
+        assert!(render(&base, &pattern, &json!({"number": 7})).is_ok());
+        assert!(matches!(
+            render(&base, &pattern, &json!({"number": "7".repeat(room)})),
+            Err(RenderUrlError::Guard(UrlGuardError::TooLong { .. }))
+        ));
+        assert!(matches!(
+            resolve_absolute(
+                &base,
+                &format!("https://api.groovehq.com/v1/{}", "x".repeat(room + 1))
+            ),
+            Err(UrlGuardError::TooLong { .. })
+        ));
+        assert!(UrlGuardError::TooLong { length: 9000 }
+            .to_string()
+            .contains("at most 8000"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use url::Url;
 
 use crate::domain::credential::ApiKey;
 use crate::domain::destination::HttpMethod;
+use crate::domain::url_guard::MAX_URL_BYTES;
 use crate::groove::connection::{GrooveConnection, ParkedConnections};
 
 /// Time allowed for a VerifyCredential call.
@@ -73,17 +74,29 @@ fn header_text(value: &HeaderValue) -> String {
 }
 
 /// A call that got no answer. The distinction matters for retries: a create that may have reached Groove must
-/// not be sent twice.
+/// not be sent twice, and a request refused here ([`CallError::is_local`]) would be refused again.
 #[derive(Debug, Error)]
 pub enum CallError {
     #[error("url {url} is outside the groove base url {base}")]
     OutsideBaseUrl { url: String, base: String },
-    #[error("invalid request header {name}")]
-    InvalidHeader { name: String },
+    /// No HTTP request can be made of it (a header value, a URL too long to send): refused before any
+    /// connection, every time.
+    #[error("request could not be built, so it was not sent: {reason}")]
+    Unbuildable { reason: String },
     #[error("request not sent: {reason}")]
     NotSent { reason: String },
     #[error("no answer after sending: {reason}")]
     MaybeSent { reason: String },
+}
+
+impl CallError {
+    /// Refused here, before any connection, for what the request is: sending it again cannot succeed.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            CallError::OutsideBaseUrl { .. } | CallError::Unbuildable { .. }
+        )
+    }
 }
 
 /// What VerifyCredential found.
@@ -207,7 +220,7 @@ impl GrooveClient {
     }
 
     /// The HTTP request for `request`, with the key. Refuses, before anything is sent, a URL outside the base
-    /// URL.
+    /// URL, and a request that HTTP cannot carry ([`CallError::Unbuildable`]).
     pub(super) fn prepare(
         &self,
         key: &ApiKey,
@@ -219,12 +232,19 @@ impl GrooveClient {
                 base: self.base_url.to_string(),
             });
         }
+        // Checked when configured and when rendered; this catches whatever came another way.
+        let length = request.url.as_str().len();
+        if length > MAX_URL_BYTES {
+            return Err(CallError::Unbuildable {
+                reason: format!("url is {length} bytes long; at most {MAX_URL_BYTES} can be sent"),
+            });
+        }
         // HTTP/1.1 to an origin server takes the path and query only; the host goes in `Host`.
         let target: http::Uri =
             request.url[url::Position::BeforePath..]
                 .parse()
-                .map_err(|error| CallError::NotSent {
-                    reason: format!("url {} is not a valid request uri: {error}", request.url),
+                .map_err(|error| CallError::Unbuildable {
+                    reason: format!("url {} is not a valid request target: {error}", request.url),
                 })?;
         let mut outgoing = http::Request::new(Full::new(request.body.clone().unwrap_or_default()));
         *outgoing.method_mut() = method(request.method);
@@ -302,10 +322,17 @@ fn build_headers(key: &ApiKey, request: &OutgoingRequest) -> Result<HeaderMap, C
     // The extra headers, then Content-Type, User-Agent, Accept, Authorization and (in `prepare`) Host.
     let mut headers = HeaderMap::with_capacity(request.headers.len() + 5);
     for (name, value) in request.headers.iter() {
-        let invalid = || CallError::InvalidHeader { name: name.clone() };
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
-        let value = HeaderValue::from_str(value).map_err(|_| invalid())?;
-        headers.append(name, value);
+        // Never the value in the message: it may be a secret.
+        let header_name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| CallError::Unbuildable {
+                reason: format!("{name:?} is not a valid http header name"),
+            })?;
+        let value = HeaderValue::from_str(value).map_err(|_| CallError::Unbuildable {
+            reason: format!(
+                "the value of header {name} holds characters an http header cannot carry"
+            ),
+        })?;
+        headers.append(header_name, value);
     }
     if request.body.is_some() {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -316,8 +343,8 @@ fn build_headers(key: &ApiKey, request: &OutgoingRequest) -> Result<HeaderMap, C
         .or_insert(HeaderValue::from_static("application/json"));
     let mut authorization =
         HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
-            CallError::InvalidHeader {
-                name: "authorization".to_string(),
+            CallError::Unbuildable {
+                reason: "the api key holds characters an http header cannot carry".to_string(),
             }
         })?;
     authorization.set_sensitive(true);

@@ -410,6 +410,68 @@ mod tests {
         assert_eq!(served.connections(), connections.unwrap_or(0));
     }
 
+    /// What HTTP cannot carry is refused as such, before any connection: retrying could never help.
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_never_opens_a_connection() {
+        let (base, served) = counting_server(AfterAnswer::KeepAlive).await;
+        let mut connection = GrooveClient::new(&base).unwrap().connection();
+        let long = base
+            .join(&"x".repeat(crate::domain::url_guard::MAX_URL_BYTES))
+            .unwrap();
+        let cases = [
+            (
+                OutgoingRequest {
+                    headers: Arc::from([("X-Note".to_string(), "a\u{7f}b".to_string())]),
+                    ..post(&base)
+                },
+                "the value of header X-Note holds characters an http header cannot carry",
+            ),
+            (
+                OutgoingRequest {
+                    headers: Arc::from([("bad name".to_string(), "1".to_string())]),
+                    ..post(&base)
+                },
+                "\"bad name\" is not a valid http header name",
+            ),
+            (
+                OutgoingRequest {
+                    url: long,
+                    ..post(&base)
+                },
+                "at most 8000 can be sent",
+            ),
+        ];
+        for (request, says) in cases {
+            match connection.send(&ApiKey::new("key"), &request).await {
+                Err(error @ CallError::Unbuildable { .. }) => {
+                    assert!(error.is_local());
+                    let message = error.to_string();
+                    assert!(
+                        message.starts_with("request could not be built, so it was not sent: "),
+                        "{message}"
+                    );
+                    assert!(message.contains(says), "{message}");
+                    assert!(!message.contains("a\u{7f}b"), "values are never quoted");
+                }
+                other => panic!("expected Unbuildable, got {other:?}"),
+            }
+        }
+        let refused_key = connection
+            .send(&ApiKey::new("line\nbreak"), &post(&base))
+            .await;
+        assert!(
+            matches!(&refused_key, Err(CallError::Unbuildable { reason }) if reason.contains("api key")),
+            "{refused_key:?}"
+        );
+        assert_eq!(served.connections(), 0);
+        // The same connection still sends what can be built.
+        let answer = connection
+            .send(&ApiKey::new("key"), &post(&base))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 201);
+    }
+
     #[tokio::test]
     async fn calls_one_after_another_share_one_connection() {
         assert_served_in_turn(AfterAnswer::KeepAlive, &[(1, 1), (1, 2), (1, 3)]).await;

@@ -30,8 +30,8 @@ pub use data_dir::{DataDirError, DataDirLock, LOCK_FILE};
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use records::{
-    ClaimedRecord, FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, LedgerEntry,
-    RecordClaim, RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
+    ClaimedRecord, FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, FailedRecordSize,
+    LedgerEntry, RecordClaim, RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
 };
 pub use secrets::{SecretBox, SECRET_KEY_ENV, SECRET_KEY_FILE};
 pub use sqlite::{SqliteStore, DATABASE_FILE};
@@ -223,13 +223,16 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// The destination's failed records that pass `filter`, oldest first (first failure, then record id), one
-    /// page at a time (see [`PageRequest`] for sizes). [`StoreError::NotFound`] if the destination does not
-    /// exist.
+    /// page at a time (see [`PageRequest`] for sizes). A page also ends before the entry that would take the
+    /// stored size of its entries ([`FailedRecordSize::bytes`]) past `max_bytes`, so a listing never reads more
+    /// than that into memory; its first entry is there however large it is. [`StoreError::NotFound`] if the
+    /// destination does not exist.
     fn list_failed_records<'a>(
         &'a self,
         destination_id: &'a str,
         filter: FailedRecordFilter,
         page: PageRequest,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<Page<FailedRecordEntry>, StoreError>>;
 
     /// Those of `record_ids` that are failed records of the destination, oldest first; the others are
@@ -240,13 +243,16 @@ pub trait Store: Send + Sync {
         record_ids: Vec<String>,
     ) -> BoxFuture<'a, Result<Vec<FailedRecordEntry>, StoreError>>;
 
-    /// Ids of the destination's oldest failed records, at most `limit` (clamped to [`MAX_FAILED_RECORD_IDS`]):
-    /// what "retry all" sends again. [`StoreError::NotFound`] if the destination does not exist.
-    fn failed_record_ids<'a>(
+    /// Ids and stored sizes of the selected failed records, oldest first, at most `limit` (clamped to
+    /// [`MAX_FAILED_RECORD_IDS`]): with [`FailedRecordSelection::All`] the oldest ones, with
+    /// [`FailedRecordSelection::Ids`] those of the ids that are failed records. Reads no record contents: what
+    /// a retry works through a chunk at a time. [`StoreError::NotFound`] if the destination does not exist.
+    fn failed_record_sizes<'a>(
         &'a self,
         destination_id: &'a str,
+        selection: FailedRecordSelection,
         limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<FailedRecordSize>, StoreError>>;
 
     /// Deletes the selected failed records of the destination and returns how many there were; ids that are not
     /// failed records are ignored. [`StoreError::NotFound`] if the destination does not exist.

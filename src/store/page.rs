@@ -91,16 +91,36 @@ impl<T> Page<T> {
         Self::overfetched(rows, page_size, |last| encode_token(id_of(last)))
     }
 
-    /// [`Page::from_overfetch`] for listings ordered by a time (ms), then id.
-    pub(crate) fn from_overfetch_by_time(
-        rows: Vec<T>,
-        page_size: u32,
-        key_of: impl Fn(&T) -> (i64, &str),
-    ) -> Self {
-        Self::overfetched(rows, page_size, |last| {
+    /// A page of a listing ordered by a time (ms), then id, that holds `rows` and is followed by more when
+    /// `more`: for pages that end for a reason other than their length.
+    pub(crate) fn by_time(rows: Vec<T>, more: bool, key_of: impl Fn(&T) -> (i64, &str)) -> Self {
+        let next_page_token = match rows.last() {
+            Some(last) if more => {
+                let (time, id) = key_of(last);
+                Some(time_and_id_token(time, id))
+            }
+            _ => None,
+        };
+        Page {
+            items: rows,
+            next_page_token,
+        }
+    }
+
+    /// Keeps the first `len` items of a page of a listing ordered by a time (ms), then id; the next page then
+    /// starts right after the last one kept. Used when a page has to end earlier than the store ended it, for
+    /// example to fit a response size. A page keeps at least one item: without one, no token could say where
+    /// the next page starts.
+    pub fn truncate_by_time(&mut self, len: usize, key_of: impl Fn(&T) -> (i64, &str)) {
+        let len = len.max(1);
+        if len >= self.items.len() {
+            return;
+        }
+        self.items.truncate(len);
+        self.next_page_token = self.items.last().map(|last| {
             let (time, id) = key_of(last);
-            encode_token(&format!("{time}{TIME_ID_SEPARATOR}{id}"))
-        })
+            time_and_id_token(time, id)
+        });
     }
 
     fn overfetched(mut rows: Vec<T>, page_size: u32, token_of: impl Fn(&T) -> String) -> Self {
@@ -116,6 +136,10 @@ impl<T> Page<T> {
             next_page_token,
         }
     }
+}
+
+fn time_and_id_token(time: i64, id: &str) -> String {
+    encode_token(&format!("{time}{TIME_ID_SEPARATOR}{id}"))
 }
 
 fn encode_token(last_id: &str) -> String {
@@ -164,8 +188,8 @@ mod tests {
 
     #[test]
     fn time_and_id_tokens_round_trip() {
-        let rows = vec![(5, "a/b"), (-3, "c"), (9, "d")];
-        let page = Page::from_overfetch_by_time(rows, 2, |(time, id)| (*time, *id));
+        let rows = vec![(5, "a/b"), (-3, "c")];
+        let page = Page::by_time(rows, true, |(time, id)| (*time, *id));
         let next = PageRequest::next(2, &page).expect("more pages");
         assert_eq!(
             next.after_time_and_id().unwrap(),
@@ -173,6 +197,36 @@ mod tests {
         );
         let first = PageRequest::first(2);
         assert_eq!(first.after_time_and_id().unwrap(), None);
+    }
+
+    #[test]
+    fn pages_cut_short_continue_after_their_last_item() {
+        fn key<'a>(item: &'a (i64, &'static str)) -> (i64, &'a str) {
+            (item.0, item.1)
+        }
+        let ended = Page::by_time(vec![(1, "a"), (2, "b")], true, key);
+        let next = PageRequest::next(5, &ended).expect("more pages");
+        assert_eq!(
+            next.after_time_and_id().unwrap(),
+            Some((2, "b".to_string()))
+        );
+        assert_eq!(
+            Page::by_time(vec![(1, "a")], false, key).next_page_token,
+            None
+        );
+        assert_eq!(Page::by_time(vec![], true, key).next_page_token, None);
+
+        let mut last = Page::by_time(vec![(1, "a"), (2, "b"), (3, "c")], false, key);
+        last.truncate_by_time(1, key);
+        assert_eq!(last.items, vec![(1, "a")]);
+        let next = PageRequest::next(5, &last).expect("the cut items come next");
+        assert_eq!(
+            next.after_time_and_id().unwrap(),
+            Some((1, "a".to_string()))
+        );
+        let mut whole = Page::by_time(vec![(1, "a")], false, key);
+        whole.truncate_by_time(1, key);
+        assert_eq!(whole.next_page_token, None, "nothing was cut");
     }
 
     #[test]

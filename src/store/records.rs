@@ -16,8 +16,8 @@ use crate::domain::record::RecordEncoding;
 /// entries written per second costs. The cut may split a multi-byte UTF-8 character.
 pub const LEDGER_BODY_CAP: usize = 4096;
 
-/// Most record ids [`Store::failed_record_ids`](crate::store::Store::failed_record_ids) returns in one call;
-/// larger limits are clamped to it.
+/// Most failed records [`Store::failed_record_sizes`](crate::store::Store::failed_record_sizes) returns in one
+/// call; larger limits are clamped to it.
 pub const MAX_FAILED_RECORD_IDS: u32 = 10_000;
 
 /// A record a destination has delivered, and Groove's answer to it.
@@ -114,6 +114,15 @@ pub struct FailedRecordFilter {
     pub outcome: Option<Outcome>,
     /// Only records that may have been delivered.
     pub maybe_delivered_only: bool,
+}
+
+/// A failed record's id and what it weighs in the store, read without its contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedRecordSize {
+    pub record_id: String,
+    /// Bytes of everything kept for it: the record, the last request and response, the error and the id. What
+    /// reading the whole entry costs, give or take the framing.
+    pub bytes: u64,
 }
 
 /// Failed records to act on.

@@ -39,8 +39,8 @@ use super::data_dir;
 use super::error::{Context, StoreError};
 use super::page::{Page, PageRequest};
 use super::records::{
-    FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, LedgerEntry, RecordClaim,
-    RecordState, MAX_FAILED_RECORD_IDS,
+    FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, FailedRecordSize, LedgerEntry,
+    RecordClaim, RecordState, MAX_FAILED_RECORD_IDS,
 };
 use super::secrets::SecretBox;
 use super::{CredentialUpdate, NewCredential, Store};
@@ -467,21 +467,28 @@ impl Store for SqliteStore {
         destination_id: &'a str,
         filter: FailedRecordFilter,
         page: PageRequest,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<Page<FailedRecordEntry>, StoreError>> {
         Box::pin(async move {
             let after = page.after_time_and_id()?;
             let size = page.effective_page_size();
             let destination_id = destination_id.to_string();
-            let rows = self
+            let (rows, more) = self
                 .readers
                 .read(move |conn| {
                     let after = after.as_ref().map(|(time, id)| (*time, id.as_str()));
-                    let rows =
-                        failed_records::list(conn, &destination_id, filter, after, size + 1)?;
-                    found_in_destination(conn, &destination_id, rows)
+                    let (rows, more) = failed_records::list(
+                        conn,
+                        &destination_id,
+                        filter,
+                        after,
+                        size,
+                        max_bytes,
+                    )?;
+                    Ok((found_in_destination(conn, &destination_id, rows)?, more))
                 })
                 .await?;
-            Ok(Page::from_overfetch_by_time(rows, size, |entry| {
+            Ok(Page::by_time(rows, more, |entry| {
                 (entry.first_failure_ms, &entry.record_id)
             }))
         })
@@ -499,16 +506,24 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn failed_record_ids<'a>(
+    fn failed_record_sizes<'a>(
         &'a self,
         destination_id: &'a str,
+        selection: FailedRecordSelection,
         limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Vec<FailedRecordSize>, StoreError>> {
         let destination_id = destination_id.to_string();
         let limit = limit.min(MAX_FAILED_RECORD_IDS);
         Box::pin(self.readers.read(move |conn| {
-            let ids = failed_records::oldest_ids(conn, &destination_id, limit)?;
-            found_in_destination(conn, &destination_id, ids)
+            let sizes = match &selection {
+                FailedRecordSelection::All => {
+                    failed_records::oldest_sizes(conn, &destination_id, limit)?
+                }
+                FailedRecordSelection::Ids(record_ids) => {
+                    failed_records::sizes_of(conn, &destination_id, record_ids, limit)?
+                }
+            };
+            found_in_destination(conn, &destination_id, sizes)
         }))
     }
 

@@ -205,6 +205,7 @@ async fn failed_records_are_listed_by_outcome_and_ambiguity_and_deleted() {
                         maybe_delivered_only,
                     },
                     PageRequest::first(1),
+                    u64::MAX,
                 )
                 .await
                 .unwrap()
@@ -231,6 +232,7 @@ async fn failed_records_are_listed_by_outcome_and_ambiguity_and_deleted() {
                 maybe_delivered_only: false,
             },
             PageRequest::next(1, &failed_first).unwrap(),
+            u64::MAX,
         )
         .await
         .unwrap();

@@ -7,7 +7,9 @@ use super::per_record::{is_missing_destination, padded_chunks, placeholders};
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
 use crate::store::error::{Context, StoreError};
-use crate::store::records::{FailedRecordEntry, FailedRecordFilter, LedgerEntry, StoredRequest};
+use crate::store::records::{
+    FailedRecordEntry, FailedRecordFilter, FailedRecordSize, LedgerEntry, StoredRequest,
+};
 
 const COLUMNS: &str =
     "destination_id, record_id, record_json, outcome, request_method, request_url, \
@@ -173,60 +175,113 @@ fn has_failed_records(conn: &Connection, destination_id: &str) -> Result<bool, S
         })
 }
 
-/// Up to `limit` failed records of the destination that pass `filter`, after `after` (first failure, record id),
-/// oldest first.
+/// What a row weighs: everything kept for it, read from the row's header without loading the contents (SQLite
+/// takes the length of a blob, and the byte length of a text, from the record header).
+const STORED_BYTES: &str = "length(record_json) + coalesce(length(request_body), 0) + length(response_body) \
+     + octet_length(record_id) + coalesce(octet_length(request_url), 0) \
+     + coalesce(octet_length(request_headers), 0) + octet_length(response_headers) + octet_length(error)";
+
+/// Up to `limit` failed records of the destination that pass `filter`, after `after` (first failure, record
+/// id), oldest first, ending before the record that would take their stored size past `max_bytes` (the first is
+/// always there). Also says whether more records follow.
+///
+/// Sizes are read first, then only the rows that fit, in one read transaction so both see the same rows.
 pub(super) fn list(
     conn: &Connection,
     destination_id: &str,
     filter: FailedRecordFilter,
     after: Option<(i64, &str)>,
     limit: u32,
-) -> Result<Vec<FailedRecordEntry>, StoreError> {
-    let outcome = filter.outcome.map(Outcome::as_str);
-    let maybe_delivered_only = filter.maybe_delivered_only;
-    // The filters only skip rows met along the index; the bound decides where the walk starts. Two statements
-    // rather than one with an optional bound, which would keep SQLite from seeking the index.
-    const FILTERS: &str = "(?2 IS NULL OR outcome = ?2) AND (?3 = 0 OR maybe_delivered = 1)";
-    let rows = match after {
-        None => conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM failed_records WHERE destination_id = ?1 AND {FILTERS}
-                 ORDER BY first_failure_ms, record_id LIMIT ?4"
-            ))
-            .and_then(|mut statement| {
-                statement
-                    .query_map(
-                        params![destination_id, outcome, maybe_delivered_only, limit],
-                        StoredRow::read,
-                    )?
-                    .collect::<Result<Vec<_>, _>>()
-            }),
-        Some((time, record_id)) => conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM failed_records
-                 WHERE destination_id = ?1 AND {FILTERS} AND (first_failure_ms, record_id) > (?5, ?6)
-                 ORDER BY first_failure_ms, record_id LIMIT ?4"
-            ))
-            .and_then(|mut statement| {
-                statement
-                    .query_map(
-                        params![
-                            destination_id,
-                            outcome,
-                            maybe_delivered_only,
-                            limit,
-                            time,
-                            record_id
-                        ],
-                        StoredRow::read,
-                    )?
-                    .collect::<Result<Vec<_>, _>>()
-            }),
+    max_bytes: u64,
+) -> Result<(Vec<FailedRecordEntry>, bool), StoreError> {
+    let what = || format!("listing failed records of destination destinations/{destination_id}");
+    let snapshot = conn.unchecked_transaction().context(what)?;
+    let range = Range {
+        destination_id,
+        filter,
+        after,
     };
-    rows.context(|| format!("listing failed records of destination destinations/{destination_id}"))?
+    let sizes = range
+        .walk(&snapshot, STORED_BYTES, limit.saturating_add(1), |row| {
+            row.get::<_, i64>(0)
+        })
+        .context(what)?;
+    let mut total: u64 = 0;
+    let fitting = sizes
+        .iter()
+        .take(limit as usize)
+        .take_while(|&&bytes| {
+            total = total.saturating_add(u64::try_from(bytes).unwrap_or(0));
+            total <= max_bytes
+        })
+        .count()
+        // However large the first record is, a page holds it: otherwise no page could ever get past it.
+        .max(1)
+        .min(sizes.len());
+    let rows = range
+        .walk(&snapshot, COLUMNS, fitting as u32, StoredRow::read)
+        .context(what)?;
+    let more = sizes.len() > rows.len();
+    let entries = rows
         .into_iter()
         .map(StoredRow::into_entry)
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((entries, more))
+}
+
+/// Failed records of one destination that pass a filter, after a (first failure, record id) key: a listing's
+/// walk along the index.
+struct Range<'a> {
+    destination_id: &'a str,
+    filter: FailedRecordFilter,
+    after: Option<(i64, &'a str)>,
+}
+
+impl Range<'_> {
+    /// `select` of up to `limit` rows of the range, oldest first.
+    fn walk<T>(
+        &self,
+        conn: &Connection,
+        select: &str,
+        limit: u32,
+        read: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Vec<T>> {
+        let outcome = self.filter.outcome.map(Outcome::as_str);
+        let maybe_delivered_only = self.filter.maybe_delivered_only;
+        // The filters only skip rows met along the index; the bound decides where the walk starts. Two
+        // statements rather than one with an optional bound, which would keep SQLite from seeking the index.
+        const FILTERS: &str = "(?2 IS NULL OR outcome = ?2) AND (?3 = 0 OR maybe_delivered = 1)";
+        match self.after {
+            None => conn
+                .prepare_cached(&format!(
+                    "SELECT {select} FROM failed_records WHERE destination_id = ?1 AND {FILTERS}
+                     ORDER BY first_failure_ms, record_id LIMIT ?4"
+                ))?
+                .query_map(
+                    params![self.destination_id, outcome, maybe_delivered_only, limit],
+                    read,
+                )?
+                .collect(),
+            Some((time, record_id)) => conn
+                .prepare_cached(&format!(
+                    "SELECT {select} FROM failed_records
+                     WHERE destination_id = ?1 AND {FILTERS} AND (first_failure_ms, record_id) > (?5, ?6)
+                     ORDER BY first_failure_ms, record_id LIMIT ?4"
+                ))?
+                .query_map(
+                    params![
+                        self.destination_id,
+                        outcome,
+                        maybe_delivered_only,
+                        limit,
+                        time,
+                        record_id
+                    ],
+                    read,
+                )?
+                .collect(),
+        }
+    }
 }
 
 /// Those of `record_ids` that are failed records of the destination, oldest first.
@@ -330,22 +385,68 @@ pub(super) fn delete_all(conn: &Connection, destination_id: &str) -> Result<u64,
     .context(|| format!("deleting the failed records of destination destinations/{destination_id}"))
 }
 
-/// Ids of up to `limit` failed records of the destination, oldest first. Read from the index alone.
-pub(super) fn oldest_ids(
+/// Ids and stored sizes of up to `limit` failed records of the destination, oldest first.
+pub(super) fn oldest_sizes(
     conn: &Connection,
     destination_id: &str,
     limit: u32,
-) -> Result<Vec<String>, StoreError> {
-    conn.prepare_cached(
-        "SELECT record_id FROM failed_records WHERE destination_id = ?1
-         ORDER BY first_failure_ms, record_id LIMIT ?2",
-    )
+) -> Result<Vec<FailedRecordSize>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT record_id, {STORED_BYTES} FROM failed_records WHERE destination_id = ?1
+         ORDER BY first_failure_ms, record_id LIMIT ?2"
+    ))
     .and_then(|mut statement| {
         statement
-            .query_map(params![destination_id, limit], |row| row.get(0))?
+            .query_map(params![destination_id, limit], read_size)?
             .collect()
     })
-    .context(|| format!("listing failed record ids of destination destinations/{destination_id}"))
+    .context(|| format!("sizing failed records of destination destinations/{destination_id}"))
+}
+
+/// Ids and stored sizes of those of `record_ids` that are failed records of the destination, oldest first, at
+/// most `limit`.
+pub(super) fn sizes_of(
+    conn: &Connection,
+    destination_id: &str,
+    record_ids: &[String],
+    limit: u32,
+) -> Result<Vec<FailedRecordSize>, StoreError> {
+    // An id asked for twice could land in two chunks and come back twice.
+    let mut unique = record_ids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let mut found: Vec<(i64, FailedRecordSize)> = Vec::new();
+    for chunk in padded_chunks(&unique) {
+        let rows = conn
+            .prepare_cached(&format!(
+                "SELECT record_id, {STORED_BYTES}, first_failure_ms FROM failed_records
+                 WHERE destination_id = ? AND record_id IN ({})",
+                placeholders(chunk.len())
+            ))
+            .and_then(|mut statement| {
+                let values = std::iter::once(destination_id).chain(chunk.iter().copied());
+                statement
+                    .query_map(params_from_iter(values), |row| {
+                        Ok((row.get(2)?, read_size(row)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .context(|| {
+                format!("sizing failed records of destination destinations/{destination_id}")
+            })?;
+        found.extend(rows);
+    }
+    found.sort_by(|(a_time, a), (b_time, b)| (a_time, &a.record_id).cmp(&(b_time, &b.record_id)));
+    found.truncate(limit as usize);
+    Ok(found.into_iter().map(|(_, size)| size).collect())
+}
+
+/// `record_id, STORED_BYTES` as a [`FailedRecordSize`].
+fn read_size(row: &Row<'_>) -> rusqlite::Result<FailedRecordSize> {
+    Ok(FailedRecordSize {
+        record_id: row.get(0)?,
+        bytes: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+    })
 }
 
 /// A row as SQLite returns it, before the checks that can find it corrupt.

@@ -102,12 +102,28 @@ pub(super) fn count(dir: &Path, table: &str, destination_id: &str) -> i64 {
         .unwrap()
 }
 
+/// Ids of the destination's oldest failed records, as "retry all" finds them.
+async fn oldest_ids(store: &dyn Store, destination_id: &str, limit: u32) -> Vec<String> {
+    store
+        .failed_record_sizes(destination_id, FailedRecordSelection::All, limit)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|size| size.record_id)
+        .collect()
+}
+
 async fn all_failed_ids(store: &dyn Store, destination_id: &str, page_size: u32) -> Vec<String> {
     let mut seen = Vec::new();
     let mut request = Some(PageRequest::first(page_size));
     while let Some(current) = request {
         let page = store
-            .list_failed_records(destination_id, FailedRecordFilter::default(), current)
+            .list_failed_records(
+                destination_id,
+                FailedRecordFilter::default(),
+                current,
+                u64::MAX,
+            )
             .await
             .unwrap();
         assert!(page.items.len() <= PageRequest::first(page_size).effective_page_size() as usize);
@@ -296,12 +312,19 @@ async fn deleting_a_destination_deletes_its_ledger_and_failed_records() {
     }
     assert!(matches!(
         store
-            .list_failed_records("a", FailedRecordFilter::default(), PageRequest::default())
+            .list_failed_records(
+                "a",
+                FailedRecordFilter::default(),
+                PageRequest::default(),
+                u64::MAX,
+            )
             .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.failed_record_ids("a", 10).await,
+        store
+            .failed_record_sizes("a", FailedRecordSelection::All, 10)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -406,7 +429,7 @@ async fn deliveries_of_several_destinations_in_one_group_resolve_only_their_own_
         )
         .await
         .unwrap();
-    assert_eq!(store.failed_record_ids("b", 100).await.unwrap(), ids(&[]));
+    assert_eq!(oldest_ids(store.as_ref(), "b", 100).await, ids(&[]));
     assert_eq!(
         store
             .ledger_lookup("a", ids(&["r1", "r2"]))
@@ -439,13 +462,10 @@ async fn delivering_a_failed_record_resolves_it() {
         .unwrap();
 
     assert_eq!(
-        store.failed_record_ids("a", 100).await.unwrap(),
+        oldest_ids(store.as_ref(), "a", 100).await,
         ids(&["r2", "r3"])
     );
-    assert_eq!(
-        store.failed_record_ids("b", 100).await.unwrap(),
-        ids(&["r1"])
-    );
+    assert_eq!(oldest_ids(store.as_ref(), "b", 100).await, ids(&["r1"]));
     assert!(store
         .ledger_lookup("a", ids(&["r1"]))
         .await
@@ -478,14 +498,16 @@ async fn failed_records_page_oldest_first() {
     assert_eq!(all_failed_ids(store.as_ref(), "a", 3).await, expected);
     assert_eq!(all_failed_ids(store.as_ref(), "a", 7).await, expected);
     assert_eq!(all_failed_ids(store.as_ref(), "a", 0).await, expected);
-    assert_eq!(
-        store.failed_record_ids("a", 3).await.unwrap(),
-        expected[..3]
-    );
+    assert_eq!(oldest_ids(store.as_ref(), "a", 3).await, expected[..3]);
 
     // A record resolved between pages does not disturb the next page.
     let first = store
-        .list_failed_records("a", FailedRecordFilter::default(), PageRequest::first(3))
+        .list_failed_records(
+            "a",
+            FailedRecordFilter::default(),
+            PageRequest::first(3),
+            u64::MAX,
+        )
         .await
         .unwrap();
     store
@@ -497,6 +519,7 @@ async fn failed_records_page_oldest_first() {
             "a",
             FailedRecordFilter::default(),
             PageRequest::next(3, &first).unwrap(),
+            u64::MAX,
         )
         .await
         .unwrap();
@@ -513,6 +536,7 @@ async fn failed_records_page_oldest_first() {
             "empty",
             FailedRecordFilter::default(),
             PageRequest::default(),
+            u64::MAX,
         )
         .await
         .unwrap();
@@ -531,7 +555,7 @@ async fn failed_records_page_oldest_first() {
         };
         assert!(matches!(
             store
-                .list_failed_records("a", FailedRecordFilter::default(), request)
+                .list_failed_records("a", FailedRecordFilter::default(), request, u64::MAX)
                 .await,
             Err(StoreError::InvalidPageToken)
         ));
@@ -564,10 +588,7 @@ async fn failed_records_are_fetched_by_id() {
         store.get_failed_records("ghost", ids(&["r005"])).await,
         Err(StoreError::NotFound { .. })
     ));
-    assert_eq!(
-        store.failed_record_ids("a", u32::MAX).await.unwrap().len(),
-        600
-    );
+    assert_eq!(oldest_ids(store.as_ref(), "a", u32::MAX).await.len(), 600);
 }
 
 /// Many concurrent calls, as delivery workers make them: the writer folds them into few commits. Correctness
@@ -622,4 +643,97 @@ async fn ledger_throughput() {
         "looked up {calls} messages of {per_call} ids: {:.0} ids/s",
         (calls * per_call) as f64 / elapsed
     );
+}
+
+#[tokio::test]
+async fn failed_record_pages_end_at_their_byte_bound_and_go_on_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_destinations(dir.path()).await;
+    // Sizes in KiB, oldest first; "big" alone is over the bound.
+    let kib = [3, 3, 3, 12, 1, 1, 1, 1, 5];
+    let names = ["a", "b", "c", "big", "d", "e", "f", "g", "h"];
+    let entries = names
+        .iter()
+        .zip(kib)
+        .enumerate()
+        .map(|(index, (id, size))| {
+            let mut entry = failed("a", id, index as i64);
+            entry.record_json = vec![b'x'; size * 1024];
+            entry
+        })
+        .collect();
+    store.record_outcomes(vec![], entries).await.unwrap();
+
+    let sizes = store
+        .failed_record_sizes("a", FailedRecordSelection::All, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        sizes
+            .iter()
+            .map(|size| size.record_id.as_str())
+            .collect::<Vec<_>>(),
+        names
+    );
+    for (size, kib) in sizes.iter().zip(kib) {
+        // The record, plus its id, error and headers columns.
+        let record = kib as u64 * 1024;
+        assert!((record..record + 100).contains(&size.bytes), "{size:?}");
+    }
+
+    let max_bytes = 8 * 1024;
+    let mut pages = Vec::new();
+    let mut request = Some(PageRequest::first(4));
+    while let Some(current) = request {
+        let page = store
+            .list_failed_records("a", FailedRecordFilter::default(), current, max_bytes)
+            .await
+            .unwrap();
+        pages.push(
+            page.items
+                .iter()
+                .map(|entry| entry.record_id.clone())
+                .collect::<Vec<_>>(),
+        );
+        request = PageRequest::next(4, &page);
+    }
+    assert_eq!(
+        pages,
+        [
+            ids(&["a", "b"]),
+            ids(&["c"]),
+            ids(&["big"]),
+            ids(&["d", "e", "f", "g"]),
+            ids(&["h"]),
+        ]
+    );
+
+    // The same sizes by id: those that exist, oldest first, at most `limit`.
+    let asked = FailedRecordSelection::Ids(ids(&["h", "nope", "big", "a", "h"]));
+    let found = store
+        .failed_record_sizes("a", asked.clone(), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|size| size.record_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "big", "h"]
+    );
+    assert_eq!(found[1], sizes[3]);
+    assert_eq!(
+        store
+            .failed_record_sizes("a", asked, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(matches!(
+        store
+            .failed_record_sizes("ghost", FailedRecordSelection::All, 10)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
