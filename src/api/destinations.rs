@@ -1,7 +1,6 @@
 //! DestinationService: the lifecycle of destinations and the template catalogue.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
@@ -19,18 +18,14 @@ use crate::api::results::{answer_to_proto, groove_response, incoming_record, pla
 use crate::api::templates::template_to_proto;
 use crate::api::AppState;
 use crate::auth::{check_destination, AuthError, Caller};
-use crate::delivery::PlannedCall;
-use crate::domain::batching::{Batch, Batcher};
+use crate::delivery::{PlannedCall, TestPayload, TestSent};
 use crate::domain::config_validation::validate_config;
 use crate::domain::destination::{Destination, DestinationConfig, DestinationState};
 use crate::domain::headers::check_header;
-use crate::domain::render::Renderer;
 use crate::domain::templates;
 use crate::domain::url_guard;
-use crate::domain::validation::FieldViolation;
 use crate::domain::validation::Violations;
 use crate::domain::webhook_url::keep_stored_password;
-use crate::groove::{CallError, OutgoingRequest};
 use crate::proto::destination_service_server::DestinationService;
 use crate::proto::{self, destination_config, preview_requests_request, test_destination_request};
 
@@ -52,7 +47,7 @@ impl Destinations {
 
     /// Checks a full config against the domain rules; violations named from `destination.config`.
     fn validate(&self, config: &DestinationConfig) -> Result<(), ApiError> {
-        validate_config(config, self.state.engine.groove().base_url())
+        validate_config(config, self.state.engine.base_url())
             .map_err(|violations| ApiError::invalid_under("destination", violations))
     }
 
@@ -451,8 +446,24 @@ impl DestinationService for Destinations {
                 )
             }
         };
-        let renderer = Renderer::new(&config, self.state.engine.groove().base_url())?;
-        Ok(Response::new(preview(&renderer, &config, request.records)))
+        let records = request.records.into_iter().map(incoming_record).collect();
+        let preview = self.state.engine.preview(&config, records)?;
+        Ok(Response::new(proto::PreviewRequestsResponse {
+            requests: preview
+                .requests
+                .iter()
+                .map(|(call, record_ids)| planned_request(call, record_ids))
+                .collect(),
+            errors: preview
+                .errors
+                .into_iter()
+                .map(|(record_id, violation)| proto::RecordError {
+                    record_id,
+                    field: violation.field,
+                    description: violation.description,
+                })
+                .collect(),
+        }))
     }
 
     async fn test_destination(
@@ -462,32 +473,16 @@ impl DestinationService for Destinations {
         let caller = guard::destination_caller(&request, "name", &request.get_ref().name)?;
         let request = request.into_inner();
         let destination = self.get("name", &request.name).await?;
-        let groove = self.state.engine.groove();
-        let (call, record_ids) = match request.payload {
+        let (payload, record_ids) = match request.payload {
             Some(test_destination_request::Payload::Record(record)) => {
                 let record_id = record.id.clone();
-                let incoming = incoming_record(record);
-                let json = incoming
-                    .json
-                    .map_err(|problem| ApiError::invalid("record", problem))?;
-                let renderer = Renderer::new(&destination.config, groove.base_url()).map_err(
-                    |violations| {
-                        ApiError::FailedPrecondition(format!(
-                            "destination {} cannot render: {violations}",
-                            request.name
-                        ))
-                    },
-                )?;
-                let rendered = renderer
-                    .render(&json)
-                    .map_err(|violations| ApiError::invalid_under("record", violations))?;
-                let Some(call) = rendered.calls.into_iter().next() else {
-                    return Err(ApiError::invalid("record", "record renders to no request").into());
-                };
-                (PlannedCall::from(call), vec![record_id])
+                (
+                    TestPayload::Record(incoming_record(record)),
+                    vec![record_id],
+                )
             }
             Some(test_destination_request::Payload::Request(edited)) => (
-                edited_call(&edited, groove.base_url())?,
+                TestPayload::Request(edited_call(&edited, self.state.engine.base_url())?),
                 edited.record_ids.clone(),
             ),
             None => {
@@ -496,104 +491,33 @@ impl DestinationService for Destinations {
                 )
             }
         };
-        let key = self
+        let sent = self
             .state
-            .store
-            .credential_api_key(&destination.credential_id)
+            .engine
+            .test_send(
+                &request.name,
+                &destination.credential_id,
+                &destination.config,
+                payload,
+            )
             .await
             .map_err(ApiError::from)?;
-        let outgoing = OutgoingRequest {
-            method: call.method,
-            url: call.url.clone(),
-            headers: call.headers.clone(),
-            body: (!call.body.is_empty()).then(|| call.body.clone()),
-            timeout: Duration::from_millis(destination.config.delivery.request_timeout_ms),
-        };
-        let started = Instant::now();
-        let sent = groove.send(&key, &outgoing).await;
-        let latency = duration(started.elapsed());
-        tracing::info!(destination = %request.name, caller = caller.name(), url = %call.url, "test request sent");
-        let (response, error) = match sent {
-            Ok(answer) => (Some(answer_to_proto(&answer)), String::new()),
-            Err(CallError::OutsideBaseUrl { .. }) => {
-                return Err(
-                    ApiError::invalid("request.url", "url is outside the groove base url").into(),
-                )
-            }
-            Err(error) => (Some(groove_response(0, &[], &[])), error.to_string()),
-        };
-        Ok(Response::new(proto::TestDestinationResponse {
-            request: Some(planned_request(&call, &record_ids)),
-            response,
-            latency: Some(latency),
-            error,
-        }))
+        tracing::info!(destination = %request.name, caller = caller.name(), url = %sent.call.url, "test request sent");
+        Ok(Response::new(test_response(&sent, &record_ids)))
     }
 }
 
-/// The requests and record errors a config gives for sample records; no network involved.
-fn preview(
-    renderer: &Renderer,
-    config: &DestinationConfig,
-    records: Vec<proto::Record>,
-) -> proto::PreviewRequestsResponse {
-    let mut requests = Vec::new();
-    let mut errors = Vec::new();
-    let mut batcher = config
-        .batching
-        .enabled
-        .then(|| Batcher::new(&config.batching));
-    let now = std::time::Instant::now();
-    for record in records {
-        let record_id = record.id.clone();
-        let rendered = incoming_record(record)
-            .json
-            .map_err(|problem| Violations(vec![FieldViolation::new("record", problem)]))
-            .and_then(|json| renderer.render(&json));
-        let rendered = match rendered {
-            Ok(rendered) => rendered,
-            Err(violations) => {
-                errors.extend(
-                    violations
-                        .0
-                        .into_iter()
-                        .map(|violation| proto::RecordError {
-                            record_id: record_id.clone(),
-                            field: violation.field,
-                            description: violation.description,
-                        }),
-                );
-                continue;
-            }
-        };
-        for call in rendered.calls {
-            match batcher.as_mut() {
-                Some(batcher) => {
-                    let full =
-                        batcher.push(now, call, rendered.group_key.clone(), record_id.clone());
-                    requests.extend(full.into_iter().map(batch_request));
-                }
-                None => requests.push(planned_request(
-                    &PlannedCall::from(call),
-                    std::slice::from_ref(&record_id),
-                )),
-            }
-        }
+/// What a test send shows: the request as sent, Groove's answer (an empty one when none came) and why not.
+fn test_response(sent: &TestSent, record_ids: &[String]) -> proto::TestDestinationResponse {
+    proto::TestDestinationResponse {
+        request: Some(planned_request(&sent.call, record_ids)),
+        response: Some(match &sent.answer {
+            Some(answer) => answer_to_proto(answer),
+            None => groove_response(0, &[], &[]),
+        }),
+        latency: Some(duration(sent.latency)),
+        error: sent.error.clone(),
     }
-    if let Some(mut batcher) = batcher {
-        requests.extend(batcher.flush().into_iter().map(batch_request));
-    }
-    proto::PreviewRequestsResponse { requests, errors }
-}
-
-fn batch_request(batch: Batch<String>) -> proto::PlannedRequest {
-    let call = PlannedCall {
-        method: batch.method,
-        url: batch.url,
-        headers: batch.headers,
-        body: batch.body.into(),
-    };
-    planned_request(&call, &batch.items)
 }
 
 /// A request edited by hand for TestDestination: the method is required, and `Authorization` / `Content-Type`

@@ -5,7 +5,9 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
-use crate::delivery::{CredentialUpdateError, DeliveryError, Interruption, Unreadable};
+use crate::delivery::{
+    CredentialUpdateError, DeliveryError, Interruption, TestSendError, Unreadable,
+};
 use crate::domain::validation::Violations;
 use crate::store::StoreError;
 
@@ -67,6 +69,27 @@ impl From<DeliveryError> for ApiError {
             }
             bad_config @ DeliveryError::BadConfig { .. } => {
                 ApiError::FailedPrecondition(bad_config.to_string())
+            }
+        }
+    }
+}
+
+impl From<TestSendError> for ApiError {
+    fn from(error: TestSendError) -> Self {
+        match error {
+            TestSendError::Store(store) => ApiError::Store(store),
+            bad_config @ TestSendError::BadConfig { .. } => {
+                ApiError::FailedPrecondition(bad_config.to_string())
+            }
+            TestSendError::UnreadableRecord(problem) => ApiError::invalid("record", problem),
+            TestSendError::InvalidRecord(violations) => {
+                ApiError::invalid_under("record", violations)
+            }
+            TestSendError::NoRequest => {
+                ApiError::invalid("record", TestSendError::NoRequest.to_string())
+            }
+            TestSendError::OutsideBaseUrl => {
+                ApiError::invalid("request.url", TestSendError::OutsideBaseUrl.to_string())
             }
         }
     }

@@ -408,7 +408,7 @@ mod tests {
             crate::domain::outcome::Outcome::Rejected,
             "groove answered 422",
         );
-        report.answer = Some(crate::groove::GrooveAnswer {
+        report.answer = Some(crate::delivery::GrooveAnswer {
             status: 422,
             headers: Default::default(),
             body: vec![b'a'; body],

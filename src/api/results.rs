@@ -2,12 +2,11 @@
 
 use crate::api::convert::{duration, method_to_proto, timestamp};
 use crate::api::json_wire::{JsonObject, JsonValue};
+use crate::delivery::GrooveAnswer;
 use crate::delivery::{DeliveryReport, IncomingRecord, PlannedCall, Summary};
 use crate::domain::destination::HttpMethod;
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
-use crate::domain::render::display_headers;
-use crate::groove::GrooveAnswer;
 use crate::proto;
 use crate::store::{FailedRecordEntry, StoredRequest};
 
@@ -90,7 +89,8 @@ pub fn planned_request(call: &PlannedCall, record_ids: &[String]) -> proto::Plan
     proto::PlannedRequest {
         method: method_to_proto(call.method) as i32,
         url: call.url.to_string(),
-        headers: display_headers(&call.headers, !call.body.is_empty())
+        headers: call
+            .display_headers()
             .iter()
             .map(|(name, value)| header(name, value))
             .collect(),

@@ -8,10 +8,10 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::keys::{Evidence, KeyEntry, KeyState};
 use crate::delivery::report::{DeliveryReport, DeliveryUnit, PlannedCall};
 use crate::delivery::retry::{decide, Attempts, Decision};
-use crate::domain::destination::{DeliveryOptions, HttpMethod};
+use crate::domain::destination::DeliveryOptions;
 use crate::domain::outcome::Outcome;
 use crate::groove::pacer::Pacer;
-use crate::groove::{CallError, GrooveAnswer, GrooveClient, GrooveConnection, OutgoingRequest};
+use crate::groove::{CallError, GrooveAnswer, GrooveClient, GrooveConnection};
 
 /// Everything needed to call Groove for one destination.
 #[derive(Clone)]
@@ -139,13 +139,7 @@ async fn send_with_retries(
     call: &PlannedCall,
     stop: &CancellationToken,
 ) -> CallEnd {
-    let request = OutgoingRequest {
-        method: call.method,
-        url: call.url.clone(),
-        headers: call.headers.clone(),
-        body: has_body(call.method).then(|| call.body.clone()),
-        timeout: Duration::from_millis(context.options.request_timeout_ms),
-    };
+    let timeout = Duration::from_millis(context.options.request_timeout_ms);
     let mut attempts = Attempts::default();
     loop {
         // A refused key is looked for before waiting for the pacer, and again after: nothing is sent with it.
@@ -165,7 +159,7 @@ async fn send_with_retries(
         if let Some(refused) = key_refused(context, &key, attempts) {
             return refused;
         }
-        let result = connection.send(&key.key, &request).await;
+        let result = connection.send(&key.key, call, timeout).await;
         match &result {
             Ok(answer) => permit.observe(answer.status, &answer.pacing_headers()),
             Err(_) => drop(permit),
@@ -259,11 +253,6 @@ fn failed(
     }
 }
 
-/// GET and DELETE carry no body: Groove reads their parameters from the URL.
-fn has_body(method: HttpMethod) -> bool {
-    !matches!(method, HttpMethod::Get | HttpMethod::Delete)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -273,6 +262,7 @@ mod tests {
 
     use super::*;
     use crate::delivery::report::RecordJson;
+    use crate::domain::destination::HttpMethod;
     use crate::domain::record::RecordEncoding;
 
     /// A unit whose only call carries a header value HTTP cannot carry: it fails at once, says why, and

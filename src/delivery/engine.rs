@@ -6,20 +6,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 use tokio::sync::watch;
+use url::Url;
 
 use crate::delivery::attempt::CallContext;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::keys::{CredentialKeys, Evidence};
+use crate::delivery::plan::{Planned, Planner};
 use crate::delivery::recorder::Recorder;
+use crate::delivery::report::IncomingRecord;
 use crate::delivery::session::{Replays, Session, Shared};
 use crate::delivery::webhook::WebhookForwarder;
+use crate::domain::call::PlannedCall;
 use crate::domain::credential::{status_text, ApiKey, Credential};
-use crate::domain::destination::{Destination, DestinationState};
+use crate::domain::destination::{Destination, DestinationConfig, DestinationState};
 use crate::domain::host_policy::HostPolicy;
 use crate::domain::render::Renderer;
-use crate::domain::validation::Violations;
+use crate::domain::validation::{FieldViolation, Violations};
 use crate::groove::pacer::PacerRegistry;
-use crate::groove::{GrooveClient, Verification};
+use crate::groove::{CallError, GrooveAnswer, GrooveClient, Verification};
 use crate::store::{CredentialUpdate, Store, StoreError};
 
 pub fn now_ms() -> i64 {
@@ -96,6 +100,72 @@ pub enum CredentialUpdateError {
     },
 }
 
+/// What a test send sends: a record rendered by the destination's configuration, or a request given whole.
+pub enum TestPayload {
+    Record(IncomingRecord),
+    Request(PlannedCall),
+}
+
+/// What a test send sent and what came back.
+#[derive(Debug)]
+pub struct TestSent {
+    pub call: PlannedCall,
+    /// Groove's answer, if one came.
+    pub answer: Option<GrooveAnswer>,
+    /// Why no answer came; empty when one did.
+    pub error: String,
+    pub latency: Duration,
+}
+
+impl TestSent {
+    fn answered(call: PlannedCall, answer: GrooveAnswer, latency: Duration) -> Self {
+        TestSent {
+            call,
+            answer: Some(answer),
+            error: String::new(),
+            latency,
+        }
+    }
+
+    fn unanswered(call: PlannedCall, error: String, latency: Duration) -> Self {
+        TestSent {
+            call,
+            answer: None,
+            error,
+            latency,
+        }
+    }
+}
+
+/// Why a test send sent nothing.
+#[derive(Debug, Error)]
+pub enum TestSendError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("destination {name} cannot render: {violations}")]
+    BadConfig {
+        name: String,
+        violations: Violations,
+    },
+    /// The record's JSON could not be read.
+    #[error("{0}")]
+    UnreadableRecord(String),
+    #[error("{0}")]
+    InvalidRecord(Violations),
+    #[error("record renders to no request")]
+    NoRequest,
+    #[error("url is outside the groove base url")]
+    OutsideBaseUrl,
+}
+
+/// What a preview shows: each planned request with the ids of the records it carries, and each record refused
+/// with the field at fault.
+#[derive(Debug, Default)]
+pub struct Preview {
+    pub requests: Vec<(PlannedCall, Vec<String>)>,
+    pub errors: Vec<(String, FieldViolation)>,
+}
+
 /// What the RPCs that check a key call the caller in a refusal's detail.
 const VERIFY_CALLER: &str = "VerifyCredential";
 
@@ -158,13 +228,125 @@ impl Engine {
         })
     }
 
-    pub fn groove(&self) -> &GrooveClient {
-        &self.groove
+    /// The Groove base URL every call goes under (ends in `/`), for checking what callers give.
+    pub fn base_url(&self) -> &Url {
+        self.groove.base_url()
     }
 
-    /// One cheap authenticated call to Groove with `key`: does Groove accept it? Changes nothing.
-    pub async fn verify_key(&self, key: &ApiKey) -> Verification {
-        self.groove.verify(key).await
+    /// Sends one call with `key` as a delivery does, through the credential's pacer (shared with every
+    /// delivery of that credential), without retries. What Groove answers steers the pacer.
+    async fn paced_send(
+        &self,
+        credential_id: &str,
+        key: &ApiKey,
+        call: &PlannedCall,
+        timeout: Duration,
+    ) -> Result<GrooveAnswer, CallError> {
+        let pacer = self
+            .pacers
+            .pacer(credential_id, self.options.max_rate_per_credential);
+        let permit = pacer.acquire().await;
+        let result = self.groove.send(key, call, timeout).await;
+        match &result {
+            Ok(answer) => permit.observe(answer.status, &answer.pacing_headers()),
+            Err(_) => drop(permit),
+        }
+        result
+    }
+
+    /// One cheap authenticated call to Groove with `key`, paced as the credential's calls are: does Groove
+    /// accept it? Changes nothing.
+    async fn verify_key(&self, credential_id: &str, key: &ApiKey) -> Verification {
+        let (call, timeout) = match self.groove.verification_call() {
+            Ok(call) => call,
+            Err(verification) => return verification,
+        };
+        Verification::of(&self.paced_send(credential_id, key, &call, timeout).await)
+    }
+
+    /// What a configuration would send for sample records, by the path a stream takes (render, then batch),
+    /// and which records it refuses; no call is made. Violations of the configuration itself are named from
+    /// `config`.
+    pub fn preview(
+        &self,
+        config: &DestinationConfig,
+        records: Vec<IncomingRecord>,
+    ) -> Result<Preview, Violations> {
+        let renderer = Renderer::new(config, self.groove.base_url())?;
+        let mut planner = Planner::new(Arc::new(renderer), &config.batching);
+        let mut planned = Vec::new();
+        let mut errors = Vec::new();
+        for record in records {
+            let rendered = record
+                .json
+                .map_err(|problem| Violations(vec![FieldViolation::new("record", problem)]))
+                .and_then(|json| planner.render(&json));
+            match rendered {
+                Ok(rendered) => planner.place(record.id, rendered, &mut planned),
+                Err(violations) => errors.extend(
+                    violations
+                        .0
+                        .into_iter()
+                        .map(|violation| (record.id.clone(), violation)),
+                ),
+            }
+        }
+        planned.extend(planner.flush().into_iter().map(Planned::Batch));
+        let mut requests = Vec::new();
+        for planned in planned {
+            match planned {
+                Planned::Record { item, calls, .. } => {
+                    requests.extend(calls.into_iter().map(|call| (call, vec![item.clone()])))
+                }
+                Planned::Batch(batch) => requests.push((batch.call, batch.items)),
+            }
+        }
+        Ok(Preview { requests, errors })
+    }
+
+    /// Sends one request of a destination (saved, or a draft) for real, through the credential's pacer as a
+    /// delivery is, once and without retries; nothing is recorded. `name` names the destination in messages.
+    pub async fn test_send(
+        &self,
+        name: &str,
+        credential_id: &str,
+        config: &DestinationConfig,
+        payload: TestPayload,
+    ) -> Result<TestSent, TestSendError> {
+        let call = match payload {
+            TestPayload::Request(call) => call,
+            TestPayload::Record(record) => {
+                let json = record.json.map_err(TestSendError::UnreadableRecord)?;
+                let renderer =
+                    Renderer::new(config, self.groove.base_url()).map_err(|violations| {
+                        TestSendError::BadConfig {
+                            name: name.to_string(),
+                            violations,
+                        }
+                    })?;
+                let rendered = renderer
+                    .render(&json)
+                    .map_err(TestSendError::InvalidRecord)?;
+                rendered
+                    .calls
+                    .into_iter()
+                    .next()
+                    .ok_or(TestSendError::NoRequest)?
+            }
+        };
+        let stored = self.store.credential_key(credential_id).await?;
+        let key = self.keys.bind(credential_id, stored).current();
+        let timeout = Duration::from_millis(config.delivery.request_timeout_ms);
+        let started = Instant::now();
+        let sent = self
+            .paced_send(credential_id, &key.key, &call, timeout)
+            .await;
+        let latency = started.elapsed();
+        match sent {
+            Ok(answer) => Ok(TestSent::answered(call, answer, latency)),
+            Err(CallError::OutsideBaseUrl { .. }) => Err(TestSendError::OutsideBaseUrl),
+            Err(error) => Ok(TestSent::unanswered(call, error.to_string(), latency)),
+        }
     }
 
     /// Checks the stored key of a credential with Groove, and how long that took. What Groove answers counts
@@ -177,7 +359,7 @@ impl Engine {
         let entry = self.keys.bind(credential_id, stored);
         let key = entry.current();
         let started = Instant::now();
-        let verification = self.verify_key(&key.key).await;
+        let verification = self.verify_key(credential_id, &key.key).await;
         let latency = started.elapsed();
         let evidence = match &verification {
             Verification::Valid { status }
@@ -203,7 +385,7 @@ impl Engine {
         if let (true, Some(key)) = (verify, &update.api_key) {
             // A credential that does not exist is not worth a call to Groove.
             self.store.get_credential(&update.id).await?;
-            match self.verify_key(key).await {
+            match self.verify_key(&update.id, key).await {
                 Verification::Valid { .. } => {}
                 Verification::Invalid { status } => {
                     return Err(CredentialUpdateError::KeyRefused {

@@ -12,6 +12,7 @@ mod dispatch;
 mod engine;
 mod in_flight;
 mod keys;
+mod plan;
 mod recorder;
 mod report;
 pub mod retry;
@@ -20,8 +21,12 @@ mod sink;
 mod webhook;
 mod webhook_guard;
 
+/// Groove's answer and a key check's verdict, as delivery reports them: `api/` reads them from here and never
+/// from the Groove client.
+pub use crate::groove::{GrooveAnswer, Verification};
 pub use engine::{
-    now_ms, CredentialUpdateError, DeliveryError, Engine, EngineOptions, EngineStartError,
+    now_ms, CredentialUpdateError, DeliveryError, Engine, EngineOptions, EngineStartError, Preview,
+    TestPayload, TestSendError, TestSent,
 };
 pub use keys::REFUSALS_TO_STOP;
 pub use report::{

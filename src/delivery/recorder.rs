@@ -12,7 +12,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::report::DeliveryReport;
 use crate::domain::outcome::Outcome;
-use crate::domain::render::display_headers;
 use crate::store::{
     FailedRecordEntry, LedgerEntry, Store, StoreError, StoredRequest, LEDGER_BODY_CAP,
 };
@@ -245,7 +244,7 @@ fn collect(
             let request = report.call.as_ref().map(|call| StoredRequest {
                 method: call.method.as_str().to_string(),
                 url: call.url.to_string(),
-                headers: display_headers(&call.headers, !call.body.is_empty()),
+                headers: call.display_headers(),
                 body: if batched {
                     Vec::new()
                 } else {

@@ -3,10 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use url::Url;
-
-use crate::domain::destination::HttpMethod;
+pub use crate::domain::call::PlannedCall;
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
 use crate::groove::GrooveAnswer;
@@ -24,28 +21,6 @@ pub struct IncomingRecord {
 pub struct RecordJson {
     pub bytes: Arc<[u8]>,
     pub encoding: RecordEncoding,
-}
-
-/// One HTTP request to Groove, without the key.
-#[derive(Clone, Debug)]
-pub struct PlannedCall {
-    pub method: HttpMethod,
-    pub url: Url,
-    /// The destination's extra headers, shared by all its calls.
-    pub headers: Arc<[(String, String)]>,
-    /// JSON text; empty for a call without a body (GET, DELETE).
-    pub body: Bytes,
-}
-
-impl From<crate::domain::render::RenderedCall> for PlannedCall {
-    fn from(call: crate::domain::render::RenderedCall) -> Self {
-        PlannedCall {
-            method: call.method,
-            url: call.url,
-            headers: call.headers,
-            body: Bytes::from(call.body),
-        }
-    }
 }
 
 /// Records that travel together: one record (possibly fanned out into several calls) or one batch.

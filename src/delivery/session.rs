@@ -20,6 +20,7 @@ use crate::delivery::attempt::CallContext;
 use crate::delivery::claimer::Claimer;
 use crate::delivery::dispatch::Dispatcher;
 use crate::delivery::in_flight::{Claim, InFlight};
+use crate::delivery::plan::{Planned, Planner};
 use crate::delivery::recorder::Recorder;
 use crate::delivery::report::{
     DeliveryReport, DeliveryUnit, IncomingRecord, Interruption, PlannedCall, RecordJson,
@@ -27,7 +28,7 @@ use crate::delivery::report::{
 };
 use crate::delivery::sink::ReportSink;
 use crate::delivery::webhook::WebhookForwarder;
-use crate::domain::batching::{Batch, Batcher};
+use crate::domain::batching::Batch;
 use crate::domain::destination::{Destination, DestinationState};
 use crate::domain::outcome::Outcome;
 use crate::domain::render::Renderer;
@@ -77,6 +78,7 @@ pub struct Session {
 }
 
 /// A record that passed the first checks: its id is well-formed and its JSON is there.
+#[derive(Clone)]
 struct Candidate {
     id: String,
     json: RecordJson,
@@ -155,12 +157,7 @@ impl Session {
             claimer,
             reports: &reports,
             stop: &stop,
-            batcher: self
-                .destination
-                .config
-                .batching
-                .enabled
-                .then(|| Batcher::new(&self.destination.config.batching)),
+            planner: Planner::new(self.renderer.clone(), &self.destination.config.batching),
             waiting: FuturesUnordered::new(),
             received: 0,
         };
@@ -192,7 +189,8 @@ struct Intake<'a> {
     claimer: Claimer,
     reports: &'a ReportSink,
     stop: &'a Stop,
-    batcher: Option<Batcher<Candidate>>,
+    /// Render, then batch: the one way from a record to its calls.
+    planner: Planner<Candidate>,
     /// Records whose id another delivery holds, each resolving once it is let go.
     waiting: FuturesUnordered<BoxFuture<'static, Candidate>>,
     received: u64,
@@ -208,16 +206,12 @@ impl Intake<'_> {
         let mut input_open = true;
         let mut unreadable = None;
         while input_open || !self.waiting.is_empty() {
-            let deadline = self.batcher.as_ref().and_then(Batcher::next_deadline);
+            let deadline = self.planner.next_deadline();
             tokio::select! {
                 biased;
                 () = self.stop.token.cancelled() => break,
                 () = sleep_until_deadline(deadline) => {
-                    let due = self
-                        .batcher
-                        .as_mut()
-                        .map(|batcher| batcher.take_due(std::time::Instant::now()))
-                        .unwrap_or_default();
+                    let due = self.planner.take_due(std::time::Instant::now());
                     self.send_batches(due).await;
                 }
                 Some(candidate) = self.waiting.next(), if !self.waiting.is_empty() => {
@@ -254,11 +248,7 @@ impl Intake<'_> {
 
     /// Sends what the batcher holds, or lets it go if the session stopped.
     async fn flush_batcher(&mut self) {
-        let batches = self
-            .batcher
-            .as_mut()
-            .map(Batcher::flush)
-            .unwrap_or_default();
+        let batches = self.planner.flush();
         self.send_batches(batches).await;
     }
 
@@ -370,40 +360,10 @@ impl Intake<'_> {
                 _ => fresh.push(record),
             }
         }
-        let mut units = Vec::new();
+        let mut planned = Vec::new();
         for record in fresh {
-            match session.renderer.render(&record.json.bytes) {
-                Ok(rendered) => match self.batcher.as_mut() {
-                    Some(batcher) => {
-                        let now = std::time::Instant::now();
-                        // Batching is for manual endpoints, which render one call per record.
-                        for call in rendered.calls {
-                            let item = Candidate {
-                                id: record.id.clone(),
-                                json: record.json.clone(),
-                            };
-                            for batch in batcher.push(now, call, rendered.group_key.clone(), item) {
-                                units.push(batch_unit(
-                                    batch,
-                                    session.context.options.retry_unsafe_requests,
-                                ));
-                            }
-                        }
-                    }
-                    None => {
-                        let calls: Vec<PlannedCall> =
-                            rendered.calls.into_iter().map(PlannedCall::from).collect();
-                        let repeatable =
-                            repeatable(&calls, session.context.options.retry_unsafe_requests);
-                        units.push(DeliveryUnit {
-                            record_ids: vec![record.id],
-                            records: vec![record.json],
-                            calls,
-                            ordering_key: rendered.ordering_key,
-                            repeatable,
-                        });
-                    }
-                },
+            match self.planner.render(&record.json.bytes) {
+                Ok(rendered) => self.planner.place(record, rendered, &mut planned),
                 Err(violations) => {
                     let field = violations
                         .0
@@ -427,6 +387,11 @@ impl Intake<'_> {
         for answer in answers {
             self.reports.answer(answer).await;
         }
+        let retry_unsafe = session.context.options.retry_unsafe_requests;
+        let units = planned
+            .into_iter()
+            .map(|planned| unit(planned, retry_unsafe))
+            .collect();
         self.send(units).await;
     }
 
@@ -458,6 +423,24 @@ fn repeatable(calls: &[PlannedCall], retry_unsafe: bool) -> bool {
     retry_unsafe || calls.iter().all(|call| call.method.is_idempotent())
 }
 
+/// What the planner made of records, as a unit to deliver.
+fn unit(planned: Planned<Candidate>, retry_unsafe: bool) -> DeliveryUnit {
+    match planned {
+        Planned::Record {
+            item,
+            calls,
+            ordering_key,
+        } => DeliveryUnit {
+            record_ids: vec![item.id],
+            records: vec![item.json],
+            repeatable: repeatable(&calls, retry_unsafe),
+            calls,
+            ordering_key,
+        },
+        Planned::Batch(batch) => batch_unit(batch, retry_unsafe),
+    }
+}
+
 fn batch_unit(batch: Batch<Candidate>, retry_unsafe: bool) -> DeliveryUnit {
     let (record_ids, records) = batch
         .items
@@ -467,13 +450,8 @@ fn batch_unit(batch: Batch<Candidate>, retry_unsafe: bool) -> DeliveryUnit {
     DeliveryUnit {
         record_ids,
         records,
-        repeatable: retry_unsafe || batch.method.is_idempotent(),
-        calls: vec![PlannedCall {
-            method: batch.method,
-            url: batch.url,
-            headers: batch.headers,
-            body: batch.body.into(),
-        }],
+        repeatable: retry_unsafe || batch.call.method.is_idempotent(),
+        calls: vec![batch.call],
         // A batch's records travel together; batches themselves go out in parallel.
         ordering_key: None,
     }

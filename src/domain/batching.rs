@@ -26,33 +26,21 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use url::Url;
 
+use super::call::PlannedCall;
 use super::destination::{BatchEnvelope, Batching, GroupingAlgorithm, HttpMethod};
-use super::render::RenderedCall;
 
 /// One call carrying several records.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch<T> {
-    /// HTTP method shared by the records.
-    pub method: HttpMethod,
-    /// URL shared by the records.
-    pub url: Url,
-    /// Extra headers shared by the records.
-    pub headers: Arc<[(String, String)]>,
+    /// The one call: the method, URL and headers the records shared, and a body of the records inside the
+    /// envelope (`[r1,r2]` or `{"key":[r1,r2]}`); empty for a `GET`, which sends no body.
+    pub call: PlannedCall,
     /// The group key the records shared.
     pub group_key: Option<String>,
-    /// The records inside the envelope (`[r1,r2]` or `{"key":[r1,r2]}`); empty for a `GET`, which sends no body.
-    pub body: Vec<u8>,
     /// The payloads of the records, in body order.
     pub items: Vec<T>,
     /// When the first record joined the batch.
     pub opened_at: Instant,
-}
-
-impl<T> Batch<T> {
-    /// The headers as sent, with the key redacted; see [`super::render::display_headers`].
-    pub fn display_headers(&self) -> Vec<(String, String)> {
-        super::render::display_headers(&self.headers, !self.body.is_empty())
-    }
 }
 
 /// Collects rendered records into batches by size and age.
@@ -129,7 +117,7 @@ impl<T> Batcher<T> {
     pub fn push(
         &mut self,
         now: Instant,
-        call: RenderedCall,
+        call: PlannedCall,
         group_key: Option<String>,
         item: T,
     ) -> Vec<Batch<T>> {
@@ -224,11 +212,14 @@ impl<T> Batcher<T> {
             open.body.extend_from_slice(self.suffix);
         }
         Some(Batch {
-            method: id.method,
-            url: id.url,
-            headers: id.headers,
+            call: PlannedCall {
+                method: id.method,
+                url: id.url,
+                headers: id.headers,
+                // Takes the vector over without a copy.
+                body: open.body.into(),
+            },
             group_key: id.group_key,
-            body: open.body,
             items: open.items,
             opened_at: open.age.0,
         })
@@ -237,6 +228,7 @@ impl<T> Batcher<T> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use serde_json::json;
 
     use super::*;
@@ -248,16 +240,16 @@ mod tests {
             .unwrap()
     }
 
-    fn call_to(path: &str, body: &str) -> RenderedCall {
-        RenderedCall {
+    fn call_to(path: &str, body: &str) -> PlannedCall {
+        PlannedCall {
             method: HttpMethod::Post,
             url: url(path),
             headers: Arc::from([]),
-            body: body.as_bytes().to_vec(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
         }
     }
 
-    fn call(body: &str) -> RenderedCall {
+    fn call(body: &str) -> PlannedCall {
         call_to("bulk", body)
     }
 
@@ -273,7 +265,7 @@ mod tests {
     }
 
     fn text(batch: &Batch<u32>) -> &str {
-        std::str::from_utf8(&batch.body).unwrap()
+        std::str::from_utf8(&batch.call.body).unwrap()
     }
 
     #[test]
@@ -289,12 +281,12 @@ mod tests {
         assert_eq!(full.len(), 1);
         assert_eq!(text(&full[0]), "[{\"a\":1}, {\"a\": 2} ,{\"a\":3}]");
         assert_eq!(full[0].items, [1, 2, 3]);
-        assert_eq!(full[0].url, url("bulk"));
-        assert_eq!(full[0].method, HttpMethod::Post);
+        assert_eq!(full[0].call.url, url("bulk"));
+        assert_eq!(full[0].call.method, HttpMethod::Post);
         assert_eq!(full[0].opened_at, start);
         assert_eq!(batcher.pending_len(), 0);
         assert_eq!(batcher.next_deadline(), None);
-        let parsed: Value = serde_json::from_slice(&full[0].body).unwrap();
+        let parsed: Value = serde_json::from_slice(&full[0].call.body).unwrap();
         assert_eq!(parsed, json!([{"a": 1}, {"a": 2}, {"a": 3}]));
 
         let mut single = batcher_of_one();
@@ -400,11 +392,11 @@ mod tests {
             3,
         );
         assert_eq!(full.len(), 1);
-        assert_eq!(full[0].url, url("tickets/1/messages"));
+        assert_eq!(full[0].call.url, url("tickets/1/messages"));
         assert_eq!(full[0].items, [1, 3]);
         let rest = batcher.flush();
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].url, url("tickets/2/messages"));
+        assert_eq!(rest[0].call.url, url("tickets/2/messages"));
     }
 
     #[test]
@@ -417,16 +409,16 @@ mod tests {
         let closed = batcher.push(start, call_to("b", "3"), None, 3);
         assert_eq!(closed.len(), 1);
         assert_eq!(
-            (closed[0].url.clone(), closed[0].items.clone()),
+            (closed[0].call.url.clone(), closed[0].items.clone()),
             (url("a"), vec![1, 2])
         );
-        let other_headers = RenderedCall {
+        let other_headers = PlannedCall {
             headers: Arc::from([("X-A".to_string(), "1".to_string())]),
             ..call_to("b", "4")
         };
         let closed = batcher.push(start, other_headers, None, 4);
         assert_eq!(closed[0].items, [3]);
-        assert_eq!(batcher.flush()[0].headers.len(), 1);
+        assert_eq!(batcher.flush()[0].call.headers.len(), 1);
 
         // Attribute value: the same value on two URLs is two groups.
         let mut batcher = self::batcher(10, 1000, GroupingAlgorithm::AttributeValue);
@@ -449,7 +441,7 @@ mod tests {
         batcher.push(start, call("{\"a\":1}"), None, 1);
         let full = batcher.push(start, call("[2]"), None, 2);
         assert_eq!(text(&full[0]), "{\"re\\\"cords\\\\\":[{\"a\":1},[2]]}");
-        let parsed: Value = serde_json::from_slice(&full[0].body).unwrap();
+        let parsed: Value = serde_json::from_slice(&full[0].call.body).unwrap();
         assert_eq!(parsed, json!({"re\"cords\\": [{"a": 1}, [2]]}));
 
         batcher.push(start, call("3"), None, 3);
@@ -483,17 +475,17 @@ mod tests {
     fn get_batches_carry_no_body() {
         let start = Instant::now();
         let mut batcher = batcher(2, 1000, GroupingAlgorithm::ArrivalOrder);
-        let get = || RenderedCall {
+        let get = || PlannedCall {
             method: HttpMethod::Get,
-            body: Vec::new(),
+            body: Bytes::new(),
             ..call("")
         };
         batcher.push(start, get(), None, 1);
         let full = batcher.push(start, get(), None, 2);
-        assert!(full[0].body.is_empty());
+        assert!(full[0].call.body.is_empty());
         assert_eq!(full[0].items, [1, 2]);
         assert_eq!(
-            full[0].display_headers(),
+            full[0].call.display_headers(),
             [("Authorization".to_string(), "Bearer ****".to_string())]
         );
     }

@@ -130,6 +130,11 @@ impl HttpMethod {
     pub fn is_idempotent(self) -> bool {
         !matches!(self, HttpMethod::Post | HttpMethod::Patch)
     }
+
+    /// GET and DELETE carry no body: Groove reads their parameters from the URL.
+    pub fn carries_body(self) -> bool {
+        !matches!(self, HttpMethod::Get | HttpMethod::Delete)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! Nothing here knows about gRPC, HTTP clients or the database, so every rule can be unit-tested on its own.
 
 pub mod batching;
+pub mod call;
 pub mod config_validation;
 pub mod credential;
 pub mod destination;

@@ -19,10 +19,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use url::Url;
 
+use super::call::PlannedCall;
 use super::config_validation::validate_config;
 use super::destination::{DestinationConfig, Endpoint, GroupingAlgorithm, HttpMethod};
 use super::reference::{FieldPath, Pattern};
@@ -57,33 +59,12 @@ pub struct Renderer {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
     /// The calls to make, in order: one, or one per element of a fan-out field (webhook `event_types`).
-    pub calls: Vec<RenderedCall>,
+    pub calls: Vec<PlannedCall>,
     /// Records sharing a key must be delivered in order; `None` puts no constraint on this record.
     pub ordering_key: Option<String>,
     /// Which batch group the record belongs to; `None` unless batching is enabled and groups by attribute value
     /// or rendered request. Under attribute grouping, `None` is the group of records without the attribute.
     pub group_key: Option<String>,
-}
-
-/// One HTTP call, without the credential.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RenderedCall {
-    /// HTTP method.
-    pub method: HttpMethod,
-    /// Absolute URL, checked to be under the Groove base URL.
-    pub url: Url,
-    /// The destination's extra headers, shared by every call; the Groove client adds `Content-Type` (when there is
-    /// a body) and `Authorization`.
-    pub headers: Arc<[(String, String)]>,
-    /// JSON text of one record; empty for a `GET`, which sends no body.
-    pub body: Vec<u8>,
-}
-
-impl RenderedCall {
-    /// The headers as sent, with the key redacted; see [`display_headers`].
-    pub fn display_headers(&self) -> Vec<(String, String)> {
-        display_headers(&self.headers, !self.body.is_empty())
-    }
 }
 
 /// The headers a call actually carries, in the order the Groove client builds them, for PreviewRequests and
@@ -372,12 +353,13 @@ impl Renderer {
         }
     }
 
-    fn call(&self, url: Url, body: Vec<u8>) -> RenderedCall {
-        RenderedCall {
+    fn call(&self, url: Url, body: Vec<u8>) -> PlannedCall {
+        PlannedCall {
             method: self.method,
             url,
             headers: Arc::clone(&self.headers),
-            body,
+            // Takes the vector over without a copy.
+            body: Bytes::from(body),
         }
     }
 
@@ -769,7 +751,7 @@ mod tests {
         renderer.render(record.to_string().as_bytes())
     }
 
-    fn body(call: &RenderedCall) -> Value {
+    fn body(call: &PlannedCall) -> Value {
         serde_json::from_slice(&call.body).unwrap()
     }
 
@@ -987,7 +969,7 @@ mod tests {
             assert_eq!(body(&rendered.calls[0]), expected, "{record}");
         }
         let raw = br#"{"n":1,"group":"Support"}"#;
-        assert_eq!(renderer.render(raw).unwrap().calls[0].body, raw);
+        assert_eq!(renderer.render(raw).unwrap().calls[0].body, &raw[..]);
         assert_eq!(
             refused_fields(render_json(
                 &renderer,
@@ -1298,7 +1280,7 @@ mod tests {
         .unwrap()
         .render(raw)
         .unwrap();
-        assert_eq!(rendered.calls[0].body, raw);
+        assert_eq!(rendered.calls[0].body, &raw[..]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use thiserror::Error;
 use url::Url;
 
+use crate::domain::call::PlannedCall;
 use crate::domain::credential::ApiKey;
 use crate::domain::destination::HttpMethod;
 use crate::domain::url_guard::MAX_URL_BYTES;
@@ -22,19 +23,6 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 const VERIFY_PATH: &str = "mailboxes";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const USER_AGENT_VALUE: &str = concat!("groove-destination/", env!("CARGO_PKG_VERSION"));
-
-/// One request to Groove, fully rendered, without the key.
-#[derive(Clone, Debug)]
-pub struct OutgoingRequest {
-    pub method: HttpMethod,
-    pub url: Url,
-    /// Extra headers. The client sets `Authorization`, `Content-Type` (with a body), `User-Agent`, and
-    /// `Accept: application/json` unless one is given here.
-    pub headers: Arc<[(String, String)]>,
-    /// JSON body; `None` sends no body. `Bytes`, so a retry re-sends it without a copy.
-    pub body: Option<Bytes>,
-    pub timeout: Duration,
-}
 
 /// Groove's answer to one call.
 #[derive(Clone, Debug)]
@@ -202,9 +190,10 @@ impl GrooveClient {
     pub async fn send(
         &self,
         key: &ApiKey,
-        request: &OutgoingRequest,
+        call: &PlannedCall,
+        timeout: Duration,
     ) -> Result<GrooveAnswer, CallError> {
-        self.connection().send(key, request).await
+        self.connection().send(key, call, timeout).await
     }
 
     pub(super) fn connector(&self) -> Connector {
@@ -224,7 +213,7 @@ impl GrooveClient {
     pub(super) fn prepare(
         &self,
         key: &ApiKey,
-        request: &OutgoingRequest,
+        request: &PlannedCall,
     ) -> Result<http::Request<Full<Bytes>>, CallError> {
         if !is_under_base(&self.base_url, &request.url) {
             return Err(CallError::OutsideBaseUrl {
@@ -246,34 +235,40 @@ impl GrooveClient {
                 .map_err(|error| CallError::Unbuildable {
                     reason: format!("url {} is not a valid request target: {error}", request.url),
                 })?;
-        let mut outgoing = http::Request::new(Full::new(request.body.clone().unwrap_or_default()));
+        let body = request.sent_body();
+        let mut outgoing = http::Request::new(Full::new(body.cloned().unwrap_or_default()));
         *outgoing.method_mut() = method(request.method);
         *outgoing.uri_mut() = target;
         let headers = outgoing.headers_mut();
-        *headers = build_headers(key, request)?;
+        *headers = build_headers(key, request, body.is_some())?;
         headers.insert(HOST, self.host.clone());
         Ok(outgoing)
     }
 
-    /// One cheap authenticated GET: does Groove accept this key?
-    pub async fn verify(&self, key: &ApiKey) -> Verification {
-        let url = match self.base_url.join(VERIFY_PATH) {
-            Ok(url) => url,
-            Err(error) => {
-                return Verification::Unreachable {
-                    status: None,
-                    detail: format!("cannot build the verification url: {error}"),
-                }
-            }
-        };
-        let request = OutgoingRequest {
+    /// The cheap authenticated GET that checks a key, and how long it may take; see [`Verification::of`].
+    /// Sent like any other call (the engine paces it with the credential's pacer).
+    pub fn verification_call(&self) -> Result<(PlannedCall, Duration), Verification> {
+        let url = self
+            .base_url
+            .join(VERIFY_PATH)
+            .map_err(|error| Verification::Unreachable {
+                status: None,
+                detail: format!("cannot build the verification url: {error}"),
+            })?;
+        let call = PlannedCall {
             method: HttpMethod::Get,
             url,
             headers: Arc::from([]),
-            body: None,
-            timeout: VERIFY_TIMEOUT,
+            body: Bytes::new(),
         };
-        match self.send(key, &request).await {
+        Ok((call, VERIFY_TIMEOUT))
+    }
+}
+
+impl Verification {
+    /// What the answer to [`GrooveClient::verification_call`] says of the key.
+    pub fn of(result: &Result<GrooveAnswer, CallError>) -> Verification {
+        match result {
             Ok(answer) if (200..300).contains(&answer.status) => Verification::Valid {
                 status: answer.status,
             },
@@ -318,7 +313,11 @@ fn is_under_base(base: &Url, url: &Url) -> bool {
         && !url.path().split('/').any(|segment| segment == "..")
 }
 
-fn build_headers(key: &ApiKey, request: &OutgoingRequest) -> Result<HeaderMap, CallError> {
+fn build_headers(
+    key: &ApiKey,
+    request: &PlannedCall,
+    has_body: bool,
+) -> Result<HeaderMap, CallError> {
     // The extra headers, then Content-Type, User-Agent, Accept, Authorization and (in `prepare`) Host.
     let mut headers = HeaderMap::with_capacity(request.headers.len() + 5);
     for (name, value) in request.headers.iter() {
@@ -334,7 +333,7 @@ fn build_headers(key: &ApiKey, request: &OutgoingRequest) -> Result<HeaderMap, C
         })?;
         headers.append(header_name, value);
     }
-    if request.body.is_some() {
+    if has_body {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
@@ -446,13 +445,12 @@ mod tests {
 
     const BODY: &[u8] = b"{\"body\":\"hi\"}";
 
-    fn post_tickets(base: &Url, timeout: Duration) -> OutgoingRequest {
-        OutgoingRequest {
+    fn post_tickets(base: &Url) -> PlannedCall {
+        PlannedCall {
             method: HttpMethod::Post,
             url: base.join("tickets").unwrap(),
             headers: Arc::from([("X-Source".to_string(), "crm".to_string())]),
-            body: Some(Bytes::from_static(BODY)),
-            timeout,
+            body: Bytes::from_static(BODY),
         }
     }
 
@@ -461,7 +459,7 @@ mod tests {
     async fn post_with_key(base: &Url, timeout: Duration) -> Result<GrooveAnswer, CallError> {
         GrooveClient::new(base)
             .unwrap()
-            .send(&ApiKey::new(KEY), &post_tickets(base, timeout))
+            .send(&ApiKey::new(KEY), &post_tickets(base), timeout)
             .await
     }
 

@@ -24,7 +24,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::client::{error_chain, CallError, GrooveAnswer, GrooveClient, OutgoingRequest};
+use super::client::{error_chain, CallError, GrooveAnswer, GrooveClient};
+use crate::domain::call::PlannedCall;
 use crate::domain::credential::ApiKey;
 
 /// A connection idle for longer than this is closed rather than reused: load balancers drop idle connections
@@ -104,11 +105,12 @@ impl GrooveConnection {
     pub async fn send(
         &mut self,
         key: &ApiKey,
-        request: &OutgoingRequest,
+        call: &PlannedCall,
+        timeout: Duration,
     ) -> Result<GrooveAnswer, CallError> {
-        let outgoing = self.client.prepare(key, request)?;
+        let outgoing = self.client.prepare(key, call)?;
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + request.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         // Out of `self` while in use: if this future is dropped half-way, the connection goes with it instead
         // of being parked or reused with a request of unknown fate still in it.
         let mut open = match self.take_reusable().await {
@@ -116,7 +118,7 @@ impl GrooveConnection {
             None => tokio::time::timeout_at(deadline, self.client.open())
                 .await
                 .map_err(|_| CallError::NotSent {
-                    reason: format!("no connection within {:?}", request.timeout),
+                    reason: format!("no connection within {timeout:?}"),
                 })??,
         };
         let result = match tokio::time::timeout_at(deadline, open.exchange(outgoing)).await {
@@ -129,7 +131,7 @@ impl GrooveConnection {
             }
             // Half an exchange leaves the connection in an unknown state: it is dropped.
             Err(_) => Err(CallError::MaybeSent {
-                reason: format!("no complete answer within {:?}", request.timeout),
+                reason: format!("no complete answer within {timeout:?}"),
             }),
         };
         let (parts, body) = result?;
@@ -377,13 +379,14 @@ mod tests {
         }
     }
 
-    fn post(base: &Url) -> OutgoingRequest {
-        OutgoingRequest {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn post(base: &Url) -> PlannedCall {
+        PlannedCall {
             method: HttpMethod::Post,
             url: base.join("tickets").unwrap(),
             headers: Arc::from([]),
-            body: Some(Bytes::from_static(b"{\"body\":\"hi\"}")),
-            timeout: Duration::from_secs(5),
+            body: Bytes::from_static(b"{\"body\":\"hi\"}"),
         }
     }
 
@@ -399,7 +402,7 @@ mod tests {
         let mut connection = GrooveClient::new(&base).unwrap().connection();
         for &(on_connection, request) in expected {
             let answer = connection
-                .send(&ApiKey::new("key"), &post(&base))
+                .send(&ApiKey::new("key"), &post(&base), TIMEOUT)
                 .await
                 .unwrap();
             assert_eq!(answer.status, 201);
@@ -420,21 +423,21 @@ mod tests {
             .unwrap();
         let cases = [
             (
-                OutgoingRequest {
+                PlannedCall {
                     headers: Arc::from([("X-Note".to_string(), "a\u{7f}b".to_string())]),
                     ..post(&base)
                 },
                 "the value of header X-Note holds characters an http header cannot carry",
             ),
             (
-                OutgoingRequest {
+                PlannedCall {
                     headers: Arc::from([("bad name".to_string(), "1".to_string())]),
                     ..post(&base)
                 },
                 "\"bad name\" is not a valid http header name",
             ),
             (
-                OutgoingRequest {
+                PlannedCall {
                     url: long,
                     ..post(&base)
                 },
@@ -442,7 +445,10 @@ mod tests {
             ),
         ];
         for (request, says) in cases {
-            match connection.send(&ApiKey::new("key"), &request).await {
+            match connection
+                .send(&ApiKey::new("key"), &request, TIMEOUT)
+                .await
+            {
                 Err(error @ CallError::Unbuildable { .. }) => {
                     assert!(error.is_local());
                     let message = error.to_string();
@@ -457,7 +463,7 @@ mod tests {
             }
         }
         let refused_key = connection
-            .send(&ApiKey::new("line\nbreak"), &post(&base))
+            .send(&ApiKey::new("line\nbreak"), &post(&base), TIMEOUT)
             .await;
         assert!(
             matches!(&refused_key, Err(CallError::Unbuildable { reason }) if reason.contains("api key")),
@@ -466,7 +472,7 @@ mod tests {
         assert_eq!(served.connections(), 0);
         // The same connection still sends what can be built.
         let answer = connection
-            .send(&ApiKey::new("key"), &post(&base))
+            .send(&ApiKey::new("key"), &post(&base), TIMEOUT)
             .await
             .unwrap();
         assert_eq!(answer.status, 201);
@@ -496,14 +502,14 @@ mod tests {
         for request in 1..=2 {
             let answer = client
                 .connection()
-                .send(&ApiKey::new("key"), &post(&base))
+                .send(&ApiKey::new("key"), &post(&base), TIMEOUT)
                 .await
                 .unwrap();
             assert_eq!(answer.body, answered(1, request).into_bytes());
         }
         // The one-off path parks and takes too.
         let answer = client
-            .send(&ApiKey::new("key"), &post(&base))
+            .send(&ApiKey::new("key"), &post(&base), TIMEOUT)
             .await
             .unwrap();
         assert_eq!(answer.body, answered(1, 3).into_bytes());
@@ -517,7 +523,7 @@ mod tests {
         for connection in 1..=2 {
             let answer = client
                 .connection()
-                .send(&ApiKey::new("key"), &post(&base))
+                .send(&ApiKey::new("key"), &post(&base), TIMEOUT)
                 .await
                 .unwrap();
             assert_eq!(answer.body, answered(connection, 1).into_bytes());
@@ -531,7 +537,7 @@ mod tests {
         let (base, _) = counting_server(AfterAnswer::CloseSilently).await;
         let mut connection = GrooveClient::new(&base).unwrap().connection();
         connection
-            .send(&ApiKey::new("key"), &post(&base))
+            .send(&ApiKey::new("key"), &post(&base), TIMEOUT)
             .await
             .unwrap();
         assert!(connection.open.is_some());
@@ -550,7 +556,7 @@ mod tests {
         let mut connection = client.connection();
         let abandoned = tokio::time::timeout(
             Duration::from_millis(200),
-            connection.send(&ApiKey::new("key"), &post(&base)),
+            connection.send(&ApiKey::new("key"), &post(&base), TIMEOUT),
         )
         .await;
         assert!(abandoned.is_err(), "the server never answers");
@@ -578,9 +584,13 @@ mod tests {
     async fn a_timed_out_call_does_not_leave_its_connection_for_the_next() {
         let (base, silent) = silent_server().await;
         let mut connection = GrooveClient::new(&base).unwrap().connection();
-        let mut request = post(&base);
-        request.timeout = Duration::from_millis(200);
-        let outcome = connection.send(&ApiKey::new("key"), &request).await;
+        let outcome = connection
+            .send(
+                &ApiKey::new("key"),
+                &post(&base),
+                Duration::from_millis(200),
+            )
+            .await;
         assert!(
             matches!(outcome, Err(CallError::MaybeSent { .. })),
             "{outcome:?}"
@@ -623,7 +633,7 @@ mod tests {
         let mut connection = GrooveClient::trusting(&base, roots).unwrap().connection();
         for request in 1..=2 {
             let answer = connection
-                .send(&ApiKey::new("tls-only-key"), &post(&base))
+                .send(&ApiKey::new("tls-only-key"), &post(&base), TIMEOUT)
                 .await
                 .unwrap();
             assert_eq!(answer.body, answered(1, request).into_bytes());
@@ -645,7 +655,7 @@ mod tests {
         // Mozilla's roots, as in production: a self-signed certificate is not among them.
         let outcome = GrooveClient::new(&base)
             .unwrap()
-            .send(&ApiKey::new("tls-only-key"), &post(&base))
+            .send(&ApiKey::new("tls-only-key"), &post(&base), TIMEOUT)
             .await;
         match outcome {
             Err(CallError::NotSent { reason }) => {

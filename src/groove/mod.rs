@@ -5,8 +5,6 @@ mod client;
 mod connection;
 pub mod pacer;
 
-pub use client::{
-    CallError, ClientBuildError, GrooveAnswer, GrooveClient, OutgoingRequest, Verification,
-};
+pub use client::{CallError, ClientBuildError, GrooveAnswer, GrooveClient, Verification};
 pub use connection::GrooveConnection;
 pub use pacer::{retry_after, Pacer, PacerRegistry, Permit};
