@@ -6,34 +6,19 @@ use std::time::Duration;
 
 use crate::api::error::ApiError;
 use crate::api::names::{CREDENTIALS, DESTINATIONS};
+use crate::domain::config_validation::{
+    apply_default_grouping, batch_max_wait_ms, batch_size_or_default, delivery_with_defaults,
+    request_timeout_ms_or_default,
+};
 use crate::domain::destination::{
     BatchEnvelope, Batching, ContentFormat, DeliveryOptions, Destination, DestinationConfig,
     DestinationState, Endpoint, GroupingAlgorithm, HttpMethod, ManualEndpoint, TemplateEndpoint,
-    DEFAULT_BATCH_SIZE,
 };
 use crate::domain::headers::parse_header_list;
 use crate::domain::validation::Violations;
 use crate::domain::webhook_url;
 use crate::proto;
 use crate::store::PageRequest;
-
-/// Longest `max_wait` for a partial batch.
-const MAX_BATCH_WAIT: Duration = Duration::from_secs(60);
-
-/// Longest display name accepted.
-const MAX_DISPLAY_NAME: usize = 200;
-
-pub fn check_display_name(field: &str, display_name: &str, violations: &mut Violations) {
-    let display_name = display_name.trim();
-    if display_name.is_empty() {
-        violations.push(field, "display name is required");
-    } else if display_name.chars().count() > MAX_DISPLAY_NAME {
-        violations.push(
-            field,
-            format!("display name is longer than {MAX_DISPLAY_NAME} characters"),
-        );
-    }
-}
 
 pub use crate::delivery::now_ms;
 
@@ -309,12 +294,7 @@ pub fn batching_from_proto(
     let max_wait_ms = match &batching.max_wait {
         None => defaults.max_wait_ms,
         Some(wait) => match duration_from_proto("config.batching.max_wait", wait, violations) {
-            Some(wait) if wait > MAX_BATCH_WAIT => {
-                violations.push("config.batching.max_wait", "max wait must be at most 60s");
-                defaults.max_wait_ms
-            }
-            Some(wait) if wait.is_zero() => defaults.max_wait_ms,
-            Some(wait) => wait.as_millis() as u64,
+            Some(wait) => batch_max_wait_ms("config.batching.max_wait", wait, violations),
             None => defaults.max_wait_ms,
         },
     };
@@ -350,11 +330,7 @@ pub fn batching_from_proto(
     (
         Batching {
             enabled: batching.enabled,
-            batch_size: if batching.batch_size == 0 {
-                DEFAULT_BATCH_SIZE
-            } else {
-                batching.batch_size
-            },
+            batch_size: batch_size_or_default(batching.batch_size),
             max_wait_ms,
             grouping,
             group_by_attribute: (!group_by_attribute.is_empty())
@@ -363,16 +339,6 @@ pub fn batching_from_proto(
         },
         grouping_given,
     )
-}
-
-/// A URL with record references renders to different requests, which cannot share one batch: unless the user
-/// chose otherwise, group by rendered request.
-pub fn apply_default_grouping(config: &mut DestinationConfig) {
-    if let Endpoint::Manual(manual) = &config.endpoint {
-        if manual.url.contains('{') && config.batching.grouping == GroupingAlgorithm::ArrivalOrder {
-            config.batching.grouping = GroupingAlgorithm::RenderedRequest;
-        }
-    }
 }
 
 pub fn webhook_from_proto(webhook: Option<proto::ResponseWebhook>) -> Option<String> {
@@ -385,37 +351,22 @@ pub fn delivery_from_proto(
     delivery: Option<proto::DeliveryOptions>,
     violations: &mut Violations,
 ) -> DeliveryOptions {
-    let defaults = DeliveryOptions::default();
     let Some(delivery) = delivery else {
-        return defaults;
+        return DeliveryOptions::default();
     };
-    let request_timeout_ms = delivery
-        .request_timeout
-        .as_ref()
-        .and_then(|timeout| {
+    let request_timeout_ms =
+        request_timeout_ms_or_default(delivery.request_timeout.as_ref().and_then(|timeout| {
             duration_from_proto("config.delivery.request_timeout", timeout, violations)
-        })
-        .filter(|timeout| !timeout.is_zero())
-        .map_or(defaults.request_timeout_ms, |timeout| {
-            timeout.as_millis() as u64
-        });
+        }));
     let ordering_key_attribute = delivery.ordering_key_attribute.trim();
-    DeliveryOptions {
-        concurrency: if delivery.concurrency == 0 {
-            defaults.concurrency
-        } else {
-            delivery.concurrency
-        },
-        max_attempts: if delivery.max_attempts == 0 {
-            defaults.max_attempts
-        } else {
-            delivery.max_attempts
-        },
+    delivery_with_defaults(DeliveryOptions {
+        concurrency: delivery.concurrency,
+        max_attempts: delivery.max_attempts,
         request_timeout_ms,
         ordering_key_attribute: (!ordering_key_attribute.is_empty())
             .then(|| ordering_key_attribute.to_string()),
         retry_unsafe_requests: delivery.retry_unsafe_requests,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -2,12 +2,13 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::api::convert::{check_display_name, duration, now_ms, page_request, timestamp};
+use crate::api::convert::{duration, now_ms, page_request, timestamp};
 use crate::api::error::ApiError;
 use crate::api::guard;
 use crate::api::names::CREDENTIALS;
 use crate::api::AppState;
 use crate::delivery::Verification;
+use crate::domain::config_validation::check_display_name;
 use crate::domain::credential::{ApiKey, Credential};
 use crate::domain::validation::Violations;
 use crate::proto::credential_service_server::CredentialService;

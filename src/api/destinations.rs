@@ -7,9 +7,8 @@ use tonic::{Request, Response, Status};
 use url::Url;
 
 use crate::api::convert::{
-    apply_default_grouping, batching_from_proto, check_display_name, config_from_proto,
-    delivery_from_proto, destination_to_proto, duration, endpoint_from_proto, method_from_proto,
-    now_ms, page_request, parse_etag, webhook_from_proto,
+    batching_from_proto, config_from_proto, delivery_from_proto, destination_to_proto, duration,
+    endpoint_from_proto, method_from_proto, now_ms, page_request, parse_etag, webhook_from_proto,
 };
 use crate::api::error::ApiError;
 use crate::api::guard;
@@ -19,7 +18,9 @@ use crate::api::templates::template_to_proto;
 use crate::api::AppState;
 use crate::auth::{check_destination, AuthError, Caller};
 use crate::delivery::{PlannedCall, TestPayload, TestSent};
-use crate::domain::config_validation::validate_config;
+use crate::domain::config_validation::{
+    apply_default_grouping, check_display_name, validate_config,
+};
 use crate::domain::destination::{Destination, DestinationConfig, DestinationState};
 use crate::domain::headers::check_header;
 use crate::domain::templates;
@@ -67,16 +68,11 @@ impl Destinations {
         loop {
             attempt += 1;
             let current = self.get("name", name).await?;
-            if current.state == target {
+            let Some(state) = current.state.transition(name, target)? else {
                 return Ok(current);
-            }
-            if target == DestinationState::Paused && current.state == DestinationState::Inactive {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "destination {name} is inactive; activate it before pausing"
-                )));
-            }
+            };
             let changed = Destination {
-                state: target,
+                state,
                 revision: current.revision + 1,
                 update_time_ms: now_ms(),
                 ..current.clone()

@@ -8,6 +8,7 @@ use crate::auth::AuthError;
 use crate::delivery::{
     CredentialUpdateError, DeliveryError, Interruption, TestSendError, Unreadable,
 };
+use crate::domain::destination::LifecycleError;
 use crate::domain::validation::Violations;
 use crate::store::StoreError;
 
@@ -71,6 +72,12 @@ impl From<DeliveryError> for ApiError {
                 ApiError::FailedPrecondition(bad_config.to_string())
             }
         }
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(error: LifecycleError) -> Self {
+        ApiError::FailedPrecondition(error.to_string())
     }
 }
 

@@ -6,13 +6,14 @@
 //! [`super::templates::check_record_fields`] and URLs again at render time by [`super::url_guard::resolve`].
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use url::{Host, Url};
 
 use super::destination::{
     BatchEnvelope, Batching, DeliveryOptions, DestinationConfig, Endpoint, GroupingAlgorithm,
-    ManualEndpoint, TemplateEndpoint, MAX_ATTEMPTS_LIMIT, MAX_BATCH_SIZE, MAX_CONCURRENCY,
-    MAX_REQUEST_TIMEOUT,
+    ManualEndpoint, TemplateEndpoint, DEFAULT_BATCH_SIZE, MAX_ATTEMPTS_LIMIT, MAX_BATCH_SIZE,
+    MAX_CONCURRENCY, MAX_REQUEST_TIMEOUT,
 };
 use super::headers::check_headers;
 use super::host_policy::{self, AddressClass};
@@ -20,6 +21,83 @@ use super::reference::{FieldPath, Pattern};
 use super::templates::{self, Template};
 use super::url_guard;
 use super::validation::Violations;
+
+/// Longest `max_wait` for a partial batch.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(60);
+
+/// Longest display name accepted (destinations and credentials).
+pub const MAX_DISPLAY_NAME: usize = 200;
+
+/// A display name is required and at most [`MAX_DISPLAY_NAME`] characters, not counting surrounding spaces.
+pub fn check_display_name(field: &str, display_name: &str, violations: &mut Violations) {
+    let display_name = display_name.trim();
+    if display_name.is_empty() {
+        violations.push(field, "display name is required");
+    } else if display_name.chars().count() > MAX_DISPLAY_NAME {
+        violations.push(
+            field,
+            format!("display name is longer than {MAX_DISPLAY_NAME} characters"),
+        );
+    }
+}
+
+/// A batch's `max_wait` in milliseconds: zero (unset) takes the default; more than [`MAX_BATCH_WAIT`] is a
+/// violation of `field` (and the default stands in).
+pub fn batch_max_wait_ms(field: &str, wait: Duration, violations: &mut Violations) -> u64 {
+    let default = Batching::default().max_wait_ms;
+    if wait > MAX_BATCH_WAIT {
+        violations.push(
+            field,
+            format!("max wait must be at most {}s", MAX_BATCH_WAIT.as_secs()),
+        );
+        default
+    } else if wait.is_zero() {
+        default
+    } else {
+        wait.as_millis() as u64
+    }
+}
+
+/// A batch size of zero (unset) is the default size.
+pub fn batch_size_or_default(batch_size: u32) -> u32 {
+    if batch_size == 0 {
+        DEFAULT_BATCH_SIZE
+    } else {
+        batch_size
+    }
+}
+
+/// The delivery options with an unset (zero) concurrency or attempt count replaced by its default.
+pub fn delivery_with_defaults(mut delivery: DeliveryOptions) -> DeliveryOptions {
+    let defaults = DeliveryOptions::default();
+    if delivery.concurrency == 0 {
+        delivery.concurrency = defaults.concurrency;
+    }
+    if delivery.max_attempts == 0 {
+        delivery.max_attempts = defaults.max_attempts;
+    }
+    delivery
+}
+
+/// A request timeout in milliseconds: unset or zero is the default. (Less than a millisecond is 0 ms, which
+/// [`validate_config`] refuses.)
+pub fn request_timeout_ms_or_default(timeout: Option<Duration>) -> u64 {
+    timeout
+        .filter(|timeout| !timeout.is_zero())
+        .map_or(DeliveryOptions::default().request_timeout_ms, |timeout| {
+            timeout.as_millis() as u64
+        })
+}
+
+/// A URL with record references renders to different requests, which cannot share one batch: unless the user
+/// chose a grouping, group by rendered request.
+pub fn apply_default_grouping(config: &mut DestinationConfig) {
+    if let Endpoint::Manual(manual) = &config.endpoint {
+        if manual.url.contains('{') && config.batching.grouping == GroupingAlgorithm::ArrivalOrder {
+            config.batching.grouping = GroupingAlgorithm::RenderedRequest;
+        }
+    }
+}
 
 /// Checks `config` against the catalogue and the configured Groove base URL; `Err` lists every violation.
 pub fn validate_config(

@@ -4,8 +4,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 /// Lifecycle state. Records are only ever sent while `Active`.
+///
+/// The lifecycle, all of it ([`DestinationState::transition`]): a destination is created `Inactive`;
+/// activating makes it `Active`, pausing an active one makes it `Paused`, activating a paused one makes it
+/// `Active` again. An inactive destination cannot be paused, and none goes back to `Inactive`. Asking for the
+/// state it is in changes nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DestinationState {
@@ -31,6 +37,35 @@ impl DestinationState {
             _ => None,
         }
     }
+
+    /// The state a destination in this state is in once asked to be in `target`: `Ok(None)` when it is
+    /// already there, `Err` when the lifecycle does not allow the move. `name` names it in the error.
+    pub fn transition(
+        self,
+        name: &str,
+        target: DestinationState,
+    ) -> Result<Option<DestinationState>, LifecycleError> {
+        use DestinationState::{Active, Inactive, Paused};
+        match (self, target) {
+            (Inactive, Inactive) | (Active, Active) | (Paused, Paused) => Ok(None),
+            (Inactive | Paused, Active) | (Active, Paused) => Ok(Some(target)),
+            (Inactive, Paused) => Err(LifecycleError::PauseInactive {
+                name: name.to_string(),
+            }),
+            (Active | Paused, Inactive) => Err(LifecycleError::BackToInactive {
+                name: name.to_string(),
+            }),
+        }
+    }
+}
+
+/// A move the destination lifecycle does not allow.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum LifecycleError {
+    #[error("destination {name} is inactive; activate it before pausing")]
+    PauseInactive { name: String },
+    #[error("destination {name} was activated before; it can be paused, not made inactive again")]
+    BackToInactive { name: String },
 }
 
 /// A stored destination. `id` is the last segment of the resource name `destinations/{id}`.
@@ -230,6 +265,36 @@ impl Default for DeliveryOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pair of states: the moves the lifecycle allows, the ones it refuses, and staying put.
+    #[test]
+    fn the_lifecycle_allows_only_its_moves() {
+        use DestinationState::{Active, Inactive, Paused};
+        let all = [Inactive, Active, Paused];
+        for from in all {
+            for to in all {
+                let moved = from.transition("destinations/d", to);
+                let expected = match (from, to) {
+                    _ if from == to => Ok(None),
+                    (Inactive, Active) | (Active, Paused) | (Paused, Active) => Ok(Some(to)),
+                    (Inactive, Paused) => Err(LifecycleError::PauseInactive {
+                        name: "destinations/d".into(),
+                    }),
+                    _ => Err(LifecycleError::BackToInactive {
+                        name: "destinations/d".into(),
+                    }),
+                };
+                assert_eq!(moved, expected, "{from:?} -> {to:?}");
+            }
+        }
+        assert_eq!(
+            Inactive
+                .transition("destinations/d", Paused)
+                .unwrap_err()
+                .to_string(),
+            "destination destinations/d is inactive; activate it before pausing"
+        );
+    }
 
     #[test]
     fn methods_round_trip_through_their_names() {
