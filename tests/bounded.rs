@@ -322,6 +322,7 @@ async fn a_test_send_edited_by_hand_passes_the_same_url_guard_as_a_manual_url() 
         edited.url = url;
         proto::TestDestinationRequest {
             name: name.clone(),
+            draft: None,
             payload: Some(proto::test_destination_request::Payload::Request(edited)),
         }
     };

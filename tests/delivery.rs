@@ -11,6 +11,7 @@ use groove_destination::sandbox::{Faults, RateLimit, SandboxConfig, ScriptedAnsw
 use serde_json::json;
 use std::time::Duration;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 async fn setup() -> (
     groove_destination::sandbox::SandboxHandle,
@@ -1018,6 +1019,7 @@ async fn test_send_works_while_paused_and_stays_out_of_the_ledger() {
     let tested = client
         .test_destination(proto::TestDestinationRequest {
             name: name.clone(),
+            draft: None,
             payload: Some(proto::test_destination_request::Payload::Record(raw(
                 "probe",
                 ticket(1),
@@ -1052,6 +1054,7 @@ async fn test_send_works_while_paused_and_stays_out_of_the_ledger() {
     let again = client
         .test_destination(proto::TestDestinationRequest {
             name: name.clone(),
+            draft: None,
             payload: Some(proto::test_destination_request::Payload::Request(
                 edited.clone(),
             )),
@@ -1068,6 +1071,7 @@ async fn test_send_works_while_paused_and_stays_out_of_the_ledger() {
     let status = client
         .test_destination(proto::TestDestinationRequest {
             name: name.clone(),
+            draft: None,
             payload: Some(proto::test_destination_request::Payload::Request(edited)),
         })
         .await
@@ -1084,6 +1088,130 @@ async fn test_send_works_while_paused_and_stays_out_of_the_ledger() {
         .activate_destination(proto::ActivateDestinationRequest { name: name.clone() })
         .await
         .unwrap();
+    let answered = send(&server, &name, vec![vec![raw("probe", ticket(1))]])
+        .await
+        .unwrap();
+    assert_eq!(answered.of("probe").outcome(), Outcome::Delivered);
+    server.stop().await;
+}
+
+/// Test before save: a draft (credential + config) is validated as CreateDestination would, sent through the
+/// credential's pacer like every call of that key, and neither saved nor entered in the ledger.
+#[tokio::test]
+async fn a_draft_is_tested_before_it_is_saved_through_the_pacer_and_stays_out_of_the_ledger() {
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two calls a second per credential: each call after the first waits half a second for the pacer.
+    let server = TestServer::start_with(dir.path(), &sandbox.base_url(), |settings| {
+        settings.max_rate_per_credential = Some(2.0)
+    })
+    .await;
+    credential(&server, "main").await;
+    let mut client = server.destinations().await;
+    let draft = |config: proto::DestinationConfig| {
+        Some(proto::DestinationDraft {
+            credential: "credentials/main".into(),
+            config: Some(config),
+        })
+    };
+    let test_draft = |config: proto::DestinationConfig, id: &str| proto::TestDestinationRequest {
+        name: String::new(),
+        draft: draft(config),
+        payload: Some(proto::test_destination_request::Payload::Record(raw(
+            id,
+            ticket(1),
+        ))),
+    };
+
+    let started = std::time::Instant::now();
+    for id in ["probe", "probe-2", "probe-3"] {
+        let tested = client
+            .test_destination(test_draft(template("create_ticket", &[]), id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(tested.response.unwrap().http_status, 201);
+        assert!(tested.error.is_empty(), "{}", tested.error);
+        assert!(tested.request.unwrap().url.ends_with("/tickets"));
+    }
+    // Without the pacer the three calls take milliseconds; through it, at least two spacings.
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "test sends of a draft went past the credential's pacer: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(sandbox.requests().len(), 3);
+    assert_eq!(
+        sandbox.requests()[0].header("authorization"),
+        Some(format!("Bearer {}", common::SANDBOX_KEY).as_str())
+    );
+
+    // Validated as CreateDestination would, every problem named from `draft`; nothing is sent.
+    let status = client
+        .test_destination(proto::TestDestinationRequest {
+            draft: Some(proto::DestinationDraft {
+                credential: "main".into(),
+                config: Some(template("nope", &[])),
+            }),
+            ..test_draft(template("create_ticket", &[]), "bad")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default();
+    assert!(
+        fields.contains(&"draft.credential".to_string()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"draft.config.template.template_id".to_string()),
+        "{fields:?}"
+    );
+    let status = client
+        .test_destination(proto::TestDestinationRequest {
+            draft: Some(proto::DestinationDraft {
+                credential: "credentials/main".into(),
+                config: None,
+            }),
+            ..test_draft(template("create_ticket", &[]), "bad")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // A name and a draft at once is ambiguous.
+    let status = client
+        .test_destination(proto::TestDestinationRequest {
+            name: "destinations/tickets".into(),
+            ..test_draft(template("create_ticket", &[]), "bad")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // A credential that does not exist.
+    let status = client
+        .test_destination(proto::TestDestinationRequest {
+            draft: Some(proto::DestinationDraft {
+                credential: "credentials/nope".into(),
+                config: Some(template("create_ticket", &[])),
+            }),
+            ..test_draft(template("create_ticket", &[]), "bad")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(sandbox.requests().len(), 3, "refused drafts reached groove");
+
+    // Never saved, and not in the ledger: once saved and active, the same id is delivered, not a duplicate.
+    let listed = client
+        .list_destinations(proto::ListDestinationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.destinations.is_empty());
+    let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
     let answered = send(&server, &name, vec![vec![raw("probe", ticket(1))]])
         .await
         .unwrap();

@@ -149,6 +149,7 @@ async fn every_call_needs_a_known_caller_with_the_scope() {
             .await
             .test_destination(proto::TestDestinationRequest {
                 name: name.clone(),
+                draft: None,
                 payload: Some(proto::test_destination_request::Payload::Record(ticket(
                     "t0",
                 ))),
@@ -211,6 +212,30 @@ async fn a_caller_limited_to_some_destinations_touches_only_those() {
     );
     assert_eq!(code, Code::PermissionDenied);
     assert!(message.contains("choose a destination_id"), "{message}");
+    // A draft names no destination, so a limited admin cannot test one (it can test its own saved ones).
+    let requests_before = sandbox.requests().len();
+    let (code, message) = code_and_message(
+        crm_admin
+            .destinations()
+            .await
+            .test_destination(proto::TestDestinationRequest {
+                name: String::new(),
+                draft: Some(proto::DestinationDraft {
+                    credential: "credentials/main".into(),
+                    config: Some(template("create_ticket", &[])),
+                }),
+                payload: Some(proto::test_destination_request::Payload::Record(ticket(
+                    "d0",
+                ))),
+            })
+            .await,
+    );
+    assert_eq!(code, Code::PermissionDenied);
+    assert!(
+        message.contains("a draft names no destination"),
+        "{message}"
+    );
+    assert_eq!(sandbox.requests().len(), requests_before);
     // Credentials are shared by destinations: only an admin over all of them changes them.
     let (code, message) = code_and_message(
         crm_admin

@@ -52,6 +52,54 @@ impl Destinations {
             .map_err(|violations| ApiError::invalid_under("destination", violations))
     }
 
+    /// The credential and configuration of a destination to be (CreateDestination, under `destination`) or of a
+    /// draft (TestDestination, under `draft`), checked alike; what is wrong is added to `violations`, named from
+    /// `prefix`.
+    fn check_draft(
+        &self,
+        prefix: &str,
+        credential: &str,
+        config: Option<proto::DestinationConfig>,
+        violations: &mut Violations,
+    ) -> Result<(Option<String>, Option<DestinationConfig>), ApiError> {
+        let credential_id =
+            match CREDENTIALS.parse_name(&format!("{prefix}.credential"), credential) {
+                Ok(id) => Some(id),
+                Err(ApiError::InvalidArgument(found)) => {
+                    violations.0.extend(found.0);
+                    None
+                }
+                Err(other) => return Err(other),
+            };
+        let config = match config.map(config_from_proto) {
+            Some(Ok(config)) => Some(config),
+            Some(Err(found)) => {
+                violations
+                    .0
+                    .extend(found.0.into_iter().map(|mut violation| {
+                        violation.field = format!("{prefix}.{}", violation.field);
+                        violation
+                    }));
+                None
+            }
+            None => {
+                violations.push(format!("{prefix}.config"), "config is required");
+                None
+            }
+        };
+        if let Some(config) = &config {
+            if let Err(found) = validate_config(config, self.state.engine.base_url()) {
+                violations
+                    .0
+                    .extend(found.0.into_iter().map(|mut violation| {
+                        violation.field = format!("{prefix}.{}", violation.field);
+                        violation
+                    }));
+            }
+        }
+        Ok((credential_id, config))
+    }
+
     async fn get(&self, field: &str, name: &str) -> Result<Destination, ApiError> {
         let id = DESTINATIONS.parse_name(field, name)?;
         Ok(self.state.store.get_destination(&id).await?)
@@ -222,36 +270,12 @@ impl DestinationService for Destinations {
             &incoming.display_name,
             &mut violations,
         );
-        let credential_id =
-            match CREDENTIALS.parse_name("destination.credential", &incoming.credential) {
-                Ok(id) => Some(id),
-                Err(ApiError::InvalidArgument(found)) => {
-                    violations.0.extend(found.0);
-                    None
-                }
-                Err(other) => return Err(other.into()),
-            };
-        let config = match incoming.config.map(config_from_proto) {
-            Some(Ok(config)) => Some(config),
-            Some(Err(found)) => {
-                violations
-                    .0
-                    .extend(found.0.into_iter().map(|mut violation| {
-                        violation.field = format!("destination.{}", violation.field);
-                        violation
-                    }));
-                None
-            }
-            None => {
-                violations.push("destination.config", "config is required");
-                None
-            }
-        };
-        if let Some(config) = &config {
-            if let Err(ApiError::InvalidArgument(found)) = self.validate(config) {
-                violations.0.extend(found.0);
-            }
-        }
+        let (credential_id, config) = self.check_draft(
+            "destination",
+            &incoming.credential,
+            incoming.config,
+            &mut violations,
+        )?;
         violations.into_result().map_err(ApiError::from)?;
         let (Some(credential_id), Some(config)) = (credential_id, config) else {
             return Err(Status::internal("validated destination lost a field"));
@@ -466,9 +490,40 @@ impl DestinationService for Destinations {
         &self,
         request: Request<proto::TestDestinationRequest>,
     ) -> Result<Response<proto::TestDestinationResponse>, Status> {
-        let caller = guard::destination_caller(&request, "name", &request.get_ref().name)?;
+        // A draft names no destination: only a caller that may use every destination may test one.
+        let caller = if request.get_ref().draft.is_none() {
+            guard::destination_caller(&request, "name", &request.get_ref().name)?
+        } else {
+            let caller = guard::caller(&request)?;
+            if caller.limited_to_some_destinations() {
+                return Err(ApiError::from(AuthError::DraftNeedsAllDestinations {
+                    caller: caller.name().to_string(),
+                    patterns: caller.destination_patterns(),
+                })
+                .into());
+            }
+            caller
+        };
         let request = request.into_inner();
-        let destination = self.get("name", &request.name).await?;
+        let (name, credential_id, config) = match request.draft {
+            None => {
+                let destination = self.get("name", &request.name).await?;
+                (request.name, destination.credential_id, destination.config)
+            }
+            Some(_) if !request.name.is_empty() => {
+                return Err(ApiError::invalid("draft", "give name or draft, not both").into())
+            }
+            Some(draft) => {
+                let mut violations = Violations::default();
+                let (credential_id, config) =
+                    self.check_draft("draft", &draft.credential, draft.config, &mut violations)?;
+                violations.into_result().map_err(ApiError::from)?;
+                let (Some(credential_id), Some(config)) = (credential_id, config) else {
+                    return Err(Status::internal("validated draft lost a field"));
+                };
+                ("draft".to_string(), credential_id, config)
+            }
+        };
         let (payload, record_ids) = match request.payload {
             Some(test_destination_request::Payload::Record(record)) => {
                 let record_id = record.id.clone();
@@ -490,15 +545,10 @@ impl DestinationService for Destinations {
         let sent = self
             .state
             .engine
-            .test_send(
-                &request.name,
-                &destination.credential_id,
-                &destination.config,
-                payload,
-            )
+            .test_send(&name, &credential_id, &config, payload)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(destination = %request.name, caller = caller.name(), url = %sent.call.url, "test request sent");
+        tracing::info!(destination = %name, caller = caller.name(), url = %sent.call.url, "test request sent");
         Ok(Response::new(test_response(&sent, &record_ids)))
     }
 }

@@ -42,6 +42,8 @@ pub enum AuthError {
     },
     #[error("caller {caller} is limited to destinations {patterns}; choose a destination_id that matches")]
     NeedsChosenId { caller: String, patterns: String },
+    #[error("caller {caller} is limited to destinations {patterns}; a draft names no destination, so test a saved destination that matches")]
+    DraftNeedsAllDestinations { caller: String, patterns: String },
 }
 
 impl AuthError {
