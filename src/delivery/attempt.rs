@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::keys::{Evidence, KeyEntry, KeyState};
-use crate::delivery::report::{DeliveryReport, DeliveryUnit, PlannedCall};
+use crate::delivery::report::{CallResult, DeliveryReport, DeliveryUnit, PlannedCall};
 use crate::delivery::retry::{decide, Attempts, Decision};
 use crate::domain::destination::DeliveryOptions;
 use crate::domain::outcome::Outcome;
@@ -43,14 +43,6 @@ enum CallEnd {
     /// The stream stopped while the call waited (for the pacer, or before a retry); no attempt of it that could
     /// have reached Groove was made.
     Stopped,
-}
-
-struct CallResult {
-    outcome: Outcome,
-    answer: Option<GrooveAnswer>,
-    attempts: u32,
-    error: String,
-    maybe_delivered: bool,
 }
 
 /// Sends a unit's calls in order over the worker's connection; the first that does not succeed decides the
@@ -94,15 +86,12 @@ pub async fn deliver(
         }
     }
     let Some((mut result, index)) = last else {
-        return UnitEnd::Reported(Box::new(DeliveryReport {
-            field: "record".to_string(),
-            ..DeliveryReport::unsent_records(
-                unit.record_ids,
-                unit.records,
-                Outcome::Invalid,
-                "record renders to no call",
-            )
-        }));
+        return UnitEnd::Reported(Box::new(DeliveryReport::invalid_records(
+            unit.record_ids,
+            unit.records,
+            "record",
+            "record renders to no call",
+        )));
     };
     if result.outcome != Outcome::Delivered && index > 0 && !unit.repeatable {
         result.maybe_delivered = true;
@@ -118,19 +107,16 @@ pub async fn deliver(
         mut calls,
         ..
     } = unit;
-    UnitEnd::Reported(Box::new(DeliveryReport {
+    // A call never sent is not shown as the request sent.
+    let call = last_sent.then(|| calls.swap_remove(index));
+    UnitEnd::Reported(Box::new(DeliveryReport::called(
         record_ids,
-        outcome: result.outcome,
-        answer: result.answer,
-        attempts,
-        latency: started.elapsed(),
-        error: result.error,
-        field: String::new(),
-        // A call never sent is not shown as the request sent.
-        call: last_sent.then(|| calls.swap_remove(index)),
         records,
-        maybe_delivered: result.maybe_delivered,
-    }))
+        result,
+        attempts,
+        started.elapsed(),
+        call,
+    )))
 }
 
 async fn send_with_retries(

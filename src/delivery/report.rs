@@ -39,6 +39,15 @@ pub struct DeliveryUnit {
     pub repeatable: bool,
 }
 
+/// How one call ended after its retries; becomes a [`DeliveryReport`] with [`DeliveryReport::called`].
+pub(crate) struct CallResult {
+    pub outcome: Outcome,
+    pub answer: Option<GrooveAnswer>,
+    pub attempts: u32,
+    pub error: String,
+    pub maybe_delivered: bool,
+}
+
 /// How a unit ended.
 #[derive(Clone, Debug)]
 pub struct DeliveryReport {
@@ -61,6 +70,42 @@ pub struct DeliveryReport {
 }
 
 impl DeliveryReport {
+    /// A unit whose calls were made: how the last one ended, with the attempts of them all.
+    pub(crate) fn called(
+        record_ids: Vec<String>,
+        records: Vec<RecordJson>,
+        result: CallResult,
+        attempts: u32,
+        latency: Duration,
+        call: Option<PlannedCall>,
+    ) -> Self {
+        DeliveryReport {
+            record_ids,
+            outcome: result.outcome,
+            answer: result.answer,
+            attempts,
+            latency,
+            error: result.error,
+            field: String::new(),
+            call,
+            records,
+            maybe_delivered: result.maybe_delivered,
+        }
+    }
+
+    /// Records refused before any call, with the field at fault, keeping their JSON.
+    pub fn invalid_records(
+        record_ids: Vec<String>,
+        records: Vec<RecordJson>,
+        field: impl Into<String>,
+        error: impl Into<String>,
+    ) -> Self {
+        DeliveryReport {
+            field: field.into(),
+            ..DeliveryReport::unsent_records(record_ids, records, Outcome::Invalid, error)
+        }
+    }
+
     /// A record refused before any call.
     pub fn invalid(record_id: String, field: impl Into<String>, error: impl Into<String>) -> Self {
         DeliveryReport {
