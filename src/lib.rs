@@ -8,7 +8,6 @@ pub mod auth;
 pub mod delivery;
 pub mod domain;
 pub mod groove;
-pub mod sandbox;
 pub mod settings;
 pub mod store;
 

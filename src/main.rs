@@ -57,8 +57,8 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-/// jemalloc rather than glibc's malloc: about a tenth less CPU per record on the per-record path (measured
-/// with groove-bench, alternating runs), with peak memory as low as glibc's. mimalloc was faster still but
-/// held three to four times the memory.
+/// jemalloc rather than glibc's malloc: less CPU per record on the per-record path with a peak memory as low
+/// as glibc's (compared with groove-bench, alternating runs). mimalloc took less CPU still but held several
+/// times the memory.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

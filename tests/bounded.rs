@@ -9,7 +9,7 @@ use common::child::ChildServer;
 use common::flows::{self, active_destination, credential};
 use common::{start_sandbox, GrpcServer, TestServer};
 use groove_destination::proto::{self, send_records_request, Outcome};
-use groove_destination::sandbox::{Faults, SandboxHandle, ScriptedAnswer};
+use groove_sandbox::{Faults, SandboxHandle, ScriptedAnswer};
 use prost::Message;
 use serde_json::json;
 use tonic::Code;

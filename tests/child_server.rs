@@ -69,7 +69,7 @@ async fn a_killed_server_restarts_on_its_data_and_still_decrypts_its_credentials
 #[tokio::test]
 async fn creates_in_flight_at_a_kill_9_are_kept_as_maybe_delivered_and_not_resent() {
     use groove_destination::proto;
-    use groove_destination::sandbox::Faults;
+    use groove_sandbox::Faults;
 
     let sandbox = start_sandbox().await;
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use common::GrpcServer;
 use common::{start_sandbox, TestServer, SANDBOX_KEY};
 use groove_destination::delivery::REFUSALS_TO_STOP;
 use groove_destination::proto::{self, credential::State, Outcome};
-use groove_destination::sandbox::SandboxHandle;
+use groove_sandbox::SandboxHandle;
 use prost_types::FieldMask;
 use serde_json::{json, Value};
 use tonic::Code;
@@ -115,7 +115,7 @@ fn fields_of(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn bearer(request: &groove_destination::sandbox::ReceivedRequest) -> &str {
+fn bearer(request: &groove_sandbox::ReceivedRequest) -> &str {
     request.header("authorization").unwrap_or_default()
 }
 

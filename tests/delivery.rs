@@ -7,17 +7,13 @@ use common::GrpcServer;
 use common::{start_sandbox, start_sandbox_with, TestServer};
 use groove_destination::api::json_wire::JsonObject;
 use groove_destination::proto::{self, Outcome};
-use groove_destination::sandbox::{Faults, RateLimit, SandboxConfig, ScriptedAnswer};
+use groove_sandbox::{Faults, RateLimit, SandboxConfig, ScriptedAnswer};
 use serde_json::json;
 use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-async fn setup() -> (
-    groove_destination::sandbox::SandboxHandle,
-    tempfile::TempDir,
-    TestServer,
-) {
+async fn setup() -> (groove_sandbox::SandboxHandle, tempfile::TempDir, TestServer) {
     let sandbox = start_sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &sandbox.base_url()).await;
@@ -1254,11 +1250,8 @@ async fn webhook_receiver() -> (String, Received) {
 }
 
 /// A server whose webhooks may reach the loopback receiver.
-async fn setup_allowing_loopback_webhooks() -> (
-    groove_destination::sandbox::SandboxHandle,
-    tempfile::TempDir,
-    TestServer,
-) {
+async fn setup_allowing_loopback_webhooks(
+) -> (groove_sandbox::SandboxHandle, tempfile::TempDir, TestServer) {
     let sandbox = start_sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(dir.path(), &sandbox.base_url(), |settings| {

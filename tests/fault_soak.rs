@@ -21,7 +21,7 @@ use common::flows::{self, active_destination, credential, raw, template};
 use common::GrpcServer;
 use common::{start_sandbox_with, SANDBOX_KEY};
 use groove_destination::proto::{self, send_records_request, Outcome};
-use groove_destination::sandbox::{Faults, SandboxConfig, SandboxHandle};
+use groove_sandbox::{Faults, SandboxConfig, SandboxHandle};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;

@@ -10,8 +10,8 @@ use common::GrpcServer;
 use common::{start_sandbox, TestServer};
 use groove_destination::api::json_wire::JsonObject;
 use groove_destination::proto::{self, Outcome};
-use groove_destination::sandbox::{Faults, SandboxHandle, ScriptedAnswer};
 use groove_destination::store::{ClaimedRecord, RecordClaim, SecretBox, SqliteStore, Store};
+use groove_sandbox::{Faults, SandboxHandle, ScriptedAnswer};
 use serde_json::{json, Value};
 use tonic::Code;
 

@@ -3,9 +3,9 @@
 //! fast as their answers come back.
 //!
 //! A failed record can weigh tens of MiB (a record of up to 16 MiB, and the request that carried it). Without
-//! these bounds 24 failed records of 8 MiB made a 403 MB page and a 201 MB retry answer, which no client with
-//! the default 4 MiB message limit can read, and the server peaked at 955 and 656 MB for them (see the
-//! measurement in `tests/bounded.rs`).
+//! these bounds a page or a retry answer of a few such records is far larger than a client with the default
+//! 4 MiB message limit can read, and the server holds all of them in memory at once (the ignored measurement
+//! in `tests/bounded.rs` prints the figures).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -3,7 +3,7 @@
 //!
 //! A batched call's answer can be a hundred tickets. Building it as a prost `Value` tree (a `BTreeMap` and a
 //! heap string per key, a box per nesting level) and then encoding that tree cost more than everything else
-//! a batch does, and the tree was ten times the JSON's size in the stream's result queue. `JsonValue` is what
+//! a batch does, and the tree was many times the JSON's size in the stream's result queue. `JsonValue` is what
 //! `build.rs` maps `google.protobuf.Value` to: JSON is encoded straight into protobuf bytes, which are sent
 //! as they are; a client built from this crate decodes the bytes back into JSON only when it asks for it.
 //! On the wire nothing changes: other clients see an ordinary `google.protobuf.Value`.

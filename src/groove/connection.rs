@@ -2,9 +2,9 @@
 //!
 //! A pooled client runs each connection as a task of its own: every call hands the request over to that task
 //! and the answer back, two wake-ups that often cross runtime threads. A delivery worker sends one call at a
-//! time anyway, so it keeps its connection and polls it itself while a call is in flight. Measured with
-//! groove-bench: a sixth less service CPU per record at concurrency 1, where those wake-ups cost the most, and
-//! a few percent under saturation.
+//! time anyway, so it keeps its connection and polls it itself while a call is in flight. That saves the most
+//! at low concurrency, where those wake-ups are a large part of each call's cost (groove-bench's per-record
+//! scenario shows it).
 //!
 //! When its owner ends (a stream's workers finish), a connection still fit for use is parked with the client,
 //! and the next owner takes it instead of paying a new TCP and TLS handshake.

@@ -1184,8 +1184,8 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &registry.pacer("a", None)));
     }
 
-    /// The sandbox's limiter (src/sandbox/faults.rs): a window opens at the first call after the previous one
-    /// ended; Reset is its end in epoch seconds rounded up; a refused call still counts.
+    /// The sandbox's limiter (crates/groove-sandbox/src/faults.rs): a window opens at the first call after the
+    /// previous one ended; Reset is its end in epoch seconds rounded up; a refused call still counts.
     struct FakeGroove {
         limit: u32,
         window: Duration,

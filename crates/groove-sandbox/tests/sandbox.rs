@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use groove_destination::sandbox::{
-    self, Faults, RateLimit, ReceivedRequest, SandboxConfig, SandboxHandle, SandboxStats,
-    ScriptedAnswer,
+use groove_sandbox::{
+    self as sandbox, Faults, RateLimit, ReceivedRequest, SandboxConfig, SandboxHandle,
+    SandboxStats, ScriptedAnswer,
 };
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};

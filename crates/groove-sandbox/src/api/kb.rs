@@ -7,8 +7,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{check, Answer, ApiRequest, ApiResponse, Ctx};
-use crate::sandbox::params::{text, Problems};
-use crate::sandbox::store::{KnowledgeBase, Store};
+use crate::params::{text, Problems};
+use crate::store::{KnowledgeBase, Store};
 
 const ARTICLE_FIELDS: [&str; 15] = [
     "author_id",

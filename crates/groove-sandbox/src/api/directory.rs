@@ -4,8 +4,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{check, Answer, ApiRequest, ApiResponse, Ctx, Page};
-use crate::sandbox::params::{text, Problems};
-use crate::sandbox::store::{Agent, Store, CUSTOMER_FIELDS};
+use crate::params::{text, Problems};
+use crate::store::{Agent, Store, CUSTOMER_FIELDS};
 
 pub(super) fn mailboxes(store: &Store, ctx: &Ctx<'_>) -> ApiResponse {
     let mailboxes: Vec<Value> = store

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use groove_destination::sandbox::SandboxStats;
+use groove_sandbox::SandboxStats;
 
 use crate::children::{free_port, log_tail, ChildGuard, ScratchDir};
 use crate::fail::{BenchError, BenchResult, Context};

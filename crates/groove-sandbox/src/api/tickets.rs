@@ -3,9 +3,9 @@
 use serde_json::{json, Map, Value};
 
 use super::{check, Answer, ApiRequest, ApiResponse, Ctx, Page};
-use crate::sandbox::clock;
-use crate::sandbox::params::{flag, is_present, text, Problems};
-use crate::sandbox::store::{canonical_state, format_id, Message, Store, Ticket, TICKET_STATES};
+use crate::clock;
+use crate::params::{flag, is_present, text, Problems};
+use crate::store::{canonical_state, format_id, Message, Store, Ticket, TICKET_STATES};
 
 /// Summary length Groove derives from the first message (docs/groove-api.md §6.1).
 const SUMMARY_CHARS: usize = 100;

@@ -3,8 +3,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{check, Answer, ApiRequest, ApiResponse, Ctx};
-use crate::sandbox::params::{is_present, text, Problems};
-use crate::sandbox::store::{Group, Store};
+use crate::params::{is_present, text, Problems};
+use crate::store::{Group, Store};
 
 pub(super) fn list(store: &Store, ctx: &Ctx<'_>) -> ApiResponse {
     let groups: Vec<Value> = store

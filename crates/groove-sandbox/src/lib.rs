@@ -4,8 +4,11 @@
 //! It follows `docs/groove-api.md` (our description of the real API) and is deliberately strict
 //! where the document is: required fields, the five ticket states, the 14 webhook events, one
 //! record per call. Where Groove's behaviour is unknown (error bodies, rate-limit headers,
-//! responses of some PUTs) the choice made is documented next to the code. It imports nothing from
-//! the rest of the crate: a fake that shared the client's validation would agree with its bugs.
+//! responses of some PUTs) the choice made is documented next to the code. It depends on nothing
+//! of the service: a fake that shared the client's validation would agree with its bugs.
+//!
+//! `docs/groove-api.md §N` in this crate's comments is the service repository's
+//! `docs/groove-api.md` (`../../docs/groove-api.md` from this crate), section N.
 //!
 //! Beyond Groove, for tests and benchmarks: random faults and deterministic scripted answers
 //! ([`Faults`], [`ScriptedAnswer`]), a recording of every request with the answer's status and
@@ -16,9 +19,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use groove_destination::sandbox::{self, SandboxConfig};
+//! use groove_sandbox::SandboxConfig;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let handle = sandbox::start(listener, SandboxConfig::default()).await?;
+//! let handle = groove_sandbox::start(listener, SandboxConfig::default()).await?;
 //! println!("groove at {}", handle.base_url()); // http://127.0.0.1:PORT/v1
 //! handle.shutdown().await;
 //! # Ok(())

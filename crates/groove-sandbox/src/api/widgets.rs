@@ -3,8 +3,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{check, Answer, ApiRequest, ApiResponse, Ctx};
-use crate::sandbox::params::{text, Problems};
-use crate::sandbox::store::{Store, Widget};
+use crate::params::{text, Problems};
+use crate::store::{Store, Widget};
 
 pub(super) fn list(store: &Store) -> ApiResponse {
     let widgets: Vec<Value> = store.widgets.values().map(render).collect();

@@ -1,4 +1,4 @@
-//! `groove-sandbox`: runs the in-memory Groove API fake (see `groove_destination::sandbox`) as a
+//! `groove-sandbox`: runs the in-memory Groove API fake (the `groove_sandbox` library) as a
 //! process, for demos and child-process benchmarks.
 
 use std::net::SocketAddr;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use groove_destination::sandbox::{self, Faults, RateLimit, SandboxConfig};
+use groove_sandbox::{Faults, RateLimit, SandboxConfig};
 
 /// A local fake of the Groove helpdesk REST API v1.
 #[derive(Debug, Parser)]
@@ -17,7 +17,7 @@ struct Args {
     listen: SocketAddr,
 
     /// The only API key accepted (as `Authorization: Bearer` or `?access_token=`).
-    #[arg(long, env = "GROOVE_SANDBOX_API_KEY", default_value = sandbox::DEFAULT_API_KEY)]
+    #[arg(long, env = "GROOVE_SANDBOX_API_KEY", default_value = groove_sandbox::DEFAULT_API_KEY)]
     api_key: String,
 
     /// Fixed-window rate limit as CALLS/WINDOW, e.g. 50/1s or 1000/500ms.
@@ -42,12 +42,12 @@ struct Args {
     processed_share: f64,
 
     /// How many requests to keep for GET /_sandbox/requests.
-    #[arg(long, env = "GROOVE_SANDBOX_MAX_RECORDED", default_value_t = sandbox::DEFAULT_MAX_RECORDED_REQUESTS)]
+    #[arg(long, env = "GROOVE_SANDBOX_MAX_RECORDED", default_value_t = groove_sandbox::DEFAULT_MAX_RECORDED_REQUESTS)]
     max_recorded: usize,
 
     /// How many tickets to keep; beyond it the oldest is evicted (then answered 404), so long
     /// benchmarks run in bounded memory. Ticket numbers keep increasing.
-    #[arg(long, env = "GROOVE_SANDBOX_MAX_STORED_TICKETS", default_value_t = sandbox::DEFAULT_MAX_STORED_TICKETS)]
+    #[arg(long, env = "GROOVE_SANDBOX_MAX_STORED_TICKETS", default_value_t = groove_sandbox::DEFAULT_MAX_STORED_TICKETS)]
     max_stored_tickets: usize,
 
     /// NOT Groove behaviour: accept a JSON array on create endpoints and create one resource per
@@ -93,7 +93,7 @@ async fn main() -> ExitCode {
         max_recorded_requests: args.max_recorded,
         max_stored_tickets: args.max_stored_tickets,
     };
-    let handle = match sandbox::start(listener, config).await {
+    let handle = match groove_sandbox::start(listener, config).await {
         Ok(handle) => handle,
         Err(err) => {
             eprintln!("groove-sandbox: cannot start: {err}");
@@ -114,7 +114,31 @@ async fn main() -> ExitCode {
         seeds.article_id,
         seeds.widget_id,
     );
-    groove_destination::shutdown_signal().await;
+    shutdown_signal().await;
     handle.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The service has the same function; the sandbox shares no code with it.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
 }

@@ -3,8 +3,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{Answer, ApiRequest, ApiResponse, Ctx};
-use crate::sandbox::params::{text, Problems};
-use crate::sandbox::store::{Store, Webhook};
+use crate::params::{text, Problems};
+use crate::store::{Store, Webhook};
 
 /// The 14 event names Groove documents; anything else is refused.
 pub(crate) const EVENTS: [&str; 14] = [

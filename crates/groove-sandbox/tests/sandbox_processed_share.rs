@@ -2,7 +2,7 @@
 //! the fault was answered, next to the same faults refused before anything happened, and the
 //! recording that tells the two apart.
 
-use groove_destination::sandbox::{self, Faults, SandboxConfig, SandboxHandle, ScriptedAnswer};
+use groove_sandbox::{self as sandbox, Faults, SandboxConfig, SandboxHandle, ScriptedAnswer};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use groove_destination::sandbox::SandboxStats;
+use groove_sandbox::SandboxStats;
 
 use crate::fail::{BenchResult, Context};
 use crate::report::{thousands, Report};

@@ -75,7 +75,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
 /// One deterministic answer in [`Faults::script`]: the fate of one `/v1/` API call.
 ///
 /// ```
-/// use groove_destination::sandbox::ScriptedAnswer;
+/// use groove_sandbox::ScriptedAnswer;
 /// let script = [
 ///     ScriptedAnswer::fail(503).with_retry_after(2), // refused, nothing happens
 ///     ScriptedAnswer::fail(500).once_processed(),    // done, but the answer says 500
