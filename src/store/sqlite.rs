@@ -21,6 +21,8 @@ mod writer;
 #[cfg(test)]
 mod claim_tests;
 #[cfg(test)]
+mod compat_tests;
+#[cfg(test)]
 mod record_tests;
 #[cfg(test)]
 mod tests;
