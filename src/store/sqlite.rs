@@ -16,6 +16,7 @@ mod ledger;
 mod migrations;
 mod per_record;
 mod readers;
+mod stored;
 mod writer;
 
 #[cfg(test)]

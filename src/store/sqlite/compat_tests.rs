@@ -16,8 +16,9 @@ use crate::domain::destination::{
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
 use crate::store::{
-    ClaimedRecord, CredentialUpdate, FailedRecordEntry, LedgerEntry, NewCredential, RecordClaim,
-    SecretBox, SqliteStore, Store, StoredRequest,
+    ClaimedRecord, CredentialUpdate, FailedRecordEntry, FailedRecordFilter, LedgerEntry,
+    NewCredential, PageRequest, RecordClaim, RecordState, SecretBox, SqliteStore, Store,
+    StoredRequest,
 };
 
 /// The secret key of the fixture: 32 bytes of 0x2a.
@@ -294,4 +295,189 @@ async fn write_fixture() {
         .await
         .unwrap();
     store.claim_records(claims()).await.unwrap();
+}
+
+/// A copy of the fixture in a private directory of its own, opened with its key.
+fn open_fixture() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(crate::store::DATABASE_FILE),
+        include_bytes!("fixtures/release-0.1.0.db"),
+    )
+    .unwrap();
+    let key = include_str!("fixtures/release-0.1.0.key");
+    assert_eq!(key.trim(), FIXTURE_KEY);
+    let store = SqliteStore::open(dir.path(), SecretBox::from_encoded(key).unwrap()).unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn a_database_of_release_0_1_0_reads_in_full() {
+    let (_dir, store) = open_fixture();
+
+    let credentials = store
+        .list_credentials(PageRequest::first(0))
+        .await
+        .unwrap()
+        .items;
+    let ids: Vec<&str> = credentials.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["main", "rotated"]);
+    assert_eq!(credentials[0].display_name, "Credential main");
+    assert_eq!(
+        credentials[0].api_key_hint,
+        ApiKey::new("groove-key-main-1234").hint()
+    );
+    assert_eq!(credentials[0].key_version, 1);
+    assert_eq!(credentials[0].refusal, None);
+    assert_eq!(credentials[1].create_time_ms, 1_699_999_999_000);
+    assert_eq!(credentials[1].update_time_ms, 1_700_000_000_500);
+    let main = store.credential_key("main").await.unwrap();
+    assert_eq!(main.key.expose(), "groove-key-main-1234");
+    let rotated = store.credential_key("rotated").await.unwrap();
+    assert_eq!(rotated.key.expose(), "groove-key-new-5678");
+    assert_eq!(rotated.key_version, 2);
+    assert_eq!(
+        rotated.refusal,
+        Some(Refusal {
+            http_status: 401,
+            refuse_time_ms: 1_700_000_040_000,
+            detail: "groove refused the key".into(),
+        })
+    );
+
+    let mut expected = destinations();
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    let stored = store
+        .list_destinations(PageRequest::first(0))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(stored, expected);
+    for destination in &expected {
+        assert_eq!(
+            &store.get_destination(&destination.id).await.unwrap(),
+            destination
+        );
+    }
+
+    for (destination, ids) in [
+        ("tickets", ["t-1", "t-2", "t-3"]),
+        ("manual", ["c-1", "c-2", "x"]),
+    ] {
+        let states = store
+            .record_states(destination, ids.iter().map(|id| id.to_string()).collect())
+            .await
+            .unwrap();
+        for entry in ledger_entries()
+            .into_iter()
+            .filter(|entry| entry.destination_id == destination)
+        {
+            assert_eq!(
+                states.get(&entry.record_id),
+                Some(&RecordState::Delivered(entry.clone()))
+            );
+        }
+        let maybe = destination == "manual";
+        assert_eq!(
+            states.get(if maybe { "c-2" } else { "t-3" }),
+            maybe.then_some(&RecordState::MaybeDelivered)
+        );
+    }
+
+    for expected in failed_entries() {
+        let listed = store
+            .list_failed_records(
+                &expected.destination_id,
+                FailedRecordFilter::default(),
+                PageRequest::first(0),
+                u64::MAX,
+            )
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(listed, vec![expected]);
+    }
+
+    // The claim left behind (one call of two records) reads back as the failed records it stands for.
+    assert_eq!(
+        store
+            .fail_orphaned_claims("orphaned", 1_700_000_050_000)
+            .await
+            .unwrap(),
+        2
+    );
+    let orphans = store
+        .get_failed_records("rendered", vec!["r-1".into(), "r-2".into()])
+        .await
+        .unwrap();
+    let claim = &claims()[0];
+    assert_eq!(orphans.len(), 2);
+    for (orphan, record) in orphans.iter().zip(&claim.records) {
+        assert_eq!(orphan.record_id, record.record_id);
+        assert_eq!(orphan.record_json, record.record_json);
+        assert_eq!(orphan.record_encoding, record.record_encoding);
+        assert_eq!(orphan.outcome, Outcome::Failed);
+        assert!(orphan.maybe_delivered);
+        let request = orphan.request.as_ref().unwrap();
+        assert_eq!(request.method, claim.request_method);
+        assert_eq!(request.url, claim.request_url);
+    }
+}
+
+#[tokio::test]
+async fn a_destination_of_release_0_1_0_updates_into_the_current_format() {
+    let (_dir, store) = open_fixture();
+    let mut destination = manual_destination();
+    destination.revision = 2;
+    destination.display_name = "Renamed".into();
+    let updated = store
+        .update_destination(destination.clone(), 1)
+        .await
+        .unwrap();
+    assert_eq!(updated, destination);
+    assert_eq!(store.get_destination("manual").await.unwrap(), destination);
+}
+
+#[tokio::test]
+async fn rows_with_unknown_fields_or_without_newer_ones_read() {
+    let (dir, store) = open_fixture();
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join(crate::store::DATABASE_FILE)).unwrap();
+    conn.execute(
+        r#"UPDATE destinations SET config_json = '{"format":1,"endpoint":{"template":
+            {"template_id":"create_ticket","parameters":{},"locale":"fr"}},"priority":"high"}'
+           WHERE id = 'tickets'"#,
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        r#"UPDATE destinations SET config_json = '{"endpoint":{"manual":{"method":"PUT",
+            "url":"/customers/{customer.email}"}},"batching":{"enabled":true}}'
+           WHERE id = 'manual'"#,
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let store =
+        SqliteStore::open(dir.path(), SecretBox::from_encoded(FIXTURE_KEY).unwrap()).unwrap();
+    assert_eq!(
+        store.get_destination("tickets").await.unwrap(),
+        template_destination()
+    );
+    let manual = store.get_destination("manual").await.unwrap();
+    assert_eq!(
+        manual.config.endpoint,
+        Endpoint::Manual(ManualEndpoint {
+            method: HttpMethod::Put,
+            url: "/customers/{customer.email}".into(),
+            content_format: ContentFormat::Json,
+            headers: vec![],
+        })
+    );
+    assert!(manual.config.batching.enabled);
+    assert_eq!(
+        manual.config.batching.batch_size,
+        Batching::default().batch_size
+    );
+    assert_eq!(manual.config.delivery, DeliveryOptions::default());
 }
