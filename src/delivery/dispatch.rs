@@ -147,12 +147,26 @@ mod tests {
 
     #[test]
     fn a_key_always_maps_to_the_same_lane() {
+        // Computed twice, on separately built keys: a hasher seeded per call (`RandomState`) would scatter a
+        // key over lanes and lose its order.
+        let keys: Vec<String> = (0..200).map(|n| format!("tickets/{n}/state")).collect();
         for lanes in [1, 8, 16] {
-            assert_eq!(
-                lane_of("tickets/7/state", lanes),
-                lane_of("tickets/7/state", lanes)
-            );
-            assert!(lane_of("x", lanes) < lanes);
+            let first: Vec<usize> = keys.iter().map(|key| lane_of(key, lanes)).collect();
+            let again: Vec<usize> = keys.iter().map(|key| lane_of(&key.clone(), lanes)).collect();
+            assert_eq!(first, again);
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_every_lane() {
+        for lanes in [1, 8, 16] {
+            let mut used = vec![false; lanes];
+            for n in 0..1_000 {
+                let lane = lane_of(&format!("customers/{n}"), lanes);
+                assert!(lane < lanes, "{lane} of {lanes}");
+                used[lane] = true;
+            }
+            assert!(used.iter().all(|used| *used), "{used:?}");
         }
     }
 }
