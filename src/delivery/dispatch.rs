@@ -152,7 +152,10 @@ mod tests {
         let keys: Vec<String> = (0..200).map(|n| format!("tickets/{n}/state")).collect();
         for lanes in [1, 8, 16] {
             let first: Vec<usize> = keys.iter().map(|key| lane_of(key, lanes)).collect();
-            let again: Vec<usize> = keys.iter().map(|key| lane_of(&key.clone(), lanes)).collect();
+            let again: Vec<usize> = keys
+                .iter()
+                .map(|key| lane_of(&key.clone(), lanes))
+                .collect();
             assert_eq!(first, again);
         }
     }

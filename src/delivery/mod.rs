@@ -7,7 +7,9 @@
 //! are bounded, so a stream is read only as fast as it is delivered.
 
 mod attempt;
+mod backoff;
 mod claimer;
+mod clock;
 mod dispatch;
 mod engine;
 mod in_flight;
@@ -20,9 +22,9 @@ mod sink;
 mod webhook;
 mod webhook_guard;
 
-pub use engine::{
-    now_ms, CredentialUpdateError, DeliveryError, Engine, EngineOptions, EngineStartError,
-};
+pub use backoff::Backoff;
+pub use clock::now_ms;
+pub use engine::{CredentialUpdateError, DeliveryError, Engine, EngineOptions, EngineStartError};
 pub use keys::REFUSALS_TO_STOP;
 pub use report::{
     DeliveryReport, IncomingRecord, Interruption, PlannedCall, RecordJson, StreamEvent, Summary,

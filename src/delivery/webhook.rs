@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Mutex};
 use url::Url;
 
+use crate::delivery::backoff::Backoff;
 use crate::delivery::report::DeliveryReport;
 use crate::delivery::webhook_guard::{self, PolicyResolver};
 use crate::domain::host_policy::HostPolicy;
@@ -28,7 +29,8 @@ const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 /// Forwarding requests in flight at once.
 const WORKERS: usize = 4;
 const ATTEMPTS: u32 = 3;
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Waits between attempts: ceilings 0.4 and 0.8 s, about 0.6 s in all on average.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(10));
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// A drop is logged for the first one and then once per this many, so a dead webhook cannot flood the log.
 const DROP_LOG_EVERY: u64 = 1000;
@@ -161,7 +163,7 @@ pub fn payload(destination_name: &str, report: &DeliveryReport) -> Value {
         "error": report.error,
         "field": report.field,
         "response": response,
-        "time_unix_ms": crate::delivery::engine::now_ms(),
+        "time_unix_ms": crate::delivery::clock::now_ms(),
     })
 }
 
@@ -188,7 +190,6 @@ async fn deliver(client: &reqwest::Client, policy: &HostPolicy, job: Job) {
             return;
         }
     }
-    let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
         let sent = client
             .post(target.url.clone())
@@ -224,8 +225,7 @@ async fn deliver(client: &reqwest::Client, policy: &HostPolicy, job: Job) {
             tracing::warn!(destination = %target.destination, webhook = %target.shown, %reason, "response webhook unreachable; result not forwarded");
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff *= 2;
+        BACKOFF.wait(attempt).await;
     }
 }
 

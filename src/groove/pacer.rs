@@ -1149,7 +1149,11 @@ mod tests {
         }
         times.sort();
         assert!(times[0] >= began + SECOND, "{:?}", times[0] - began);
-        assert!(times[0] <= began + SECOND + 10 * MS, "{:?}", times[0] - began);
+        assert!(
+            times[0] <= began + SECOND + 10 * MS,
+            "{:?}",
+            times[0] - began
+        );
         assert!(
             gaps(&times).iter().all(|gap| *gap >= 50 * MS),
             "{:?}",
