@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, Mutex};
 use url::Url;
 
 use crate::delivery::backoff::Backoff;
@@ -82,7 +81,8 @@ struct Job {
 
 #[derive(Clone)]
 pub struct WebhookForwarder {
-    queue: mpsc::Sender<Job>,
+    /// Every worker receives from it: a multi-consumer queue, so no worker waits on another to take a job.
+    queue: async_channel::Sender<Job>,
     dropped: Arc<AtomicU64>,
     /// Payload bytes waiting; a batch's result can carry a large Groove answer, so the queue is bounded in bytes
     /// as well as in results.
@@ -104,8 +104,7 @@ impl WebhookForwarder {
             .no_proxy()
             .dns_resolver(Arc::new(PolicyResolver::new(policy.clone())))
             .build()?;
-        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let (queue, receiver) = async_channel::bounded(QUEUE_CAPACITY);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         for _ in 0..WORKERS {
             tokio::spawn(forward(
@@ -170,12 +169,10 @@ pub fn payload(destination_name: &str, report: &DeliveryReport) -> Value {
 async fn forward(
     client: reqwest::Client,
     policy: Arc<HostPolicy>,
-    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    receiver: async_channel::Receiver<Job>,
     queued_bytes: Arc<AtomicUsize>,
 ) {
-    loop {
-        let job = { receiver.lock().await.recv().await };
-        let Some(job) = job else { return };
+    while let Ok(job) = receiver.recv().await {
         queued_bytes.fetch_sub(job.payload.len(), Ordering::Relaxed);
         deliver(&client, &policy, job).await;
     }
