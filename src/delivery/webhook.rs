@@ -6,6 +6,10 @@
 //! failed forward), the address policy of `--webhook-allowed-hosts` is applied to the addresses actually
 //! connected to (see `webhook_guard`), no proxy from the environment is used (the policy could not see past
 //! it), and logs show the URL with its password redacted.
+//!
+//! reqwest rather than the hyper connections Groove calls use: those are tuned for one known host, while a
+//! webhook needs a resolver that applies the address policy (`PolicyResolver`), redirects turned off and no
+//! proxy, all of which reqwest offers as settings. The webhook is off the hot path, so its cost does not matter.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
