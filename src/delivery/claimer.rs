@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::clock::now_ms;
 use crate::delivery::dispatch::Dispatcher;
-use crate::delivery::engine::now_ms;
 use crate::delivery::report::{DeliveryReport, DeliveryUnit};
 use crate::delivery::sink::ReportSink;
 use crate::domain::outcome::Outcome;

@@ -1,12 +1,16 @@
 //! Concurrency with order: `concurrency` workers; units sharing an ordering key always go to the same worker
 //! (its lane), so they are sent one after another in arrival order; units without a key go to whichever worker
 //! is free. Once the stream stops, units still queued are released instead of sent.
+//!
+//! Each lane is a channel with one receiver, its worker. The units without a key share a multi-consumer channel
+//! (`async-channel`) that every worker receives from; its capacity is a semaphore whose permit travels with the
+//! unit, so that a dispatch waiting for room can still give its unit back when the stream stops.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -18,9 +22,14 @@ use crate::delivery::sink::ReportSink;
 /// only as fast as Groove answers.
 const LANE_CAPACITY: usize = 4;
 
+/// A unit without a key, with its place in the shared queue: given back when a worker takes the unit.
+type Shared = (OwnedSemaphorePermit, DeliveryUnit);
+
 pub struct Dispatcher {
     lanes: Vec<mpsc::Sender<DeliveryUnit>>,
-    shared: mpsc::Sender<DeliveryUnit>,
+    shared: async_channel::Sender<Shared>,
+    /// Room in `shared`, which is unbounded itself.
+    shared_room: Arc<Semaphore>,
     workers: JoinSet<()>,
     stop: CancellationToken,
 }
@@ -30,8 +39,8 @@ impl Dispatcher {
     /// sent any more: calls on the wire finish, the rest is released.
     pub fn start(context: CallContext, reports: ReportSink, stop: CancellationToken) -> Self {
         let concurrency = context.options.concurrency.max(1) as usize;
-        let (shared, shared_rx) = mpsc::channel(concurrency * LANE_CAPACITY);
-        let shared_rx = Arc::new(Mutex::new(shared_rx));
+        let (shared, shared_rx) = async_channel::unbounded();
+        let shared_room = Arc::new(Semaphore::new(concurrency * LANE_CAPACITY));
         let mut lanes = Vec::with_capacity(concurrency);
         let mut workers = JoinSet::new();
         for _ in 0..concurrency {
@@ -48,6 +57,7 @@ impl Dispatcher {
         Dispatcher {
             lanes,
             shared,
+            shared_room,
             workers,
             stop,
         }
@@ -58,7 +68,7 @@ impl Dispatcher {
     pub async fn dispatch(&self, unit: DeliveryUnit) -> Result<(), DeliveryUnit> {
         let sender = match &unit.ordering_key {
             Some(key) => &self.lanes[lane_of(key, self.lanes.len())],
-            None => &self.shared,
+            None => return self.dispatch_shared(unit).await,
         };
         let slot = tokio::select! {
             biased;
@@ -76,6 +86,23 @@ impl Dispatcher {
                 Err(unit)
             }
         }
+    }
+
+    /// Queues a unit without a key for whichever worker is free; as [`Dispatcher::dispatch`].
+    async fn dispatch_shared(&self, unit: DeliveryUnit) -> Result<(), DeliveryUnit> {
+        let permit = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => return Err(unit),
+            permit = self.shared_room.clone().acquire_owned() => permit,
+        };
+        // The semaphore is never closed, and the workers only stop after the sender is dropped.
+        let Ok(permit) = permit else {
+            return Err(unit);
+        };
+        self.shared.try_send((permit, unit)).map_err(|error| {
+            tracing::error!("delivery worker stopped early");
+            error.into_inner().1
+        })
     }
 
     /// Lets the workers finish everything queued, then returns.
@@ -105,7 +132,7 @@ fn lane_of(key: &str, lanes: usize) -> usize {
 async fn work(
     context: CallContext,
     mut lane: mpsc::Receiver<DeliveryUnit>,
-    shared: Arc<Mutex<mpsc::Receiver<DeliveryUnit>>>,
+    shared: async_channel::Receiver<Shared>,
     reports: ReportSink,
     stop: CancellationToken,
 ) {
@@ -123,9 +150,10 @@ async fn work(
                     continue;
                 }
             },
-            unit = async { shared.lock().await.recv().await }, if shared_open => match unit {
-                Some(unit) => unit,
-                None => {
+            unit = shared.recv(), if shared_open => match unit {
+                // The unit leaves the queue: its room goes back.
+                Ok((_room, unit)) => unit,
+                Err(_) => {
                     shared_open = false;
                     continue;
                 }
@@ -147,12 +175,29 @@ mod tests {
 
     #[test]
     fn a_key_always_maps_to_the_same_lane() {
+        // Computed twice, on separately built keys: a hasher seeded per call (`RandomState`) would scatter a
+        // key over lanes and lose its order.
+        let keys: Vec<String> = (0..200).map(|n| format!("tickets/{n}/state")).collect();
         for lanes in [1, 8, 16] {
-            assert_eq!(
-                lane_of("tickets/7/state", lanes),
-                lane_of("tickets/7/state", lanes)
-            );
-            assert!(lane_of("x", lanes) < lanes);
+            let first: Vec<usize> = keys.iter().map(|key| lane_of(key, lanes)).collect();
+            let again: Vec<usize> = keys
+                .iter()
+                .map(|key| lane_of(&key.clone(), lanes))
+                .collect();
+            assert_eq!(first, again);
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_every_lane() {
+        for lanes in [1, 8, 16] {
+            let mut used = vec![false; lanes];
+            for n in 0..1_000 {
+                let lane = lane_of(&format!("customers/{n}"), lanes);
+                assert!(lane < lanes, "{lane} of {lanes}");
+                used[lane] = true;
+            }
+            assert!(used.iter().all(|used| *used), "{used:?}");
         }
     }
 }

@@ -2,13 +2,14 @@
 //! forwarder, the in-flight ids — and the checks that open a stream.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::watch;
 use url::Url;
 
 use crate::delivery::attempt::CallContext;
+use crate::delivery::clock::now_ms;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::keys::{CredentialKeys, Evidence};
 use crate::delivery::plan::{Planned, Planner};
@@ -25,13 +26,6 @@ use crate::domain::validation::{FieldViolation, Violations};
 use crate::groove::pacer::PacerRegistry;
 use crate::groove::{CallError, GrooveAnswer, GrooveClient, Verification};
 use crate::store::{CredentialUpdate, Store, StoreError};
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Engine-wide knobs.
 #[derive(Clone, Debug)]

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use crate::delivery::engine::now_ms;
+use crate::delivery::clock::now_ms;
 use crate::domain::credential::{status_text, ApiKey, Refusal, StoredKey};
 use crate::groove::{CallError, GrooveAnswer};
 use crate::store::Store;

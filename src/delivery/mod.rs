@@ -7,7 +7,9 @@
 //! are bounded, so a stream is read only as fast as it is delivered.
 
 mod attempt;
+mod backoff;
 mod claimer;
+mod clock;
 mod dispatch;
 mod engine;
 mod in_flight;
@@ -24,8 +26,10 @@ mod webhook_guard;
 /// Groove's answer and a key check's verdict, as delivery reports them: `api/` reads them from here and never
 /// from the Groove client.
 pub use crate::groove::{GrooveAnswer, Verification};
+pub use backoff::Backoff;
+pub use clock::now_ms;
 pub use engine::{
-    now_ms, CredentialUpdateError, DeliveryError, Engine, EngineOptions, EngineStartError, Preview,
+    CredentialUpdateError, DeliveryError, Engine, EngineOptions, EngineStartError, Preview,
     TestPayload, TestSendError, TestSent,
 };
 pub use keys::REFUSALS_TO_STOP;

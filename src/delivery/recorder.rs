@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::delivery::backoff::Backoff;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::report::DeliveryReport;
 use crate::domain::outcome::Outcome;
@@ -25,9 +26,13 @@ const MAX_GROUP: usize = 512;
 const GATHER_FOR: std::time::Duration = std::time::Duration::from_millis(2);
 /// Groove's answer kept with a failed record is cut to this many bytes.
 const FAILED_BODY_CAP: usize = 16 * 1024;
-/// Tries of one group commit against a failing store (about 6 s in all).
+/// Tries of one group commit against a failing store.
 const PERSIST_ATTEMPTS: u32 = 6;
-const PERSIST_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+/// Waits between them: ceilings 0.4, 0.8, 1.6, 3.2 and 6.4 s, so about 6 s in all on average (at most 12.4 s).
+const PERSIST_BACKOFF: Backoff = Backoff::new(
+    std::time::Duration::from_millis(400),
+    std::time::Duration::from_millis(6_400),
+);
 
 enum Message {
     /// One report's entries, built by the caller so the report itself can move on to the client.
@@ -64,7 +69,7 @@ impl Recorder {
     pub async fn record(&self, destination_id: &str, report: &DeliveryReport) {
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
-        let now_ms = crate::delivery::engine::now_ms();
+        let now_ms = crate::delivery::clock::now_ms();
         collect(destination_id, report, now_ms, &mut delivered, &mut failed);
         let unrecorded = if report.outcome.is_recorded() {
             Vec::new()
@@ -193,14 +198,12 @@ where
     W: FnMut() -> F,
     F: Future<Output = Result<(), StoreError>>,
 {
-    let mut backoff = PERSIST_FIRST_BACKOFF;
     for attempt in 1..=PERSIST_ATTEMPTS {
         match write().await {
             Ok(()) => return,
             Err(error) if attempt < PERSIST_ATTEMPTS => {
                 tracing::warn!(%error, attempt, what, "cannot write to the store; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                PERSIST_BACKOFF.wait(attempt).await;
             }
             Err(error) => tracing::error!(
                 %error,
@@ -279,5 +282,54 @@ fn collect(
             }
         }
         Outcome::Invalid | Outcome::Duplicate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn failing_store() -> StoreError {
+        StoreError::internal("writing", "disk on fire")
+    }
+
+    /// Runs `persist` against a store that fails `failures` times; the writes made and the time waited.
+    async fn persist_failing(failures: u32) -> (u32, Duration) {
+        let writes = AtomicU32::new(0);
+        let began = tokio::time::Instant::now();
+        persist("outcomes", 1, || {
+            let write = writes.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if write <= failures {
+                    Err(failing_store())
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        (writes.load(Ordering::SeqCst), began.elapsed())
+    }
+
+    fn ceilings(retries: u32) -> Duration {
+        (1..=retries).map(|n| PERSIST_BACKOFF.ceiling(n)).sum()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_store_is_retried_with_backoff() {
+        assert_eq!(persist_failing(0).await, (1, Duration::ZERO));
+        let (writes, waited) = persist_failing(3).await;
+        assert_eq!(writes, 4);
+        assert!(waited <= ceilings(3), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_keeps_failing_is_given_up_on() {
+        let (writes, waited) = persist_failing(u32::MAX).await;
+        assert_eq!(writes, PERSIST_ATTEMPTS);
+        assert!(waited <= ceilings(PERSIST_ATTEMPTS - 1), "{waited:?}");
     }
 }

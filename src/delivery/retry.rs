@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
+use crate::delivery::backoff::Backoff;
 use crate::domain::destination::HttpMethod;
 use crate::groove::{retry_after, CallError, GrooveAnswer};
 
@@ -135,13 +136,12 @@ pub fn decide(
     }
 }
 
+/// The backoff of Groove calls: the shared policy ([`Backoff`]) with this module's base and cap.
+pub const BACKOFF: Backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+
 /// Full jitter: uniform in `[0, min(BACKOFF_CAP, BACKOFF_BASE · 2^(attempt-1))]`, `attempt` counting from 1.
-/// Jitter spreads the retries of calls that failed together.
 pub fn backoff(attempt: u32, rng: &mut impl Rng) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(16);
-    let ceiling = BACKOFF_BASE.saturating_mul(1 << doublings).min(BACKOFF_CAP);
-    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(rng.random_range(0..=nanos))
+    BACKOFF.delay(attempt, rng)
 }
 
 struct Budget {

@@ -16,10 +16,13 @@ mod ledger;
 mod migrations;
 mod per_record;
 mod readers;
+mod stored;
 mod writer;
 
 #[cfg(test)]
 mod claim_tests;
+#[cfg(test)]
+mod compat_tests;
 #[cfg(test)]
 mod record_tests;
 #[cfg(test)]

@@ -1,10 +1,12 @@
-//! SQL for the `destinations` table: scalar columns for what is queried, the configuration as JSON text.
+//! SQL for the `destinations` table: scalar columns for what is queried, the configuration as JSON text in the
+//! versioned format of [`stored::config`].
 //!
 //! Concurrency is settled in SQL, the way a shared PostgreSQL store would have to: updates and deletes are
 //! compare-and-swap on `revision`, and the credential reference is a foreign key.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::stored;
 use crate::domain::destination::{Destination, DestinationState};
 use crate::store::error::{Context, StoreError, DESTINATION};
 
@@ -207,7 +209,7 @@ fn write_error(err: rusqlite::Error, destination: &Destination, doing: &str) -> 
 }
 
 fn config_json(destination: &Destination) -> Result<String, StoreError> {
-    serde_json::to_string(&destination.config).context(|| {
+    stored::config::encode(&destination.config).context(|| {
         format!(
             "encoding the configuration of destination destinations/{}",
             destination.id
@@ -255,7 +257,7 @@ impl StoredRow {
         let state = DestinationState::parse(&self.state).ok_or_else(|| {
             StoreError::corrupt(what(), format!("unknown state {:?}", self.state))
         })?;
-        let config = serde_json::from_str(&self.config_json)
+        let config = stored::config::decode(&self.config_json)
             .map_err(|err| StoreError::corrupt(what(), format!("configuration: {err}")))?;
         let revision = u64::try_from(self.revision)
             .map_err(|_| StoreError::corrupt(what(), format!("revision {}", self.revision)))?;

@@ -4,6 +4,7 @@
 use rusqlite::{params, params_from_iter, Connection, Row};
 
 use super::per_record::{is_missing_destination, padded_chunks, placeholders};
+use super::stored;
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
 use crate::store::error::{Context, StoreError};
@@ -50,10 +51,10 @@ pub(super) fn encode(entry: FailedRecordEntry) -> Result<EncodedFailure, StoreEr
     let request_headers = entry
         .request
         .as_ref()
-        .map(|request| serde_json::to_string(&request.headers))
+        .map(|request| stored::headers::encode(&request.headers))
         .transpose()
         .context(what)?;
-    let response_headers = serde_json::to_string(&entry.response_headers).context(what)?;
+    let response_headers = stored::headers::encode(&entry.response_headers).context(what)?;
     Ok(EncodedFailure {
         entry,
         request_headers,
@@ -504,7 +505,7 @@ impl StoredRow {
             .filter(|outcome| outcome.is_kept_as_failed())
             .ok_or_else(|| StoreError::corrupt(what(), format!("outcome {:?}", self.outcome)))?;
         let headers = |json: &str, which: &str| -> Result<Vec<(String, String)>, StoreError> {
-            serde_json::from_str(json)
+            stored::headers::decode(json)
                 .map_err(|err| StoreError::corrupt(what(), format!("{which} headers: {err}")))
         };
         // The table's CHECK keeps the request columns all set or all NULL.
