@@ -7,13 +7,12 @@ use std::collections::HashSet;
 
 use common::child::ChildServer;
 use common::flows::{self, active_destination, credential};
-use common::{start_sandbox, GrpcServer, TestServer};
+use common::{fields_of, start_sandbox, GrpcServer, TestServer};
 use groove_destination::proto::{self, send_records_request, Outcome};
 use groove_sandbox::{Faults, SandboxHandle, ScriptedAnswer};
 use prost::Message;
 use serde_json::json;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 /// What a gRPC client accepts by default, and what every answer here must fit in.
 const CLIENT_LIMIT: usize = 4 * 1024 * 1024;
@@ -274,18 +273,6 @@ async fn retrying_many_large_failed_records_answers_within_the_client_limit() {
         .failed_records
         .is_empty());
     server.stop().await;
-}
-
-fn fields_of(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .into_iter()
-                .map(|violation| violation.field)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Longest relative URL that still fits once joined to the sandbox's base URL.

@@ -5,14 +5,13 @@ mod common;
 
 use common::flows::{self, active_destination, raw, send};
 use common::GrpcServer;
-use common::{start_sandbox, TestServer, SANDBOX_KEY};
+use common::{fields_of, start_sandbox, TestServer, SANDBOX_KEY};
 use groove_destination::delivery::REFUSALS_TO_STOP;
 use groove_destination::proto::{self, credential::State, Outcome};
 use groove_sandbox::SandboxHandle;
 use prost_types::FieldMask;
 use serde_json::{json, Value};
 use tonic::Code;
-use tonic_types::StatusExt;
 
 /// A key the sandbox does not accept (until a test says so).
 const WRONG_KEY: &str = "wrong-groove-key-0000";
@@ -101,18 +100,6 @@ async fn update(
         .into_inner()
         .credential
         .expect("credential in response"))
-}
-
-fn fields_of(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .into_iter()
-                .map(|violation| violation.field)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn bearer(request: &groove_sandbox::ReceivedRequest) -> &str {

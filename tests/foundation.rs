@@ -3,26 +3,13 @@
 mod common;
 
 use common::GrpcServer;
-use common::{start_sandbox, TestServer, SANDBOX_KEY};
+use common::{fields_of, start_sandbox, TestServer, SANDBOX_KEY};
 use groove_destination::proto::{
     self, destination::State, destination_config::Endpoint, verify_credential_response::Verdict,
 };
 use tonic::{Code, Request};
-use tonic_types::StatusExt;
 
 const SECRET_KEY_TEXT: &str = "groove-key-which-must-never-leak-7f3e";
-
-fn fields_of(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .into_iter()
-                .map(|violation| violation.field)
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 async fn create_credential(server: &TestServer, id: &str, key: &str) -> proto::Credential {
     server

@@ -208,6 +208,20 @@ impl GrpcServer for TestServer {
     }
 }
 
+/// The fields a refusal's `google.rpc.BadRequest` names.
+pub fn fields_of(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|violation| violation.field)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Lowercase hex SHA-256 of `token`, as the callers file lists it.
 pub fn sha256_hex(token: &str) -> String {
     use sha2::Digest;
