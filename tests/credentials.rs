@@ -47,16 +47,7 @@ fn tickets_config(concurrency: u32) -> proto::DestinationConfig {
 }
 
 async fn create_credential(server: &impl GrpcServer, id: &str, key: &str) {
-    server
-        .credentials()
-        .await
-        .create_credential(proto::CreateCredentialRequest {
-            credential_id: id.to_string(),
-            display_name: format!("{id} key"),
-            api_key: key.to_string(),
-        })
-        .await
-        .expect("create credential");
+    flows::credential_with_key(server, id, key).await;
 }
 
 async fn get_credential(server: &impl GrpcServer, name: &str) -> proto::Credential {

@@ -12,19 +12,7 @@ use tonic::{Code, Request};
 const SECRET_KEY_TEXT: &str = "groove-key-which-must-never-leak-7f3e";
 
 async fn create_credential(server: &TestServer, id: &str, key: &str) -> proto::Credential {
-    server
-        .credentials()
-        .await
-        .create_credential(proto::CreateCredentialRequest {
-            credential_id: id.to_string(),
-            display_name: format!("{id} key"),
-            api_key: key.to_string(),
-        })
-        .await
-        .expect("create credential")
-        .into_inner()
-        .credential
-        .expect("credential in response")
+    common::flows::credential_with_key(server, id, key).await
 }
 
 fn template_config(template_id: &str, parameters: &[(&str, &str)]) -> proto::DestinationConfig {

@@ -248,16 +248,28 @@ pub mod flows {
     use super::{GrpcServer, SANDBOX_KEY};
 
     pub async fn credential(server: &impl GrpcServer, id: &str) {
+        credential_with_key(server, id, SANDBOX_KEY).await;
+    }
+
+    /// Stores `key` as credential `id`.
+    pub async fn credential_with_key(
+        server: &impl GrpcServer,
+        id: &str,
+        key: &str,
+    ) -> proto::Credential {
         server
             .credentials()
             .await
             .create_credential(proto::CreateCredentialRequest {
                 credential_id: id.to_string(),
                 display_name: format!("{id} key"),
-                api_key: SANDBOX_KEY.to_string(),
+                api_key: key.to_string(),
             })
             .await
-            .expect("create credential");
+            .expect("create credential")
+            .into_inner()
+            .credential
+            .expect("credential in response")
     }
 
     pub fn template(template_id: &str, parameters: &[(&str, &str)]) -> proto::DestinationConfig {
