@@ -75,6 +75,9 @@ pub struct Authenticator {
     /// The TLS layer requires and verifies client certificates.
     client_certificates: bool,
     public_reflection: bool,
+    /// Who calls when no caller is needed; made once, handed to every such call.
+    anonymous: Arc<Caller>,
+    unauthenticated: Arc<Caller>,
 }
 
 impl Authenticator {
@@ -85,6 +88,8 @@ impl Authenticator {
             callers: None,
             client_certificates: false,
             public_reflection: true,
+            anonymous: Caller::anonymous(),
+            unauthenticated: Caller::unauthenticated(),
         }
     }
 
@@ -97,6 +102,8 @@ impl Authenticator {
             callers,
             client_certificates,
             public_reflection,
+            anonymous: Caller::anonymous(),
+            unauthenticated: Caller::unauthenticated(),
         }
     }
 
@@ -108,12 +115,14 @@ impl Authenticator {
     /// check with [`Caller::may_use_destination`].
     pub fn admit(&self, path: &str, presented: &Presented<'_>) -> Result<Arc<Caller>, AuthError> {
         if !self.authenticates_callers() {
-            return Ok(Caller::anonymous());
+            return Ok(self.anonymous.clone());
         }
         let access = access_for(path);
         match access {
-            Access::Public => return Ok(Caller::unauthenticated()),
-            Access::Reflection if self.public_reflection => return Ok(Caller::unauthenticated()),
+            Access::Public => return Ok(self.unauthenticated.clone()),
+            Access::Reflection if self.public_reflection => {
+                return Ok(self.unauthenticated.clone())
+            }
             _ => {}
         }
         let caller = self.identify(presented)?;
