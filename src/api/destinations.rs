@@ -49,6 +49,7 @@ impl Destinations {
     /// Checks a full config against the domain rules; violations named from `destination.config`.
     fn validate(&self, config: &DestinationConfig) -> Result<(), ApiError> {
         validate_config(config, self.state.engine.base_url())
+            .map(drop)
             .map_err(|violations| ApiError::invalid_under("destination", violations))
     }
 

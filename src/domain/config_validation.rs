@@ -5,6 +5,7 @@
 //! Only the configuration is checked here; record bodies are checked per record by
 //! [`super::templates::check_record_fields`] and URLs again at render time by [`super::url_guard::resolve`].
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use url::{Host, Url};
 
 use super::destination::{
     BatchEnvelope, Batching, DeliveryOptions, DestinationConfig, Endpoint, GroupingAlgorithm,
-    ManualEndpoint, TemplateEndpoint, DEFAULT_BATCH_SIZE, MAX_ATTEMPTS_LIMIT, MAX_BATCH_SIZE,
-    MAX_CONCURRENCY, MAX_REQUEST_TIMEOUT,
+    HttpMethod, ManualEndpoint, TemplateEndpoint, DEFAULT_BATCH_SIZE, MAX_ATTEMPTS_LIMIT,
+    MAX_BATCH_SIZE, MAX_CONCURRENCY, MAX_REQUEST_TIMEOUT,
 };
 use super::headers::check_headers;
 use super::host_policy::{self, AddressClass};
@@ -99,33 +100,81 @@ pub fn apply_default_grouping(config: &mut DestinationConfig) {
     }
 }
 
+/// What validation parsed on its way, kept so that a renderer compiles a configuration without parsing it again
+/// (and so cannot disagree with the validation about what a text means).
+#[derive(Debug)]
+pub struct CheckedConfig {
+    /// The endpoint, parsed.
+    pub endpoint: CheckedEndpoint,
+    /// `exclude_attributes`, in order.
+    pub exclusions: Vec<FieldPath>,
+    /// `delivery.ordering_key_attribute`.
+    pub ordering_key: Option<FieldPath>,
+    /// `batching.group_by_attribute`, when batching is on.
+    pub group_by: Option<FieldPath>,
+}
+
+/// A checked endpoint.
+#[derive(Debug)]
+pub enum CheckedEndpoint {
+    Template {
+        /// The catalogue entry.
+        template: &'static Template,
+        /// Its path parameters, by name.
+        parameters: BTreeMap<String, Pattern>,
+    },
+    Manual {
+        method: HttpMethod,
+        /// The URL pattern, known to stay under the base URL.
+        url: Pattern,
+        /// Extra request headers, in the order given.
+        headers: Vec<(String, String)>,
+    },
+}
+
 /// Checks `config` against the catalogue and the configured Groove base URL; `Err` lists every violation.
 pub fn validate_config(
     config: &DestinationConfig,
     groove_base_url: &Url,
-) -> Result<(), Violations> {
+) -> Result<CheckedConfig, Violations> {
     let mut violations = Violations::default();
-    match &config.endpoint {
+    // `None` only with a violation already reported.
+    let endpoint = match &config.endpoint {
         Endpoint::Template(endpoint) => {
             validate_template(endpoint, &config.batching, groove_base_url, &mut violations)
         }
         Endpoint::Manual(endpoint) => {
-            validate_manual(endpoint, &config.batching, groove_base_url, &mut violations)
+            validate_manual(endpoint, &config.batching, groove_base_url, &mut violations).map(
+                |url| CheckedEndpoint::Manual {
+                    method: endpoint.method,
+                    url,
+                    headers: endpoint.headers.clone(),
+                },
+            )
         }
-    }
-    validate_batching(&config.batching, &mut violations);
+    };
+    let group_by = validate_batching(&config.batching, &mut violations);
+    let mut exclusions = Vec::with_capacity(config.exclude_attributes.len());
     for (index, path) in config.exclude_attributes.iter().enumerate() {
-        check_attribute_path(
-            &format!("config.exclude_attributes[{index}]"),
-            path,
-            &mut violations,
-        );
+        let field = format!("config.exclude_attributes[{index}]");
+        exclusions.extend(check_attribute_path(&field, path, &mut violations));
     }
     if let Some(webhook) = &config.response_webhook {
         validate_webhook(webhook, &mut violations);
     }
-    validate_delivery(&config.delivery, &mut violations);
-    violations.into_result()
+    let ordering_key = validate_delivery(&config.delivery, &mut violations);
+    violations.into_result()?;
+    let endpoint = endpoint.ok_or_else(|| {
+        let mut missing = Violations::default();
+        missing.push("config", "endpoint is required");
+        missing
+    })?;
+    Ok(CheckedConfig {
+        endpoint,
+        exclusions,
+        ordering_key,
+        group_by,
+    })
 }
 
 fn validate_template(
@@ -133,7 +182,7 @@ fn validate_template(
     batching: &Batching,
     base: &Url,
     violations: &mut Violations,
-) {
+) -> Option<CheckedEndpoint> {
     let id = endpoint.template_id.as_str();
     let template = if id.is_empty() {
         violations.push("config.template.template_id", "template id is required");
@@ -149,6 +198,7 @@ fn validate_template(
         found
     };
 
+    let mut parameters = BTreeMap::new();
     for (name, value) in &endpoint.parameters {
         let field = format!("config.template.parameters.{name}");
         if let Some(template) = template {
@@ -157,12 +207,12 @@ fn validate_template(
                 continue;
             }
         }
-        check_parameter_value(&field, name, value, violations);
+        if let Some(pattern) = check_parameter_value(&field, name, value, violations) {
+            parameters.insert(name.clone(), pattern);
+        }
     }
 
-    let Some(template) = template else {
-        return;
-    };
+    let template = template?;
     for parameter in template.parameters.iter().filter(|p| p.required) {
         if !endpoint.parameters.contains_key(parameter.name) {
             violations.push(
@@ -189,8 +239,7 @@ fn validate_template(
         .parameters
         .iter()
         .filter_map(|parameter| {
-            let value = endpoint.parameters.get(parameter.name)?;
-            let literal = Pattern::parse(value).ok()?.as_literal()?;
+            let literal = parameters.get(parameter.name)?.as_literal()?;
             // Unsafe or empty literals are reported on their own field above.
             (!literal.trim().is_empty() && url_guard::is_safe_segment_value(&literal))
                 .then(|| (parameter.name, url_guard::encode_path_segment(&literal)))
@@ -220,6 +269,10 @@ fn validate_template(
         }
         Err(error) => violations.push("config.template.template_id", error.to_string()),
     }
+    Some(CheckedEndpoint::Template {
+        template,
+        parameters,
+    })
 }
 
 fn unknown_parameter(template: &Template, name: &str) -> String {
@@ -239,19 +292,32 @@ fn unknown_parameter(template: &Template, name: &str) -> String {
 }
 
 /// A literal is checked as the path segment it becomes; a reference is checked again per record.
-fn check_parameter_value(field: &str, name: &str, value: &str, violations: &mut Violations) {
-    match Pattern::parse(value) {
-        Err(error) => violations.push(field, error.to_string()),
-        Ok(pattern) => match pattern.as_literal() {
-            Some(literal) if literal.trim().is_empty() => {
-                violations.push(field, format!("path parameter \"{name}\" is empty"));
-            }
-            Some(literal) if !url_guard::is_safe_segment_value(&literal) => violations.push(
+fn check_parameter_value(
+    field: &str,
+    name: &str,
+    value: &str,
+    violations: &mut Violations,
+) -> Option<Pattern> {
+    let pattern = match Pattern::parse(value) {
+        Err(error) => {
+            violations.push(field, error.to_string());
+            return None;
+        }
+        Ok(pattern) => pattern,
+    };
+    match pattern.as_literal() {
+        Some(literal) if literal.trim().is_empty() => {
+            violations.push(field, format!("path parameter \"{name}\" is empty"));
+            None
+        }
+        Some(literal) if !url_guard::is_safe_segment_value(&literal) => {
+            violations.push(
                 field,
                 format!("path parameter \"{name}\" must not be \".\" or \"..\" or contain such a path segment"),
-            ),
-            _ => {}
-        },
+            );
+            None
+        }
+        _ => Some(pattern),
     }
 }
 
@@ -260,9 +326,12 @@ fn validate_manual(
     batching: &Batching,
     base: &Url,
     violations: &mut Violations,
-) {
-    match url_guard::check_pattern(base, &endpoint.url) {
-        Err(error) => violations.push("config.manual.url", error.to_string()),
+) -> Option<Pattern> {
+    let pattern = match url_guard::check_pattern(base, &endpoint.url) {
+        Err(error) => {
+            violations.push("config.manual.url", error.to_string());
+            None
+        }
         Ok(pattern) => {
             // A batch is one call: its records must agree on the URL, which only rendered-request grouping ensures.
             if batching.enabled
@@ -274,17 +343,20 @@ fn validate_manual(
                     "manual url references record fields, so batches must group by rendered request",
                 );
             }
+            Some(pattern)
         }
-    }
+    };
     for (index, error) in check_headers(&endpoint.headers) {
         violations.push(format!("config.manual.headers[{index}]"), error.to_string());
     }
+    pattern
 }
 
-fn validate_batching(batching: &Batching, violations: &mut Violations) {
+/// Returns the parsed `group_by_attribute` of enabled batching.
+fn validate_batching(batching: &Batching, violations: &mut Violations) -> Option<FieldPath> {
     // Knobs of disabled batching do nothing; they are checked again whenever batching is switched on.
     if !batching.enabled {
-        return;
+        return None;
     }
     if !(1..=MAX_BATCH_SIZE).contains(&batching.batch_size) {
         violations.push(
@@ -295,16 +367,19 @@ fn validate_batching(batching: &Batching, violations: &mut Violations) {
             ),
         );
     }
-    match (&batching.grouping, &batching.group_by_attribute) {
-        (GroupingAlgorithm::AttributeValue, None) => violations.push(
-            "config.batching.group_by_attribute",
-            "grouping by attribute value needs group_by_attribute",
-        ),
+    let group_by = match (&batching.grouping, &batching.group_by_attribute) {
+        (GroupingAlgorithm::AttributeValue, None) => {
+            violations.push(
+                "config.batching.group_by_attribute",
+                "grouping by attribute value needs group_by_attribute",
+            );
+            None
+        }
         (_, Some(path)) => {
             check_attribute_path("config.batching.group_by_attribute", path, violations)
         }
-        _ => {}
-    }
+        _ => None,
+    };
     if let BatchEnvelope::Wrapped { key } = &batching.envelope {
         if key.trim().is_empty() {
             violations.push(
@@ -313,6 +388,7 @@ fn validate_batching(batching: &Batching, violations: &mut Violations) {
             );
         }
     }
+    group_by
 }
 
 fn validate_webhook(webhook: &str, violations: &mut Violations) {
@@ -357,7 +433,8 @@ fn validate_webhook(webhook: &str, violations: &mut Violations) {
     }
 }
 
-fn validate_delivery(delivery: &DeliveryOptions, violations: &mut Violations) {
+/// Returns the parsed `ordering_key_attribute`.
+fn validate_delivery(delivery: &DeliveryOptions, violations: &mut Violations) -> Option<FieldPath> {
     let max_timeout_ms = MAX_REQUEST_TIMEOUT.as_millis();
     if !(1..=MAX_CONCURRENCY).contains(&delivery.concurrency) {
         violations.push(
@@ -386,15 +463,15 @@ fn validate_delivery(delivery: &DeliveryOptions, violations: &mut Violations) {
             ),
         );
     }
-    if let Some(path) = &delivery.ordering_key_attribute {
-        check_attribute_path("config.delivery.ordering_key_attribute", path, violations);
-    }
+    delivery.ordering_key_attribute.as_ref().and_then(|path| {
+        check_attribute_path("config.delivery.ordering_key_attribute", path, violations)
+    })
 }
 
-fn check_attribute_path(field: &str, path: &str, violations: &mut Violations) {
-    if let Err(error) = FieldPath::parse(path) {
-        violations.push(field, error.to_string());
-    }
+fn check_attribute_path(field: &str, path: &str, violations: &mut Violations) -> Option<FieldPath> {
+    FieldPath::parse(path)
+        .map_err(|error| violations.push(field, error.to_string()))
+        .ok()
 }
 
 #[cfg(test)]
@@ -438,7 +515,7 @@ mod tests {
 
     fn violations(config: &DestinationConfig) -> Vec<(String, String)> {
         match validate_config(config, &base()) {
-            Ok(()) => vec![],
+            Ok(_) => vec![],
             Err(found) => found
                 .0
                 .into_iter()
@@ -482,7 +559,10 @@ mod tests {
         assert!(fields(&config).is_empty());
         // Local sandbox base URL, without trailing slash.
         let local = Url::parse("http://127.0.0.1:40123/v1").unwrap();
-        assert_eq!(validate_config(&manual("tickets", &[]), &local), Ok(()));
+        assert_eq!(
+            validate_config(&manual("tickets", &[]), &local).map(drop),
+            Ok(())
+        );
     }
 
     #[test]

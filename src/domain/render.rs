@@ -25,8 +25,8 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::call::PlannedCall;
-use super::config_validation::validate_config;
-use super::destination::{DestinationConfig, Endpoint, GroupingAlgorithm, HttpMethod};
+use super::config_validation::{validate_config, CheckedEndpoint};
+use super::destination::{DestinationConfig, GroupingAlgorithm, HttpMethod};
 use super::reference::{FieldPath, Pattern};
 use super::templates::{check_record_fields, DefaultOrdering, Normalisation, Template};
 use super::url_guard::{self, UrlGuardError};
@@ -140,50 +140,46 @@ impl Renderer {
     /// Compiles a destination's configuration. The configuration is validated first (as CreateDestination does),
     /// so a renderer only exists for a configuration that can be sent; every violation is reported at once.
     pub fn new(config: &DestinationConfig, groove_base_url: &Url) -> Result<Renderer, Violations> {
-        validate_config(config, groove_base_url)?;
+        let checked = validate_config(config, groove_base_url)?;
         let base = url_guard::normalised_base(groove_base_url)
             .map_err(|error| single("config", error.to_string()))?;
 
-        let (method, target, headers, template) = match &config.endpoint {
-            Endpoint::Template(endpoint) => {
-                let template = super::templates::find(&endpoint.template_id).ok_or_else(|| {
-                    single(
-                        "config.template.template_id",
-                        format!("unknown template id \"{}\"", endpoint.template_id),
-                    )
-                })?;
-                let target = compile_template_path(template, &endpoint.parameters, &base)?;
+        let (method, target, headers, template) = match checked.endpoint {
+            CheckedEndpoint::Template {
+                template,
+                parameters,
+            } => {
+                let target = compile_template_path(template, parameters, &base)?;
                 (template.method, target, Arc::from([]), Some(template))
             }
-            Endpoint::Manual(endpoint) => {
-                let field = "config.manual.url";
-                let pattern = url_guard::check_pattern(&base, &endpoint.url)
-                    .map_err(|error| single(field, error.to_string()))?;
+            CheckedEndpoint::Manual {
+                method,
+                url: pattern,
+                headers,
+            } => {
                 let target = match pattern.as_literal() {
                     Some(literal) => Target::Fixed(
                         url_guard::resolve(&base, &literal)
-                            .map_err(|error| single(field, error.to_string()))?,
+                            .map_err(|error| single("config.manual.url", error.to_string()))?,
                     ),
                     None => Target::Manual(pattern),
                 };
-                let headers: Arc<[(String, String)]> = endpoint.headers.clone().into();
-                (endpoint.method, target, headers, None)
+                (method, target, Arc::from(headers), None)
             }
         };
 
-        let mut exclusions = Vec::with_capacity(config.exclude_attributes.len());
-        for (index, text) in config.exclude_attributes.iter().enumerate() {
-            let path = parse_path(&format!("config.exclude_attributes[{index}]"), text)?;
-            exclusions.push(Exclusion {
+        let exclusions: Vec<Exclusion> = config
+            .exclude_attributes
+            .iter()
+            .zip(checked.exclusions)
+            .map(|(text, path)| Exclusion {
                 literal: text.clone(),
                 nested: (path.segments().len() > 1).then_some(path),
-            });
-        }
+            })
+            .collect();
 
-        let ordering = match (&config.delivery.ordering_key_attribute, template) {
-            (Some(text), _) => {
-                KeyRule::Attribute(parse_path("config.delivery.ordering_key_attribute", text)?)
-            }
+        let ordering = match (checked.ordering_key, template) {
+            (Some(path), _) => KeyRule::Attribute(path),
             (None, Some(template))
                 if template.default_ordering == DefaultOrdering::RenderedPath =>
             {
@@ -193,13 +189,16 @@ impl Renderer {
         };
 
         let batching = &config.batching;
-        let grouping = match (batching.enabled, batching.grouping) {
-            (false, _) | (true, GroupingAlgorithm::ArrivalOrder) => KeyRule::None,
-            (true, GroupingAlgorithm::AttributeValue) => {
-                let text = batching.group_by_attribute.as_deref().unwrap_or_default();
-                KeyRule::Attribute(parse_path("config.batching.group_by_attribute", text)?)
+        let grouping = match (batching.enabled, batching.grouping, checked.group_by) {
+            (false, _, _) | (true, GroupingAlgorithm::ArrivalOrder, _) => KeyRule::None,
+            (true, GroupingAlgorithm::AttributeValue, Some(path)) => KeyRule::Attribute(path),
+            (true, GroupingAlgorithm::AttributeValue, None) => {
+                return Err(single(
+                    "config.batching.group_by_attribute",
+                    "grouping by attribute value needs group_by_attribute",
+                ))
             }
-            (true, GroupingAlgorithm::RenderedRequest) => KeyRule::Rendered,
+            (true, GroupingAlgorithm::RenderedRequest, _) => KeyRule::Rendered,
         };
 
         let needs_tree = template.is_some()
@@ -487,7 +486,7 @@ fn key_text(value: &Value) -> Option<String> {
 /// segment now; a value with references is kept as a pattern and encoded, whole, as one segment per record.
 fn compile_template_path(
     template: &'static Template,
-    parameters: &BTreeMap<String, String>,
+    mut parameters: BTreeMap<String, Pattern>,
     base: &Url,
 ) -> Result<Target, Violations> {
     let mut parts: Vec<PathPart> = Vec::new();
@@ -503,17 +502,15 @@ fn compile_template_path(
             text.push_str(segment);
             continue;
         };
-        let field = format!("config.template.parameters.{name}");
-        let value = parameters.get(name).ok_or_else(|| {
+        let pattern = parameters.remove(name).ok_or_else(|| {
             single(
-                &field,
+                format!("config.template.parameters.{name}"),
                 format!(
                     "missing required path parameter \"{name}\" of template \"{}\"",
                     template.id
                 ),
             )
         })?;
-        let pattern = Pattern::parse(value).map_err(|error| single(&field, error.to_string()))?;
         match pattern.as_literal() {
             Some(literal) => url_guard::push_path_segment(&literal, &mut text),
             None => {
@@ -615,10 +612,6 @@ fn guard_violation<'p>(
     }
 }
 
-fn parse_path(field: &str, text: &str) -> Result<FieldPath, Violations> {
-    FieldPath::parse(text).map_err(|error| single(field, error.to_string()))
-}
-
 fn single(field: impl Into<String>, description: impl Into<String>) -> Violations {
     Violations(vec![FieldViolation::new(field, description)])
 }
@@ -707,7 +700,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::domain::destination::{Batching, ContentFormat, ManualEndpoint, TemplateEndpoint};
+    use crate::domain::destination::{
+        Batching, ContentFormat, Endpoint, ManualEndpoint, TemplateEndpoint,
+    };
 
     const BASE: &str = "https://api.groovehq.com/v1";
 
