@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::keys::{Evidence, KeyEntry, KeyState};
-use crate::delivery::report::{CallResult, DeliveryReport, DeliveryUnit, PlannedCall};
+use crate::delivery::report::{DeliveryReport, DeliveryUnit, PlannedCall};
 use crate::delivery::retry::{decide, Attempts, Decision};
 use crate::domain::destination::DeliveryOptions;
 use crate::domain::outcome::Outcome;
@@ -36,10 +36,11 @@ pub enum UnitEnd {
 
 /// The end of one call after its retries.
 enum CallEnd {
-    Finished(CallResult),
+    /// The call's report, with no records yet.
+    Finished(DeliveryReport),
     /// Groove refuses the credential's key: the call was not sent (again). Earlier attempts of it, if any, were
     /// ones that are safe to repeat.
-    KeyRefused(CallResult),
+    KeyRefused(DeliveryReport),
     /// The stream stopped while the call waited (for the pacer, or before a retry); no attempt of it that could
     /// have reached Groove was made.
     Stopped,
@@ -56,36 +57,36 @@ pub async fn deliver(
 ) -> UnitEnd {
     let started = Instant::now();
     let mut attempts = 0;
-    let mut last: Option<(CallResult, usize)> = None;
+    let mut last: Option<(DeliveryReport, usize)> = None;
     let mut last_sent = true;
     for (index, call) in unit.calls.iter().enumerate() {
-        let result = match send_with_retries(context, connection, call, stop).await {
-            CallEnd::Finished(result) => result,
-            CallEnd::KeyRefused(result) => {
-                last_sent = result.attempts > 0;
-                result
+        let report = match send_with_retries(context, connection, call, stop).await {
+            CallEnd::Finished(report) => report,
+            CallEnd::KeyRefused(report) => {
+                last_sent = report.attempts > 0;
+                report
             }
             CallEnd::Stopped if index == 0 || unit.repeatable => return UnitEnd::Released(unit),
             // Earlier calls of a create were delivered: sending the unit again would repeat them.
-            CallEnd::Stopped => CallResult {
-                outcome: Outcome::Failed,
-                answer: None,
-                attempts: 0,
-                error: format!(
+            CallEnd::Stopped => DeliveryReport::call_ended(
+                Outcome::Failed,
+                None,
+                0,
+                format!(
                     "stopped after {index} of {} calls, which were delivered; not sent again on its own",
                     unit.calls.len()
                 ),
-                maybe_delivered: true,
-            },
+                true,
+            ),
         };
-        attempts += result.attempts;
-        let delivered = result.outcome == Outcome::Delivered;
-        last = Some((result, index));
+        attempts += report.attempts;
+        let delivered = report.outcome == Outcome::Delivered;
+        last = Some((report, index));
         if !delivered {
             break;
         }
     }
-    let Some((mut result, index)) = last else {
+    let Some((mut report, index)) = last else {
         return UnitEnd::Reported(Box::new(DeliveryReport::invalid_records(
             unit.record_ids,
             unit.records,
@@ -93,11 +94,11 @@ pub async fn deliver(
             "record renders to no call",
         )));
     };
-    if result.outcome != Outcome::Delivered && index > 0 && !unit.repeatable {
-        result.maybe_delivered = true;
-        result.error = format!(
+    if report.outcome != Outcome::Delivered && index > 0 && !unit.repeatable {
+        report.maybe_delivered = true;
+        report.error = format!(
             "{} (after {index} of {} calls were delivered, so it is not sent again on its own)",
-            result.error,
+            report.error,
             unit.calls.len()
         );
     }
@@ -107,16 +108,13 @@ pub async fn deliver(
         mut calls,
         ..
     } = unit;
+    report.record_ids = record_ids;
+    report.records = records;
+    report.attempts = attempts;
+    report.latency = started.elapsed();
     // A call never sent is not shown as the request sent.
-    let call = last_sent.then(|| calls.swap_remove(index));
-    UnitEnd::Reported(Box::new(DeliveryReport::called(
-        record_ids,
-        records,
-        result,
-        attempts,
-        started.elapsed(),
-        call,
-    )))
+    report.call = last_sent.then(|| calls.swap_remove(index));
+    UnitEnd::Reported(Box::new(report))
 }
 
 async fn send_with_retries(
@@ -189,38 +187,27 @@ async fn send_with_retries(
 /// The end of a call whose credential's key Groove refuses, when it does.
 fn key_refused(context: &CallContext, key: &KeyState, attempts: Attempts) -> Option<CallEnd> {
     let refusal = key.refusal.as_ref()?;
-    Some(CallEnd::KeyRefused(CallResult {
-        outcome: Outcome::Failed,
-        answer: None,
-        attempts: attempts.total,
-        error: refusal.record_error(context.key.credential_id()),
-        maybe_delivered: false,
-    }))
+    Some(CallEnd::KeyRefused(DeliveryReport::call_ended(
+        Outcome::Failed,
+        None,
+        attempts.total,
+        refusal.record_error(context.key.credential_id()),
+        false,
+    )))
 }
 
-fn finished(result: Result<GrooveAnswer, CallError>, attempts: u32) -> CallResult {
+fn finished(result: Result<GrooveAnswer, CallError>, attempts: u32) -> DeliveryReport {
     match result {
-        Ok(answer) if (200..300).contains(&answer.status) => CallResult {
-            outcome: Outcome::Delivered,
-            answer: Some(answer),
-            attempts,
-            error: String::new(),
-            maybe_delivered: false,
-        },
-        Ok(answer) => CallResult {
-            outcome: Outcome::Rejected,
-            error: format!("groove answered {}", answer.status),
-            answer: Some(answer),
-            attempts,
-            maybe_delivered: false,
-        },
-        Err(error) => CallResult {
-            outcome: Outcome::Failed,
-            answer: None,
-            attempts,
-            error: error.to_string(),
-            maybe_delivered: false,
-        },
+        Ok(answer) if (200..300).contains(&answer.status) => {
+            DeliveryReport::call_ended(Outcome::Delivered, Some(answer), attempts, "", false)
+        }
+        Ok(answer) => {
+            let error = format!("groove answered {}", answer.status);
+            DeliveryReport::call_ended(Outcome::Rejected, Some(answer), attempts, error, false)
+        }
+        Err(error) => {
+            DeliveryReport::call_ended(Outcome::Failed, None, attempts, error.to_string(), false)
+        }
     }
 }
 
@@ -229,14 +216,14 @@ fn failed(
     attempts: u32,
     reason: String,
     maybe_delivered: bool,
-) -> CallResult {
-    CallResult {
-        outcome: Outcome::Failed,
-        answer: result.ok(),
+) -> DeliveryReport {
+    DeliveryReport::call_ended(
+        Outcome::Failed,
+        result.ok(),
         attempts,
-        error: reason,
+        reason,
         maybe_delivered,
-    }
+    )
 }
 
 #[cfg(test)]

@@ -39,15 +39,6 @@ pub struct DeliveryUnit {
     pub repeatable: bool,
 }
 
-/// How one call ended after its retries; becomes a [`DeliveryReport`] with [`DeliveryReport::called`].
-pub(crate) struct CallResult {
-    pub outcome: Outcome,
-    pub answer: Option<GrooveAnswer>,
-    pub attempts: u32,
-    pub error: String,
-    pub maybe_delivered: bool,
-}
-
 /// How a unit ended.
 #[derive(Clone, Debug)]
 pub struct DeliveryReport {
@@ -70,26 +61,20 @@ pub struct DeliveryReport {
 }
 
 impl DeliveryReport {
-    /// A unit whose calls were made: how the last one ended, with the attempts of them all.
-    pub(crate) fn called(
-        record_ids: Vec<String>,
-        records: Vec<RecordJson>,
-        result: CallResult,
+    /// How one call ended after its retries, before it is known which records it carried: the unit's
+    /// delivery fills in the records, the call shown, the attempts of all its calls and the time taken.
+    pub(crate) fn call_ended(
+        outcome: Outcome,
+        answer: Option<GrooveAnswer>,
         attempts: u32,
-        latency: Duration,
-        call: Option<PlannedCall>,
+        error: impl Into<String>,
+        maybe_delivered: bool,
     ) -> Self {
         DeliveryReport {
-            record_ids,
-            outcome: result.outcome,
-            answer: result.answer,
+            answer,
             attempts,
-            latency,
-            error: result.error,
-            field: String::new(),
-            call,
-            records,
-            maybe_delivered: result.maybe_delivered,
+            maybe_delivered,
+            ..DeliveryReport::unsent_records(Vec::new(), Vec::new(), outcome, error)
         }
     }
 
