@@ -3,6 +3,7 @@
 //! `serve` is what `main` and the integration tests both call: it runs the server on a listener until the
 //! shutdown future resolves.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod delivery;

@@ -2,6 +2,8 @@
 //! when
 //! - `src/domain/` names gRPC or HTTP crates (tonic, hyper, reqwest, http) or another layer of the service
 //!   (`crate::store`, `crate::groove`, `crate::delivery`, `crate::api`): the rules stay pure;
+//! - `src/admin/` names gRPC or HTTP client crates, the Groove client or `crate::api`: admin changes are
+//!   domain operations on the store, which the gRPC layer only translates;
 //! - `src/api/` names the Groove client (`crate::groove`) or an HTTP client crate (hyper, reqwest): only
 //!   delivery calls Groove.
 //!
@@ -40,6 +42,21 @@ const RULES: &[Rule] = &[
         layer: "api",
         crates: &["hyper", "hyper_util", "hyper_rustls", "reqwest"],
         modules: &["groove"],
+    },
+    Rule {
+        layer: "admin",
+        crates: &[
+            "tonic",
+            "tonic_types",
+            "tonic_reflection",
+            "tonic_health",
+            "prost",
+            "hyper",
+            "hyper_util",
+            "hyper_rustls",
+            "reqwest",
+        ],
+        modules: &["groove", "api"],
     },
 ];
 

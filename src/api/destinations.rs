@@ -6,9 +6,10 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 use url::Url;
 
+use crate::admin::NewDestination;
 use crate::api::convert::{
     batching_from_proto, config_from_proto, delivery_from_proto, destination_to_proto, duration,
-    endpoint_from_proto, method_from_proto, now_ms, page_request, parse_etag, webhook_from_proto,
+    endpoint_from_proto, method_from_proto, page_request, parse_etag, webhook_from_proto,
 };
 use crate::api::error::ApiError;
 use crate::api::guard;
@@ -18,9 +19,7 @@ use crate::api::templates::template_to_proto;
 use crate::api::AppState;
 use crate::auth::{check_destination, AuthError, Caller};
 use crate::delivery::{PlannedCall, TestPayload, TestSent};
-use crate::domain::config_validation::{
-    apply_default_grouping, check_display_name, validate_config,
-};
+use crate::domain::config_validation::{apply_default_grouping, check_display_name};
 use crate::domain::destination::{Destination, DestinationConfig, DestinationState};
 use crate::domain::headers::check_header;
 use crate::domain::templates;
@@ -34,8 +33,6 @@ use crate::proto::{self, destination_config, preview_requests_request, test_dest
 const MAX_PREVIEW_RECORDS: usize = 1000;
 /// Fields an empty update mask stands for.
 const UPDATABLE_FIELDS: [&str; 3] = ["display_name", "credential", "config"];
-/// How often a state change is retried when a concurrent write got there first.
-const STATE_CHANGE_ATTEMPTS: usize = 3;
 
 pub struct Destinations {
     state: AppState,
@@ -44,13 +41,6 @@ pub struct Destinations {
 impl Destinations {
     pub fn new(state: AppState) -> Self {
         Destinations { state }
-    }
-
-    /// Checks a full config against the domain rules; violations named from `destination.config`.
-    fn validate(&self, config: &DestinationConfig) -> Result<(), ApiError> {
-        validate_config(config, self.state.engine.base_url())
-            .map(drop)
-            .map_err(|violations| ApiError::invalid_under("destination", violations))
     }
 
     /// The credential and configuration of a destination to be (CreateDestination, under `destination`) or of a
@@ -89,7 +79,7 @@ impl Destinations {
             }
         };
         if let Some(config) = &config {
-            if let Err(found) = validate_config(config, self.state.engine.base_url()) {
+            if let Err(found) = self.state.destinations.validate(config) {
                 violations
                     .0
                     .extend(found.0.into_iter().map(|mut violation| {
@@ -106,44 +96,21 @@ impl Destinations {
         Ok(self.state.store.get_destination(&id).await?)
     }
 
-    /// Moves a destination to `target`, retrying when a concurrent write changed its revision meanwhile.
+    /// Moves a destination to `target` as its lifecycle allows.
     async fn change_state(
         &self,
         caller: &Caller,
         name: &str,
         target: DestinationState,
     ) -> Result<Destination, ApiError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let current = self.get("name", name).await?;
-            let Some(state) = current.state.transition(name, target)? else {
-                return Ok(current);
-            };
-            let changed = Destination {
-                state,
-                revision: current.revision + 1,
-                update_time_ms: now_ms(),
-                ..current.clone()
-            };
-            match self
-                .state
-                .store
-                .update_destination(changed, current.revision)
-                .await
-            {
-                Ok(saved) => {
-                    tracing::info!(destination = %name, caller = caller.name(), state = saved.state.as_str(), "destination state changed");
-                    return Ok(saved);
-                }
-                Err(crate::store::StoreError::RevisionMismatch { .. })
-                    if attempt < STATE_CHANGE_ATTEMPTS =>
-                {
-                    continue
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+        let id = DESTINATIONS.parse_name("name", name)?;
+        let saved = self
+            .state
+            .destinations
+            .change_state(name, &id, target)
+            .await?;
+        tracing::info!(destination = %name, caller = caller.name(), state = saved.state.as_str(), "destination state changed");
+        Ok(saved)
     }
 }
 
@@ -153,7 +120,7 @@ fn apply_update(
     current: &mut Destination,
     incoming: proto::Destination,
     paths: &[String],
-) -> Result<(), ApiError> {
+) -> Result<(), Violations> {
     let mut violations = Violations::default();
     let config = incoming.config.unwrap_or_default();
     let mut grouping_given = true;
@@ -168,8 +135,11 @@ fn apply_update(
                 current.display_name = incoming.display_name.trim().to_string();
             }
             "credential" => {
-                current.credential_id =
-                    CREDENTIALS.parse_name("destination.credential", &incoming.credential)?;
+                match CREDENTIALS.parse_name("destination.credential", &incoming.credential) {
+                    Ok(id) => current.credential_id = id,
+                    Err(ApiError::InvalidArgument(found)) => violations.0.extend(found.0),
+                    Err(other) => violations.push("destination.credential", other.to_string()),
+                }
             }
             "config" => match config_from_proto(config.clone()) {
                 Ok(mut new_config) => {
@@ -233,17 +203,18 @@ fn apply_update(
     }
     // Violations from config conversion are named from `config`; report them from the request root.
     violations.into_result().map_err(|found| {
-        let rooted = found
-            .0
-            .into_iter()
-            .map(|mut violation| {
-                if violation.field.starts_with("config") {
-                    violation.field = format!("destination.{}", violation.field);
-                }
-                violation
-            })
-            .collect();
-        ApiError::InvalidArgument(Violations(rooted))
+        Violations(
+            found
+                .0
+                .into_iter()
+                .map(|mut violation| {
+                    if violation.field.starts_with("config") {
+                        violation.field = format!("destination.{}", violation.field);
+                    }
+                    violation
+                })
+                .collect(),
+        )
     })
 }
 
@@ -283,21 +254,15 @@ impl DestinationService for Destinations {
         };
         let id = DESTINATIONS.new_id("destination_id", &request.destination_id)?;
         check_destination(&caller, &id).map_err(ApiError::from)?;
-        let now = now_ms();
-        let destination = Destination {
-            id,
-            display_name: incoming.display_name.trim().to_string(),
-            credential_id,
-            state: DestinationState::Inactive,
-            config,
-            create_time_ms: now,
-            update_time_ms: now,
-            revision: 1,
-        };
         let saved = self
             .state
-            .store
-            .create_destination(destination)
+            .destinations
+            .create(NewDestination {
+                id,
+                display_name: incoming.display_name.trim().to_string(),
+                credential_id,
+                config,
+            })
             .await
             .map_err(ApiError::from)?;
         tracing::info!(destination = %DESTINATIONS.name(&saved.id), caller = caller.name(), "destination created");
@@ -354,16 +319,8 @@ impl DestinationService for Destinations {
         let id = DESTINATIONS.parse_name("destination.name", &incoming.name)?;
         check_destination(&caller, &id).map_err(ApiError::from)?;
         let expected = parse_etag("destination.etag", &incoming.etag)?;
-        let current = self.get("destination.name", &incoming.name).await?;
-        if let Some(expected) = expected {
-            if expected != current.revision {
-                return Err(ApiError::Aborted(format!(
-                    "destination {} changed since etag {}; read it again",
-                    incoming.name, incoming.etag
-                ))
-                .into());
-            }
-        }
+        let name = incoming.name.clone();
+        let etag = incoming.etag.clone();
         let paths: Vec<String> = match request.update_mask {
             Some(mask) if !mask.paths.is_empty() => mask.paths,
             _ => UPDATABLE_FIELDS
@@ -371,15 +328,15 @@ impl DestinationService for Destinations {
                 .map(|field| field.to_string())
                 .collect(),
         };
-        let mut updated = current.clone();
-        apply_update(&mut updated, incoming, &paths)?;
-        self.validate(&updated.config)?;
-        updated.revision = current.revision + 1;
-        updated.update_time_ms = now_ms();
         let saved = self
             .state
-            .store
-            .update_destination(updated, current.revision)
+            .destinations
+            .update(
+                &name,
+                &id,
+                expected.map(|revision| (revision, etag.as_str())),
+                |destination| apply_update(destination, incoming, &paths),
+            )
             .await
             .map_err(ApiError::from)?;
         tracing::info!(destination = %DESTINATIONS.name(&saved.id), caller = caller.name(), fields = ?paths, "destination updated");
@@ -397,8 +354,8 @@ impl DestinationService for Destinations {
         let id = DESTINATIONS.parse_name("name", &request.name)?;
         let expected = parse_etag("etag", &request.etag)?;
         self.state
-            .store
-            .delete_destination(&id, expected)
+            .destinations
+            .delete(&id, expected)
             .await
             .map_err(ApiError::from)?;
         tracing::info!(destination = %request.name, caller = caller.name(), "destination deleted");

@@ -4,6 +4,7 @@ use thiserror::Error;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::admin::AdminError;
 use crate::auth::AuthError;
 use crate::delivery::{
     CredentialUpdateError, DeliveryError, Interruption, TestSendError, Unreadable,
@@ -71,6 +72,20 @@ impl From<DeliveryError> for ApiError {
             bad_config @ DeliveryError::BadConfig { .. } => {
                 ApiError::FailedPrecondition(bad_config.to_string())
             }
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(error: AdminError) -> Self {
+        match error {
+            AdminError::Invalid(violations) => ApiError::InvalidArgument(violations),
+            AdminError::InvalidConfig(violations) => {
+                ApiError::invalid_under("destination", violations)
+            }
+            AdminError::Lifecycle(error) => error.into(),
+            AdminError::Changed { .. } => ApiError::Aborted(error.to_string()),
+            AdminError::Store(store) => ApiError::Store(store),
         }
     }
 }

@@ -13,6 +13,7 @@ mod names;
 mod results;
 mod templates;
 
+use crate::admin::DestinationAdmin;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -35,11 +36,17 @@ use crate::ServeError;
 pub struct AppState {
     store: Arc<dyn Store>,
     engine: Engine,
+    destinations: DestinationAdmin,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, engine: Engine) -> Self {
-        AppState { store, engine }
+        let destinations = DestinationAdmin::new(store.clone(), engine.base_url().clone());
+        AppState {
+            store,
+            engine,
+            destinations,
+        }
     }
 }
 
