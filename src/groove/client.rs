@@ -425,7 +425,7 @@ mod tests {
                 Some(reply) => {
                     let _ = socket.write_all(reply).await;
                 }
-                None => tokio::time::sleep(Duration::from_secs(5)).await,
+                None => tokio::time::sleep(Duration::from_secs(60)).await,
             }
             received
         });
@@ -528,10 +528,18 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    /// On paused time: the clock moves on only while every task waits, so the timeout fires after the server has
+    /// read the whole request and gone quiet, however slow the machine.
+    #[tokio::test(start_paused = true)]
     async fn no_answer_in_time_may_have_been_sent() {
-        let (base, _served) = one_shot_server(whole_post, None).await;
-        let outcome = post_with_key(&base, Duration::from_millis(300)).await;
+        let (base, served) = one_shot_server(whole_post, None).await;
+        let started = tokio::time::Instant::now();
+        let outcome = post_with_key(&base, Duration::from_secs(10)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(
+            whole_post(&served.await.unwrap()),
+            "the request was sent whole"
+        );
         match outcome {
             Err(CallError::MaybeSent { reason }) => {
                 assert!(reason.contains("no complete answer within"), "{reason}")
