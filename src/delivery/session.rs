@@ -211,7 +211,7 @@ impl Intake<'_> {
                 biased;
                 () = self.stop.token.cancelled() => break,
                 () = sleep_until_deadline(deadline) => {
-                    let due = self.planner.take_due(std::time::Instant::now());
+                    let due = self.planner.take_due();
                     self.send_batches(due).await;
                 }
                 Some(candidate) = self.waiting.next(), if !self.waiting.is_empty() => {
@@ -518,9 +518,9 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn sleep_until_deadline(deadline: Option<std::time::Instant>) {
+async fn sleep_until_deadline(deadline: Option<Instant>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(Instant::from_std(deadline)).await,
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
