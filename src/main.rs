@@ -1,6 +1,7 @@
 //! The groove-destination server: read settings, set up logging, serve until SIGTERM or SIGINT.
 
 use clap::Parser;
+use groove_destination::cli::send::SendArgs;
 use groove_destination::settings::{LogFormat, Settings};
 
 /// Blocking threads serve the store's reads. A few suffice (the store keeps four reader connections), and
@@ -8,6 +9,10 @@ use groove_destination::settings::{LogFormat, Settings};
 const MAX_BLOCKING_THREADS: usize = 8;
 
 fn main() -> std::process::ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "send") {
+        // `send` is a client: its flags are its own, and it logs nothing.
+        return send(SendArgs::parse_from(std::env::args_os().skip(1)));
+    }
     let settings = Settings::parse();
     init_logging(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -40,6 +45,33 @@ async fn run(settings: Settings) -> std::process::ExitCode {
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn send(args: SendArgs) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(groove_destination::cli::send::run(args)) {
+        Ok(finished) => {
+            println!("{}", finished.tally);
+            if let Some(error) = &finished.stream_error {
+                eprintln!("error: {error}");
+                eprintln!(
+                    "the input was read up to line {}; nothing after it was sent",
+                    finished.last_line_read
+                );
+            }
+            std::process::ExitCode::from(finished.exit_code())
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -11,7 +11,13 @@ use crate::domain::host_policy::{AllowedHost, HostPolicy};
 
 /// groove-destination: delivers streams of records to the Groove helpdesk API.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "groove-destination", version, about)]
+#[command(
+    name = "groove-destination",
+    version,
+    about,
+    after_help = "Commands:\n  send    stream a JSON Lines or CSV file of records to a destination \
+                  (groove-destination send --help)"
+)]
 pub struct Settings {
     /// Address the gRPC server listens on.
     #[arg(

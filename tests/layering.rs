@@ -4,6 +4,8 @@
 //!   (`crate::store`, `crate::groove`, `crate::delivery`, `crate::api`): the rules stay pure;
 //! - `src/admin/` names gRPC or HTTP client crates, the Groove client or `crate::api`: admin changes are
 //!   domain operations on the store, which the gRPC layer only translates;
+//! - `src/cli/` (commands that are clients of a server) names anything of the server but the generated
+//!   contract (`crate::proto`): it must work as any client generated from `proto/` does;
 //! - `src/api/` names the Groove client (`crate::groove`) or an HTTP client crate (hyper, reqwest): only
 //!   delivery calls Groove.
 //!
@@ -57,6 +59,13 @@ const RULES: &[Rule] = &[
             "reqwest",
         ],
         modules: &["groove", "api"],
+    },
+    Rule {
+        layer: "cli",
+        crates: &["rusqlite", "hyper", "hyper_util", "hyper_rustls", "reqwest"],
+        modules: &[
+            "store", "groove", "delivery", "domain", "api", "admin", "auth", "settings",
+        ],
     },
 ];
 
