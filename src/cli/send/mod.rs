@@ -33,6 +33,7 @@ const READ_AHEAD: usize = 1024;
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "groove-destination send",
+    bin_name = "groove-destination send",
     about = "Stream a JSON Lines or CSV file of records to a destination",
     after_help = "Exit status: 0 when every record is in Groove (delivered, duplicate or resumed), 1 when some \
                   were rejected, invalid or failed, 2 when the stream could not run to its end (records may be \
