@@ -454,6 +454,60 @@ async fn updates_to_one_ticket_stay_in_order_under_concurrency() {
     server.stop().await;
 }
 
+/// A key with nothing in flight takes any free worker: one busy ticket's queue does not hold up updates to the
+/// others, whatever their keys hash to.
+#[tokio::test]
+async fn a_busy_ticket_does_not_hold_up_updates_to_other_tickets() {
+    let (sandbox, _dir, server) = setup().await;
+    let tickets = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    send(
+        &server,
+        &tickets,
+        vec![(0..17)
+            .map(|index| raw(&format!("t-{index}"), ticket(index)))
+            .collect()],
+    )
+    .await
+    .unwrap();
+    sandbox.set_faults(Faults {
+        latency: Duration::from_millis(100),
+        ..Faults::default()
+    });
+    let mut config = template("update_ticket_state", &[("ticket_number", "{number}")]);
+    config.delivery = Some(proto::DeliveryOptions {
+        concurrency: 9,
+        ..Default::default()
+    });
+    let name = active_destination(&server, "states", config).await;
+    sandbox.clear_requests();
+    let update = |id: String, number: u32| raw(&id, json!({"number": number, "state": "pending"}));
+    // Ticket 1 gets twelve updates; tickets 2 to 17 one each, read after ticket 1's fourth. Eight workers are
+    // free for them: they take two rounds, both before ticket 1's third update.
+    let mut records: Vec<proto::Record> = (1..=4).map(|n| update(format!("a-{n}"), 1)).collect();
+    records.extend((2..=17).map(|number| update(format!("b-{number}"), number)));
+    records.extend((5..=12).map(|n| update(format!("a-{n}"), 1)));
+    let answered = send(&server, &name, vec![records]).await.unwrap();
+    assert_eq!(answered.summary.unwrap().delivered, 28);
+    let requests = sandbox.requests();
+    let arrival = |path: &str, nth: usize| {
+        requests
+            .iter()
+            .filter(|request| request.path == path)
+            .nth(nth)
+            .map(|request| request.seq)
+            .unwrap()
+    };
+    let third_of_ticket_1 = arrival("/v1/tickets/1/state", 2);
+    for number in 2..=17 {
+        let other = arrival(&format!("/v1/tickets/{number}/state"), 0);
+        assert!(
+            other < third_of_ticket_1,
+            "ticket {number}'s update waited behind ticket 1's queue"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_rate_limit_storm_is_waited_out_and_everything_delivered() {
     let sandbox = start_sandbox_with(SandboxConfig {

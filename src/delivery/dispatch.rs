@@ -1,16 +1,17 @@
-//! Concurrency with order: `concurrency` workers; units sharing an ordering key always go to the same worker
-//! (its lane), so they are sent one after another in arrival order; units without a key go to whichever worker
-//! is free. Once the stream stops, units still queued are released instead of sent.
+//! Concurrency with order: `concurrency` workers take units from one ready queue, so no worker idles while a
+//! unit could go. Units sharing an ordering key go one after another in arrival order: while a key has a unit
+//! in flight (or in the ready queue), its later units wait in that key's own chain, and the worker that finishes
+//! a unit goes on with the next of its chain. A key with nothing in flight never waits behind another key.
+//! Once the stream stops, units still queued are released instead of sent.
 //!
-//! Each lane is a channel with one receiver, its worker. The units without a key share a multi-consumer channel
-//! (`async-channel`) that every worker receives from; its capacity is a semaphore whose permit travels with the
-//! unit, so that a dispatch waiting for room can still give its unit back when the stream stops.
+//! Every queued unit — in the ready queue or in a chain — holds a permit of one semaphore sized
+//! `concurrency × QUEUED_PER_WORKER`: the dispatch waits for room (this is the backpressure, and what keeps memory
+//! flat), and the room goes back when a worker takes the unit.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -18,18 +19,52 @@ use crate::delivery::attempt::{deliver, CallContext, UnitEnd};
 use crate::delivery::report::DeliveryUnit;
 use crate::delivery::sink::ReportSink;
 
-/// Units queued per lane beyond the one in flight; small, so that memory stays flat and the stream is read
+/// Units queued per worker beyond the ones in flight; small, so that memory stays flat and the stream is read
 /// only as fast as Groove answers.
-const LANE_CAPACITY: usize = 4;
+const QUEUED_PER_WORKER: usize = 4;
 
-/// A unit without a key, with its place in the shared queue: given back when a worker takes the unit.
-type Shared = (OwnedSemaphorePermit, DeliveryUnit);
+/// A queued unit with its room in the queue.
+type Queued = (OwnedSemaphorePermit, DeliveryUnit);
+
+/// The keys with a unit in flight or ready, each with the units of that key that wait behind it, in arrival
+/// order. A key without an entry has nothing in flight.
+#[derive(Default)]
+struct Chains(Mutex<HashMap<String, VecDeque<Queued>>>);
+
+impl Chains {
+    /// Queues `unit` behind its key's unit in flight; gives it back when the key has none (the key then has one:
+    /// the unit given back, which goes to the ready queue).
+    fn wait_or_go(&self, key: &str, unit: Queued) -> Option<Queued> {
+        let mut chains = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match chains.get_mut(key) {
+            Some(waiting) => {
+                waiting.push_back(unit);
+                None
+            }
+            None => {
+                chains.insert(key.to_string(), VecDeque::new());
+                Some(unit)
+            }
+        }
+    }
+
+    /// The next unit of `key`, whose unit in flight just ended; the key is free when none waits.
+    fn next(&self, key: &str) -> Option<Queued> {
+        let mut chains = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting = chains.get_mut(key)?;
+        let next = waiting.pop_front();
+        if next.is_none() {
+            chains.remove(key);
+        }
+        next
+    }
+}
 
 pub struct Dispatcher {
-    lanes: Vec<mpsc::Sender<DeliveryUnit>>,
-    shared: async_channel::Sender<Shared>,
-    /// Room in `shared`, which is unbounded itself.
-    shared_room: Arc<Semaphore>,
+    ready: async_channel::Sender<Queued>,
+    /// Room for queued units; the channel and the chains are unbounded themselves.
+    room: Arc<Semaphore>,
+    chains: Arc<Chains>,
     workers: JoinSet<()>,
     stop: CancellationToken,
 }
@@ -39,67 +74,48 @@ impl Dispatcher {
     /// sent any more: calls on the wire finish, the rest is released.
     pub fn start(context: CallContext, reports: ReportSink, stop: CancellationToken) -> Self {
         let concurrency = context.options.concurrency.max(1) as usize;
-        let (shared, shared_rx) = async_channel::unbounded();
-        let shared_room = Arc::new(Semaphore::new(concurrency * LANE_CAPACITY));
-        let mut lanes = Vec::with_capacity(concurrency);
+        let (ready, ready_rx) = async_channel::unbounded();
+        let chains = Arc::new(Chains::default());
         let mut workers = JoinSet::new();
         for _ in 0..concurrency {
-            let (lane, lane_rx) = mpsc::channel(LANE_CAPACITY);
-            lanes.push(lane);
             workers.spawn(work(
                 context.clone(),
-                lane_rx,
-                shared_rx.clone(),
+                ready_rx.clone(),
+                chains.clone(),
                 reports.clone(),
                 stop.clone(),
             ));
         }
         Dispatcher {
-            lanes,
-            shared,
-            shared_room,
+            ready,
+            room: Arc::new(Semaphore::new(concurrency * QUEUED_PER_WORKER)),
+            chains,
             workers,
             stop,
         }
     }
 
-    /// Queues a unit, waiting while its queue is full (this is the backpressure). Gives the unit back if the
+    /// Queues a unit, waiting while the queue is full (this is the backpressure). Gives the unit back if the
     /// stream stops first.
     pub async fn dispatch(&self, unit: DeliveryUnit) -> Result<(), DeliveryUnit> {
-        let sender = match &unit.ordering_key {
-            Some(key) => &self.lanes[lane_of(key, self.lanes.len())],
-            None => return self.dispatch_shared(unit).await,
-        };
-        let slot = tokio::select! {
-            biased;
-            () = self.stop.cancelled() => return Err(unit),
-            slot = sender.reserve() => slot,
-        };
-        match slot {
-            Ok(slot) => {
-                slot.send(unit);
-                Ok(())
-            }
-            // Workers only stop after the senders are dropped, so this cannot happen while `self` lives.
-            Err(_) => {
-                tracing::error!("delivery worker stopped early");
-                Err(unit)
-            }
-        }
-    }
-
-    /// Queues a unit without a key for whichever worker is free; as [`Dispatcher::dispatch`].
-    async fn dispatch_shared(&self, unit: DeliveryUnit) -> Result<(), DeliveryUnit> {
         let permit = tokio::select! {
             biased;
             () = self.stop.cancelled() => return Err(unit),
-            permit = self.shared_room.clone().acquire_owned() => permit,
+            permit = self.room.clone().acquire_owned() => permit,
         };
-        // The semaphore is never closed, and the workers only stop after the sender is dropped.
+        // The semaphore is never closed.
         let Ok(permit) = permit else {
             return Err(unit);
         };
-        self.shared.try_send((permit, unit)).map_err(|error| {
+        let queued = match &unit.ordering_key {
+            Some(key) => match self.chains.wait_or_go(&key.clone(), (permit, unit)) {
+                Some(queued) => queued,
+                None => return Ok(()),
+            },
+            None => (permit, unit),
+        };
+        // Workers only stop after the sender is dropped, so this cannot fail while `self` lives.
+        self.ready.try_send(queued).map_err(|error| {
             tracing::error!("delivery worker stopped early");
             error.into_inner().1
         })
@@ -108,13 +124,10 @@ impl Dispatcher {
     /// Lets the workers finish everything queued, then returns.
     pub async fn finish(self) {
         let Dispatcher {
-            lanes,
-            shared,
-            mut workers,
-            ..
+            ready, mut workers, ..
         } = self;
-        drop(lanes);
-        drop(shared);
+        // Chains need no sender: a worker goes on with its key's next unit itself.
+        drop(ready);
         while let Some(joined) = workers.join_next().await {
             if let Err(error) = joined {
                 tracing::error!(%error, "delivery worker failed");
@@ -123,48 +136,39 @@ impl Dispatcher {
     }
 }
 
-fn lane_of(key: &str, lanes: usize) -> usize {
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() % lanes as u64) as usize
-}
-
 async fn work(
     context: CallContext,
-    mut lane: mpsc::Receiver<DeliveryUnit>,
-    shared: async_channel::Receiver<Shared>,
+    ready: async_channel::Receiver<Queued>,
+    chains: Arc<Chains>,
     reports: ReportSink,
     stop: CancellationToken,
 ) {
     let mut connection = context.client.connection();
-    let mut lane_open = true;
-    let mut shared_open = true;
-    while lane_open || shared_open {
-        // The lane first: keyed units wait behind nothing but their own key.
-        let unit = tokio::select! {
+    loop {
+        let mut queued = tokio::select! {
             biased;
-            unit = lane.recv(), if lane_open => match unit {
-                Some(unit) => unit,
-                None => {
-                    lane_open = false;
-                    continue;
-                }
-            },
-            unit = shared.recv(), if shared_open => match unit {
-                // The unit leaves the queue: its room goes back.
-                Ok((_room, unit)) => unit,
-                Err(_) => {
-                    shared_open = false;
-                    continue;
-                }
+            queued = ready.recv() => match queued {
+                Ok(queued) => queued,
+                Err(_) => return,
             },
             // Idle: let go of the connection as soon as Groove closes it.
             () = connection.closed() => continue,
         };
-        // Once stopped, `deliver` releases the unit before anything of it is sent.
-        match deliver(&context, &mut connection, unit, &stop).await {
-            UnitEnd::Reported(report) => reports.report(*report).await,
-            UnitEnd::Released(unit) => reports.release(unit).await,
+        // A key's units follow one another on this worker until its chain is empty.
+        loop {
+            let (room, unit) = queued;
+            // The unit leaves the queue: its room goes back.
+            drop(room);
+            let key = unit.ordering_key.clone();
+            // Once stopped, `deliver` releases the unit before anything of it is sent.
+            match deliver(&context, &mut connection, unit, &stop).await {
+                UnitEnd::Reported(report) => reports.report(*report).await,
+                UnitEnd::Released(unit) => reports.release(unit).await,
+            }
+            match key.and_then(|key| chains.next(&key)) {
+                Some(next) => queued = next,
+                None => break,
+            }
         }
     }
 }
@@ -173,31 +177,54 @@ async fn work(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_key_always_maps_to_the_same_lane() {
-        // Computed twice, on separately built keys: a hasher seeded per call (`RandomState`) would scatter a
-        // key over lanes and lose its order.
-        let keys: Vec<String> = (0..200).map(|n| format!("tickets/{n}/state")).collect();
-        for lanes in [1, 8, 16] {
-            let first: Vec<usize> = keys.iter().map(|key| lane_of(key, lanes)).collect();
-            let again: Vec<usize> = keys
-                .iter()
-                .map(|key| lane_of(&key.clone(), lanes))
-                .collect();
-            assert_eq!(first, again);
+    fn unit(id: &str, key: &str) -> DeliveryUnit {
+        DeliveryUnit {
+            record_ids: vec![id.to_string()],
+            records: Vec::new(),
+            calls: Vec::new(),
+            ordering_key: Some(key.to_string()),
+            repeatable: true,
         }
     }
 
-    #[test]
-    fn keys_spread_over_every_lane() {
-        for lanes in [1, 8, 16] {
-            let mut used = vec![false; lanes];
-            for n in 0..1_000 {
-                let lane = lane_of(&format!("customers/{n}"), lanes);
-                assert!(lane < lanes, "{lane} of {lanes}");
-                used[lane] = true;
-            }
-            assert!(used.iter().all(|used| *used), "{used:?}");
+    async fn queued(room: &Arc<Semaphore>, id: &str, key: &str) -> Queued {
+        (room.clone().acquire_owned().await.unwrap(), unit(id, key))
+    }
+
+    fn id(queued: Option<Queued>) -> Option<String> {
+        queued.map(|(_, unit)| unit.record_ids[0].clone())
+    }
+
+    #[tokio::test]
+    async fn a_key_goes_at_once_when_free_and_its_later_units_follow_in_order() {
+        let room = Arc::new(Semaphore::new(10));
+        let chains = Chains::default();
+        assert_eq!(
+            id(chains.wait_or_go("t/1", queued(&room, "a1", "t/1").await)),
+            Some("a1".into())
+        );
+        assert_eq!(
+            id(chains.wait_or_go("t/2", queued(&room, "b1", "t/2").await)),
+            Some("b1".into())
+        );
+        for later in ["a2", "a3"] {
+            assert_eq!(
+                id(chains.wait_or_go("t/1", queued(&room, later, "t/1").await)),
+                None
+            );
         }
+        assert_eq!(room.available_permits(), 8, "waiting units hold their room");
+        assert_eq!(id(chains.next("t/1")), Some("a2".into()));
+        assert_eq!(id(chains.next("t/2")), None, "t/2 is free again");
+        assert_eq!(
+            id(chains.wait_or_go("t/2", queued(&room, "b2", "t/2").await)),
+            Some("b2".into())
+        );
+        assert_eq!(id(chains.next("t/1")), Some("a3".into()));
+        assert_eq!(id(chains.next("t/1")), None);
+        assert_eq!(
+            id(chains.wait_or_go("t/1", queued(&room, "a4", "t/1").await)),
+            Some("a4".into())
+        );
     }
 }
