@@ -24,7 +24,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
     cargo build --release --locked --package groove-destination --bin groove-destination \
     && install -D -m 0755 target/release/groove-destination /out/groove-destination \
-    && install -d -m 0700 -o 65532 -g 65532 /out/data
+    && install -d -m 0700 -o 65532 -g 65532 /out/var/lib/groove-destination
 
 # distroless/cc: glibc, libgcc and CA certificates, no shell or package manager. Its `nonroot` user is 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
@@ -32,7 +32,8 @@ LABEL org.opencontainers.image.title="groove-destination" \
       org.opencontainers.image.description="gRPC service that delivers streams of records to the Groove helpdesk REST API" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/groove-destination /usr/local/bin/groove-destination
-COPY --from=builder --chown=65532:65532 /out/data /var/lib/groove-destination
+# The parent's contents, so the directory keeps its mode (0700): a directory COPY creates gets 0755.
+COPY --from=builder --chown=65532:65532 /out/var/lib/ /var/lib/
 # Everything the server writes lives in the data dir (lock file, secret.key unless the key comes from the
 # environment, the SQLite database and its -wal/-shm files), so the root file system can be read-only.
 # SQLite's temporary files (statement journals and sorts that outgrow memory) would otherwise go to /tmp.
