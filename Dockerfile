@@ -32,7 +32,7 @@ LABEL org.opencontainers.image.title="groove-destination" \
       org.opencontainers.image.description="gRPC service that delivers streams of records to the Groove helpdesk REST API" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/groove-destination /usr/local/bin/groove-destination
-# The parent's contents, so the directory keeps its mode (0700): a directory COPY creates gets 0755.
+# The parent's contents, so the directory keeps its mode (0700): one that COPY creates may get 0755.
 COPY --from=builder --chown=65532:65532 /out/var/lib/ /var/lib/
 # Everything the server writes lives in the data dir (lock file, secret.key unless the key comes from the
 # environment, the SQLite database and its -wal/-shm files), so the root file system can be read-only.
