@@ -117,7 +117,8 @@ def main(argv):
     if problems:
         return 1
     unused = sorted(set(allowed.values()) - used)
-    print(f"{dashboard_path}: ok, {len(used)} metrics used" + (f"; not shown: {', '.join(unused)}" if unused else ""))
+    note = f"; not shown: {', '.join(unused)}" if unused else ""
+    print(f"{dashboard_path}: ok, {len(used)} metrics used{note}")
     return 0
 
 

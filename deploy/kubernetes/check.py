@@ -81,7 +81,8 @@ def main():
         if any(labels.get(key) != value for key, value in selector.items()):
             fail(f"Service {name} selects {selector}, which the pod labels {labels} do not match")
         for port in resource["spec"]["ports"]:
-            if port["targetPort"] not in ports or port.get("appProtocol") != {"grpc": "grpc", "metrics": "http"}[port["name"]]:
+            protocol = {"grpc": "grpc", "metrics": "http"}.get(port["name"])
+            if port["targetPort"] not in ports or port.get("appProtocol") != protocol:
                 fail(f"Service {name} port {port['name']}: target or appProtocol does not match the container")
 
     # The pod runs as the image's user, so the image's data dir and the volume are writable by it.
