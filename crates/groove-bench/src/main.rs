@@ -52,7 +52,7 @@ struct Args {
     result_detail: ResultDetail,
 
     /// Run only these scenarios (comma-separated): per-record, per-record-c1, per-record-c8, per-record-c32,
-    /// batched, rate-limited, memory, latency. Keys of scenarios not run are null in the JSON.
+    /// batched, rate-limited, memory, latency, latency-bound. Keys of scenarios not run are null in the JSON.
     #[arg(long, value_name = "LIST")]
     only: Option<String>,
 }
@@ -131,6 +131,9 @@ async fn run(args: &Args) -> BenchResult<()> {
     }
     if scenarios.contains(&Scenario::Latency) {
         scenarios::latency::run(&env, &mut report).await?;
+    }
+    if scenarios.contains(&Scenario::LatencyBound) {
+        scenarios::latency_bound::run(&env, &mut report).await?;
     }
 
     let json = report.json(&machine);

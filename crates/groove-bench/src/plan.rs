@@ -19,6 +19,7 @@ pub enum Scenario {
     RateLimited,
     Memory,
     Latency,
+    LatencyBound,
 }
 
 impl Scenario {
@@ -32,12 +33,13 @@ impl Scenario {
             Scenario::RateLimited,
             Scenario::Memory,
             Scenario::Latency,
+            Scenario::LatencyBound,
         ]);
         all
     }
 
     /// Parses a comma-separated `--only` list: `per-record` (all levels), `per-record-c8`, `batched`,
-    /// `rate-limited`, `memory`, `latency`.
+    /// `rate-limited`, `memory`, `latency`, `latency-bound`.
     pub fn parse_list(text: &str) -> BenchResult<Vec<Scenario>> {
         let mut picked = Vec::new();
         for name in text
@@ -51,6 +53,7 @@ impl Scenario {
                 "rate-limited" => picked.push(Scenario::RateLimited),
                 "memory" => picked.push(Scenario::Memory),
                 "latency" => picked.push(Scenario::Latency),
+                "latency-bound" => picked.push(Scenario::LatencyBound),
                 other => {
                     let level = other
                         .strip_prefix("per-record-c")
@@ -59,7 +62,7 @@ impl Scenario {
                         .ok_or_else(|| {
                             BenchError::new(format!(
                                 "unknown scenario {other:?}; use per-record, per-record-c1, per-record-c8, \
-                                 per-record-c32, batched, rate-limited, memory, latency"
+                                 per-record-c32, batched, rate-limited, memory, latency, latency-bound"
                             ))
                         })?;
                     picked.push(Scenario::PerRecord(level));
@@ -100,6 +103,11 @@ pub struct Plan {
     pub latency_rounds: usize,
     pub latency_calls: u64,
     pub latency_round_limit: Duration,
+    /// Records of each latency-bound run (create, ordered over 64 and over 10,000 tickets).
+    pub latency_bound_records: u64,
+    /// Records of the latency-bound hot-key run, half of them to one ticket: its chain alone takes
+    /// half of them × the latency.
+    pub latency_bound_hot_records: u64,
     /// After a stream's producer stops, how long its last results and summary may take.
     pub drain_limit: Duration,
     /// The same for batched streams, whose summary waits until every outcome is persisted: that can lag the
@@ -129,6 +137,8 @@ impl Plan {
                 latency_rounds: 2,
                 latency_calls: 1_000,
                 latency_round_limit: seconds(5.0),
+                latency_bound_records: 1_920,
+                latency_bound_hot_records: 160,
                 drain_limit: seconds(5.0),
                 batched_drain_limit: seconds(30.0),
             }
@@ -151,6 +161,8 @@ impl Plan {
                 latency_rounds: 3,
                 latency_calls: 3_000,
                 latency_round_limit: seconds(10.0),
+                latency_bound_records: 6_400,
+                latency_bound_hot_records: 400,
                 drain_limit: seconds(10.0),
                 batched_drain_limit: seconds(60.0),
             }

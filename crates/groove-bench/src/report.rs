@@ -32,6 +32,10 @@ pub struct Headline {
     pub peak_rss_mib: Option<f64>,
     pub p50_added_ms: Option<f64>,
     pub p99_added_ms: Option<f64>,
+    pub latency_bound_ratio_create: Option<f64>,
+    pub latency_bound_ratio_ordered_64: Option<f64>,
+    pub latency_bound_ratio_ordered_10k: Option<f64>,
+    pub latency_bound_ratio_hot_key: Option<f64>,
 }
 
 impl Headline {
@@ -113,6 +117,10 @@ impl Report {
             "peak_rss_mib": round(h.peak_rss_mib, 1),
             "p50_added_ms": round(h.p50_added_ms, 3),
             "p99_added_ms": round(h.p99_added_ms, 3),
+            "latency_bound_ratio_create": round(h.latency_bound_ratio_create, 3),
+            "latency_bound_ratio_ordered_64": round(h.latency_bound_ratio_ordered_64, 3),
+            "latency_bound_ratio_ordered_10k": round(h.latency_bound_ratio_ordered_10k, 3),
+            "latency_bound_ratio_hot_key": round(h.latency_bound_ratio_hot_key, 3),
             "machine": machine,
         })
     }

@@ -25,6 +25,8 @@ pub struct SandboxFlags {
     pub rate_limit: Option<String>,
     /// `--accept-batches`: take JSON arrays on create endpoints (the batched path).
     pub accept_batches: bool,
+    /// `--max-stored-tickets`, when a scenario updates more tickets than the default keeps.
+    pub max_stored_tickets: Option<u64>,
 }
 
 pub struct SandboxChild {
@@ -52,7 +54,12 @@ impl SandboxChild {
             .args(["--api-key", API_KEY])
             // Recording every request would grow and cost CPU; the counters behind /_sandbox/stats still run.
             .args(["--max-recorded", "0"])
-            .args(["--max-stored-tickets", MAX_STORED_TICKETS])
+            .arg("--max-stored-tickets")
+            .arg(
+                flags
+                    .max_stored_tickets
+                    .map_or_else(|| MAX_STORED_TICKETS.to_string(), |count| count.to_string()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).context("cannot create sandbox.log")?);
@@ -139,4 +146,21 @@ pub async fn stats(http: &reqwest::Client, control_url: &str) -> BenchResult<San
         .json::<SandboxStats>()
         .await
         .context(format!("GET {url}: unexpected body"))
+}
+
+/// Sets the sandbox's faults (`PUT /_sandbox/faults`); fields left out are off.
+pub async fn set_faults(
+    http: &reqwest::Client,
+    control_url: &str,
+    faults: &serde_json::Value,
+) -> BenchResult<()> {
+    let url = format!("{control_url}/faults");
+    http.put(&url)
+        .json(faults)
+        .send()
+        .await
+        .context(format!("PUT {url}"))?
+        .error_for_status()
+        .context(format!("PUT {url}"))?;
+    Ok(())
 }

@@ -250,3 +250,68 @@ pub async fn lockstep(
     .await;
     Ok(outcome)
 }
+
+/// Sends `records` (100 per message) on one stream, half-closes, and waits for the summary, at most `limit`
+/// in all.
+pub async fn send_all(
+    mut client: DeliveryServiceClient<Channel>,
+    target: &StreamTarget,
+    records: Vec<proto::Record>,
+    limit: Duration,
+) -> BenchResult<StreamOutcome> {
+    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    tx.send(target.start()).await.context("queue start")?;
+    let started = Instant::now();
+    let mut responses = client
+        .send_records(ReceiverStream::new(rx))
+        .await
+        .context(format!("SendRecords to {}", target.destination))?
+        .into_inner();
+    let sent = records.len() as u64;
+    let producer = tokio::spawn(async move {
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let message: Vec<proto::Record> = records.by_ref().take(RECORDS_PER_MESSAGE).collect();
+            let request = proto::SendRecordsRequest {
+                message: Some(proto::send_records_request::Message::Records(
+                    proto::RecordBatch { records: message },
+                )),
+            };
+            if tx.send(request).await.is_err() {
+                break;
+            }
+        }
+        started.elapsed()
+    });
+    let mut outcome = StreamOutcome {
+        sent,
+        ..StreamOutcome::default()
+    };
+    let read = async {
+        while let Some(message) = responses
+            .message()
+            .await
+            .context("SendRecords stream failed")?
+        {
+            for result in &message.results {
+                count_result(&mut outcome, result);
+            }
+            if !message.results.is_empty() {
+                outcome.last_result = started.elapsed();
+            }
+            if let Some(summary) = message.summary {
+                outcome.calls = summary.calls;
+                return Ok(());
+            }
+        }
+        Err(BenchError::new("SendRecords ended without a summary"))
+    };
+    match tokio::time::timeout(limit, read).await {
+        Ok(result) => result?,
+        Err(_) => outcome.cut = true,
+    }
+    outcome.elapsed = started.elapsed();
+    drop(responses);
+    outcome.sending = producer.await.context("producer task")?;
+    Ok(outcome)
+}
