@@ -13,8 +13,17 @@ const PROTO_FILES: &[&str] = &[
     "proto/groove/destination/v1/delivery.proto",
 ];
 
+/// The error details the service returns (`google.rpc.BadRequest` in a `google.rpc.Status`), vendored outside
+/// the contract: reflection serves them so clients can decode the details.
+const GOOGLE_RPC_ROOT: &str = "third_party/googleapis";
+const GOOGLE_RPC_FILES: &[&str] = &[
+    "third_party/googleapis/google/rpc/status.proto",
+    "third_party/googleapis/google/rpc/error_details.proto",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    println!("cargo:rerun-if-changed={GOOGLE_RPC_ROOT}");
     let descriptors = protox::compile(PROTO_FILES, [PROTO_ROOT])?;
 
     // `compile_fds` does not write the descriptor set, and server reflection needs it.
@@ -22,6 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(
         out_dir.join("groove_destination_descriptor.bin"),
         descriptors.encode_to_vec(),
+    )?;
+    std::fs::write(
+        out_dir.join("google_rpc_descriptor.bin"),
+        protox::compile(GOOGLE_RPC_FILES, [GOOGLE_RPC_ROOT])?.encode_to_vec(),
     )?;
 
     tonic_prost_build::configure()

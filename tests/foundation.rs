@@ -949,3 +949,83 @@ fn a_bad_setting_stops_start_up_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--groove-url"), "{stderr}");
 }
+
+/// Every detail type an INVALID_ARGUMENT carries resolves through reflection, with the files it imports, so
+/// grpcurl and buf curl decode `grpc-status-details-bin` instead of calling its type unknown.
+#[tokio::test]
+async fn reflection_resolves_the_error_details_the_service_returns() {
+    use prost::Message;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &sandbox.base_url()).await;
+    let refused = server
+        .destinations()
+        .await
+        .create_destination(proto::CreateDestinationRequest {
+            destination_id: "Not An Id".into(),
+            destination: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let status = tonic_types::pb::Status::decode(refused.details()).unwrap();
+    let detail_types: Vec<String> = status
+        .details
+        .iter()
+        .map(|any| {
+            let (_, name) = any.type_url.rsplit_once('/').unwrap();
+            name.to_string()
+        })
+        .collect();
+    assert!(
+        detail_types.contains(&"google.rpc.BadRequest".to_string()),
+        "{detail_types:?}"
+    );
+
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let mut ask = async |request: MessageRequest| {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let mut responses = reflection
+            .server_reflection_info(Request::new(tokio_stream::iter(vec![request])))
+            .await
+            .unwrap()
+            .into_inner();
+        match responses.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::FileDescriptorResponse(files)) => files
+                .file_descriptor_proto
+                .iter()
+                .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+                .collect::<Vec<_>>(),
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    };
+    for symbol in detail_types {
+        let files = ask(MessageRequest::FileContainingSymbol(symbol.clone())).await;
+        let file = &files[0];
+        let message = symbol.rsplit_once('.').unwrap().1;
+        assert!(
+            file.message_type
+                .iter()
+                .any(|declared| declared.name() == message),
+            "{symbol} not declared in {}",
+            file.name()
+        );
+        for dependency in &file.dependency {
+            let files = ask(MessageRequest::FileByFilename(dependency.clone())).await;
+            assert_eq!(files[0].name(), dependency);
+        }
+    }
+    let files = ask(MessageRequest::FileContainingSymbol(
+        "google.rpc.Status".into(),
+    ))
+    .await;
+    assert_eq!(files[0].name(), "google/rpc/status.proto");
+}

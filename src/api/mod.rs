@@ -10,6 +10,7 @@ mod guard;
 mod json;
 pub mod json_wire;
 mod names;
+mod reflection;
 mod results;
 mod templates;
 
@@ -77,15 +78,8 @@ pub async fn run(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::Serving).await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    // grpcurl 1.8 speaks only v1alpha.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection::v1()?;
+    let reflection_v1alpha = reflection::v1alpha()?;
 
     let (auth, tls) = security.describe();
     match listener.local_addr() {
