@@ -86,7 +86,10 @@ pub async fn run(env: &Env<'_>, report: &mut Report) -> BenchResult<()> {
     for (variant, tickets) in [("ordered_64", 64), ("ordered_10k", TICKETS)] {
         let name = stack
             .service
-            .active_destination(&format!("lb-{variant}"), update_config())
+            .active_destination(
+                &format!("lb-{}", variant.replace('_', "-")),
+                update_config(),
+            )
             .await?;
         let records = (0..count)
             .map(|seq| update(variant, seq, 1 + seq % tickets))
