@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use url::Url;
@@ -106,6 +107,58 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub webhook_allowed_hosts: Vec<AllowedHost>,
+
+    /// OpenTelemetry collector to export traces to over OTLP/gRPC (`http://otel-collector:4317`). Unset: no
+    /// export; a caller's `traceparent` still puts its trace id in the logs.
+    #[arg(long, env = "GROOVE_DESTINATION_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<Url>,
+
+    /// How often an idle client connection is pinged (HTTP/2 PING), so dead peers and silently dropped
+    /// connections are noticed; `0s`: never.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_HTTP2_KEEPALIVE_INTERVAL",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_HTTP2_KEEPALIVE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Most concurrent calls and streams on one client connection.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// Age after which a client connection is asked to go away (GOAWAY): its client opens new calls on a
+    /// new connection (through the load balancer again) while the open ones finish. Unset: never.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_MAX_CONNECTION_AGE",
+        value_parser = parse_positive_duration
+    )]
+    pub max_connection_age: Option<Duration>,
+
+    /// How long calls still open on a connection past its max age may go on before it is closed under
+    /// them; their records are let go and a replay sends them. Unset: they finish on their own.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_MAX_CONNECTION_AGE_GRACE",
+        requires = "max_connection_age",
+        value_parser = parse_positive_duration
+    )]
+    pub max_connection_age_grace: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -136,6 +189,23 @@ impl Settings {
             tls_key: None,
             tls_client_ca: None,
             webhook_allowed_hosts: Vec::new(),
+            otlp_endpoint: None,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 1024,
+            max_connection_age: None,
+            max_connection_age_grace: None,
+        }
+    }
+
+    pub fn server_options(&self) -> crate::api::ServerOptions {
+        crate::api::ServerOptions {
+            keepalive_interval: (!self.http2_keepalive_interval.is_zero())
+                .then_some(self.http2_keepalive_interval),
+            keepalive_timeout: self.http2_keepalive_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_connection_age: self.max_connection_age,
+            max_connection_age_grace: self.max_connection_age_grace,
         }
     }
 
@@ -194,6 +264,27 @@ fn parse_groove_url(text: &str) -> Result<Url, String> {
         return Err("the URL must not carry a query, fragment or user name".to_string());
     }
     Ok(url)
+}
+
+fn parse_otlp_endpoint(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".to_string());
+    }
+    Ok(url)
+}
+
+/// A duration written as `30s`, `1m 30s`, `500ms`, `2h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("not a duration such as 30s, 5m or 1h: {error}"))
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        duration if duration.is_zero() => Err("must be longer than zero".to_string()),
+        duration => Ok(duration),
+    }
 }
 
 fn parse_log_filter(text: &str) -> Result<String, String> {

@@ -11,7 +11,9 @@ mod json;
 pub mod json_wire;
 mod names;
 mod results;
+mod server;
 mod templates;
+mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ use crate::proto::delivery_service_server::DeliveryServiceServer;
 use crate::proto::destination_service_server::DestinationServiceServer;
 use crate::store::Store;
 use crate::ServeError;
+
+pub use server::ServerOptions;
 
 /// What every service needs; cheap to clone.
 #[derive(Clone)]
@@ -65,6 +69,7 @@ pub async fn run(
     state: AppState,
     listener: TcpListener,
     security: Security,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -80,14 +85,6 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let (auth, tls) = security.describe();
-    match listener.local_addr() {
-        Ok(address) => tracing::info!(%address, auth, tls, "groove-destination serving"),
-        Err(error) => {
-            tracing::info!(%error, auth, tls, "groove-destination serving on an unknown address")
-        }
-    }
-
     let drain_reporter = health_reporter.clone();
     let engine = state.engine.clone();
     let shutdown = async move {
@@ -97,7 +94,10 @@ pub async fn run(
         tracing::info!("health set to not serving; draining calls in flight");
     };
 
-    let router = Server::builder()
+    // The trace layer is outermost, so a refused call is logged inside its caller's trace too.
+    let router = options
+        .apply(Server::builder())
+        .layer(trace::TraceLayer)
         .layer(guard::GuardLayer::new(security.authenticator.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -115,12 +115,18 @@ pub async fn run(
     match &security.tls {
         Some(config) => {
             router
-                .serve_with_incoming_shutdown(accept_tls(listener, config.clone()), shutdown)
+                .serve_with_incoming_shutdown(
+                    options.limit_age(accept_tls(listener, config.clone())),
+                    shutdown,
+                )
                 .await?
         }
         None => {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(
+                    options.limit_age(TcpListenerStream::new(listener)),
+                    shutdown,
+                )
                 .await?
         }
     }

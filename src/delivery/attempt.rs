@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +60,13 @@ pub async fn deliver(
     let mut last: Option<(CallResult, usize)> = None;
     let mut last_sent = true;
     for (index, call) in unit.calls.iter().enumerate() {
-        let result = match send_with_retries(context, connection, call, stop).await {
+        let span = tracing::info_span!(
+            "groove call",
+            otel.name = call.method.as_str(),
+            otel.kind = "client",
+            url.path = call.url.path()
+        );
+        let result = match send_with_retries(context, connection, call, stop).instrument(span).await {
             CallEnd::Finished(result) => result,
             CallEnd::KeyRefused(result) => {
                 last_sent = result.attempts > 0;

@@ -6,6 +6,7 @@
 //! meanwhile share the next commit.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -50,7 +51,7 @@ impl Claimer {
             reports,
             stop,
         };
-        let task = tokio::spawn(stage.run(groups, dispatcher));
+        let task = tokio::spawn(stage.run(groups, dispatcher).in_current_span());
         (Claimer { queue }, task)
     }
 

@@ -9,6 +9,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use tracing::Instrument;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -46,13 +47,17 @@ impl Dispatcher {
         for _ in 0..concurrency {
             let (lane, lane_rx) = mpsc::channel(LANE_CAPACITY);
             lanes.push(lane);
-            workers.spawn(work(
-                context.clone(),
-                lane_rx,
-                shared_rx.clone(),
-                reports.clone(),
-                stop.clone(),
-            ));
+            workers.spawn(
+                work(
+                    context.clone(),
+                    lane_rx,
+                    shared_rx.clone(),
+                    reports.clone(),
+                    stop.clone(),
+                )
+                // The stream's span: its Groove calls are children of it.
+                .in_current_span(),
+            );
         }
         Dispatcher {
             lanes,
