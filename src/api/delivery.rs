@@ -153,7 +153,7 @@ fn why_input_ended(status: &Status) -> Interruption {
             )))
         }
         code => {
-            tracing::info!(?code, message = status.message(), "record stream broken by the client or its connection");
+            tracing::info!(code = code.description(), message = status.message(), "record stream broken by the client or its connection");
             Interruption::ClientGone
         }
     }
