@@ -307,6 +307,47 @@ mod tests {
     }
 
     #[test]
+    fn server_settings_default_to_the_documented_values_and_read_durations() {
+        let defaults = Settings::try_parse_from(["groove-destination"])
+            .unwrap()
+            .server_options();
+        assert_eq!(defaults.keepalive_interval, Some(Duration::from_secs(30)));
+        assert_eq!(defaults.keepalive_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.max_concurrent_streams, 1024);
+        assert_eq!(defaults.max_connection_age, None);
+        assert_eq!(defaults.max_connection_age_grace, None);
+
+        let set = Settings::try_parse_from([
+            "groove-destination",
+            "--http2-keepalive-interval",
+            "0s",
+            "--max-connection-age",
+            "1h 30m",
+            "--max-connection-age-grace",
+            "500ms",
+        ])
+        .unwrap()
+        .server_options();
+        assert_eq!(set.keepalive_interval, None);
+        assert_eq!(set.max_connection_age, Some(Duration::from_secs(5400)));
+        assert_eq!(
+            set.max_connection_age_grace,
+            Some(Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn a_grace_needs_a_max_connection_age() {
+        let error =
+            Settings::try_parse_from(["groove-destination", "--max-connection-age-grace", "30s"])
+                .unwrap_err();
+        assert!(
+            error.to_string().contains("--max-connection-age <"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn webhook_allowed_hosts_are_comma_separated_networks_and_names() {
         let settings = Settings::try_parse_from([
             "groove-destination",
@@ -334,6 +375,12 @@ mod tests {
             ("--tls-client-ca", "ca.pem"),
             ("--webhook-allowed-hosts", "10.0.0.0/8,*.internal"),
             ("--webhook-allowed-hosts", "169.254.169.254"),
+            ("--otlp-endpoint", "otel-collector:4317"),
+            ("--http2-keepalive-interval", "soon"),
+            ("--http2-keepalive-timeout", "0s"),
+            ("--max-concurrent-streams", "0"),
+            ("--max-connection-age", "30"),
+            ("--max-connection-age", "0s"),
         ] {
             let error = Settings::try_parse_from(["groove-destination", flag, value]).unwrap_err();
             assert!(error.to_string().contains(flag), "{flag}: {error}");
