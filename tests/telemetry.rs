@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::child::{ChildOptions, ChildServer};
@@ -10,6 +11,13 @@ use common::flows::{active_destination, batch, credential, drain, start, templat
 use common::start_sandbox;
 use common::GrpcServer;
 use groove_destination::proto;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::Value;
 
 /// Trace ids as a caller's tracer would send them (W3C trace context, sampled).
@@ -170,4 +178,119 @@ async fn the_start_up_line_names_what_the_server_runs_with() {
     assert!(fields.get("otlp_endpoint").is_none(), "{line}");
     assert!(line.get("trace_id").is_none(), "{line}");
     assert!(server.stop().await.success());
+}
+
+/// An OpenTelemetry collector: keeps every span exported to it.
+#[derive(Clone, Default)]
+struct Collector {
+    /// Service name, trace id (hex) and name of each span.
+    spans: Arc<Mutex<Vec<(String, String, String)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|attribute| attribute.key == "service.name")
+                .and_then(|attribute| attribute.value.as_ref()?.value.as_ref())
+                .map(|value| match value {
+                    any_value::Value::StringValue(name) => name.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for span in resource_spans
+                .scope_spans
+                .into_iter()
+                .flat_map(|scope| scope.spans)
+            {
+                let trace_id: String = span
+                    .trace_id
+                    .iter()
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect();
+                spans.push((service.clone(), trace_id, span.name));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn with_an_otlp_endpoint_the_spans_of_a_traced_call_reach_the_collector() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ChildServer::start_with(
+        dir.path(),
+        &sandbox.base_url(),
+        ChildOptions {
+            args: vec!["--otlp-endpoint".into(), endpoint],
+            ..ChildOptions::default()
+        },
+    )
+    .await;
+    credential(&server, "main").await;
+    let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    server
+        .destinations()
+        .await
+        .list_destinations(traced(
+            proto::ListDestinationsRequest::default(),
+            UNARY_TRACE,
+        ))
+        .await
+        .unwrap();
+    let mut stream = server
+        .delivery()
+        .await
+        .send_records(traced(
+            tokio_stream::iter(vec![start(&name), batch(vec![ticket("t-1")])]),
+            STREAM_TRACE,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    drain(&mut stream).await.unwrap();
+    // Shutdown flushes the spans not yet exported.
+    assert!(server.stop().await.success(), "{}", server.log_tail());
+
+    let spans = collector.spans.lock().unwrap().clone();
+    let has = |trace_id: &str, name: &str| {
+        spans.iter().any(|(service, trace, span)| {
+            service == "groove-destination" && trace == trace_id && span == name
+        })
+    };
+    assert!(
+        has(
+            UNARY_TRACE,
+            "/groove.destination.v1.DestinationService/ListDestinations"
+        ),
+        "{spans:?}"
+    );
+    assert!(
+        has(
+            STREAM_TRACE,
+            "/groove.destination.v1.DeliveryService/SendRecords"
+        ),
+        "{spans:?}"
+    );
+    assert!(has(STREAM_TRACE, "record stream"), "{spans:?}");
+    assert!(has(STREAM_TRACE, "POST"), "{spans:?}");
 }
