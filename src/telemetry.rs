@@ -10,7 +10,7 @@ use std::time::Duration;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
@@ -81,9 +81,14 @@ fn tracer_provider(endpoint: Option<&Url>) -> Result<SdkTracerProvider, Telemetr
     let Some(endpoint) = endpoint else {
         return Ok(builder.build());
     };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint.as_str())
+        .with_endpoint(endpoint.as_str());
+    if endpoint.scheme() == "https" {
+        exporter =
+            exporter.with_tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots());
+    }
+    let exporter = exporter
         .build()
         .map_err(|source| TelemetryError::Exporter {
             endpoint: endpoint.to_string(),
