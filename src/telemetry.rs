@@ -15,8 +15,11 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use thiserror::Error;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer as _;
 use url::Url;
 
 use crate::settings::{LogFormat, Settings};
@@ -24,6 +27,8 @@ use crate::settings::{LogFormat, Settings};
 /// The service name in exported spans.
 pub const SERVICE_NAME: &str = "groove-destination";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The spans traced are this crate's (its calls, streams and Groove calls), not those of the libraries under it.
+const TRACED_TARGET: &str = "groove_destination";
 /// How long shutdown waits for the last spans to reach the collector.
 const FLUSH_WITHIN: Duration = Duration::from_secs(5);
 
@@ -49,15 +54,21 @@ impl Telemetry {
     pub fn init(settings: &Settings) -> Result<Telemetry, TelemetryError> {
         let provider = tracer_provider(settings.otlp_endpoint.as_ref())?;
         let tracer = provider.tracer(SERVICE_NAME);
+        // Each layer filters for itself: the service's spans are traced whatever --log leaves out of the logs.
         let otel = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_location(false)
-            .with_threads(false);
-        let filter = tracing_subscriber::EnvFilter::new(&settings.log);
-        let registry = tracing_subscriber::registry().with(filter).with(otel);
+            .with_threads(false)
+            .with_filter(Targets::new().with_target(TRACED_TARGET, Level::INFO));
+        let filter = || tracing_subscriber::EnvFilter::new(&settings.log);
+        let registry = tracing_subscriber::registry().with(otel);
         match settings.log_format {
-            LogFormat::Text => registry.with(text_layer()).try_init()?,
-            LogFormat::Json => registry.with(json_layer()).try_init()?,
+            LogFormat::Text => registry
+                .with(text_layer().with_filter(filter()))
+                .try_init()?,
+            LogFormat::Json => registry
+                .with(json_layer().with_filter(filter()))
+                .try_init()?,
         }
         Ok(Telemetry { provider })
     }
