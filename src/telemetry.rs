@@ -18,7 +18,6 @@ use thiserror::Error;
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer as _;
 use url::Url;
 
@@ -40,7 +39,7 @@ pub enum TelemetryError {
         source: opentelemetry_otlp::ExporterBuildError,
     },
     #[error("cannot install the log subscriber: {0}")]
-    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+    Subscriber(String),
 }
 
 /// The tracer provider, kept so that shutdown can flush it.
@@ -53,23 +52,8 @@ impl Telemetry {
     /// runtime: the exporter's gRPC channel lives there.
     pub fn init(settings: &Settings) -> Result<Telemetry, TelemetryError> {
         let provider = tracer_provider(settings.otlp_endpoint.as_ref())?;
-        let tracer = provider.tracer(SERVICE_NAME);
-        // Each layer filters for itself: the service's spans are traced whatever --log leaves out of the logs.
-        let otel = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_filter(Targets::new().with_target(TRACED_TARGET, Level::INFO));
-        let filter = || tracing_subscriber::EnvFilter::new(&settings.log);
-        let registry = tracing_subscriber::registry().with(otel);
-        match settings.log_format {
-            LogFormat::Text => registry
-                .with(text_layer().with_filter(filter()))
-                .try_init()?,
-            LogFormat::Json => registry
-                .with(json_layer().with_filter(filter()))
-                .try_init()?,
-        }
+        tracing::subscriber::set_global_default(subscriber(settings, &provider))
+            .map_err(|error| TelemetryError::Subscriber(error.to_string()))?;
         Ok(Telemetry { provider })
     }
 
@@ -79,6 +63,25 @@ impl Telemetry {
         if let Err(error) = self.provider.shutdown_with_timeout(FLUSH_WITHIN) {
             eprintln!("warning: traces not flushed to the otlp endpoint: {error}");
         }
+    }
+}
+
+/// Logs as `settings` say, and spans through `provider`'s tracer. Each layer filters for itself: the
+/// service's spans are traced whatever `--log` leaves out of the logs.
+fn subscriber(
+    settings: &Settings,
+    provider: &SdkTracerProvider,
+) -> Box<dyn tracing::Subscriber + Send + Sync> {
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(SERVICE_NAME))
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(Targets::new().with_target(TRACED_TARGET, Level::INFO));
+    let filter = || tracing_subscriber::EnvFilter::new(&settings.log);
+    let registry = tracing_subscriber::registry().with(otel);
+    match settings.log_format {
+        LogFormat::Text => Box::new(registry.with(text_layer().with_filter(filter()))),
+        LogFormat::Json => Box::new(registry.with(json_layer().with_filter(filter()))),
     }
 }
 
@@ -165,5 +168,64 @@ impl Extractor for Headers<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn settings(log: &str, log_format: LogFormat) -> Settings {
+        let mut settings = Settings::for_tests(
+            PathBuf::from("unused"),
+            Url::parse("http://127.0.0.1:1/v1").unwrap(),
+        );
+        settings.log = log.to_string();
+        settings.log_format = log_format;
+        settings
+    }
+
+    /// The ids of a call's span, as the logs see them while it runs, under a subscriber made for `log`.
+    fn ids_inside_a_call(log: &str, log_format: LogFormat) -> Option<(String, String)> {
+        let provider = tracer_provider(None).unwrap();
+        let subscriber = subscriber(&settings(log, log_format), &provider);
+        tracing::subscriber::with_default(subscriber, || {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                    .parse()
+                    .unwrap(),
+            );
+            let span = tracing::info_span!("grpc call");
+            tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+                &span,
+                incoming_context(&headers),
+            )
+            .unwrap();
+            span.in_scope(current_ids)
+        })
+    }
+
+    #[test]
+    fn a_call_is_traced_in_its_callers_trace_whatever_the_log_level() {
+        for log in ["info", "warn", "off"] {
+            for format in [LogFormat::Text, LogFormat::Json] {
+                let (trace_id, span_id) = ids_inside_a_call(log, format)
+                    .unwrap_or_else(|| panic!("{log} {format:?}: no trace context"));
+                assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+                assert_ne!(span_id, "00f067aa0ba902b7");
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_traceparent_is_no_context() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", "00-not-a-trace-01".parse().unwrap());
+        let context = incoming_context(&headers);
+        assert!(!context.span().span_context().is_valid());
     }
 }
