@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::delivery::keys::{Evidence, KeyEntry, KeyState};
 use crate::delivery::report::{CallResult, DeliveryReport, DeliveryUnit, PlannedCall};

@@ -6,11 +6,11 @@
 //! meanwhile share the next commit.
 
 use std::sync::Arc;
-use tracing::Instrument;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::delivery::clock::now_ms;
 use crate::delivery::dispatch::Dispatcher;

@@ -8,7 +8,6 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tracing::Instrument;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -16,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::delivery::attempt::CallContext;
 use crate::delivery::claimer::Claimer;
