@@ -6,55 +6,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::flows::{active_destination, batch, credential, next_results, open, template, ticket};
+use common::relay::CountingRelay;
 use common::{start_sandbox, GrpcServer, TestServer};
-use tokio::net::TcpListener;
 use tonic_health::pb::HealthCheckRequest;
 
 const AGE: Duration = Duration::from_millis(300);
 /// Well past `AGE` (and the grace): the server's timer has fired by then.
 const PAST: Duration = Duration::from_millis(700);
-
-/// A TCP relay to `target` that counts the connections made through it.
-struct CountingRelay {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-}
-
-impl CountingRelay {
-    async fn start(target: SocketAddr) -> CountingRelay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counted = connections.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        CountingRelay { addr, connections }
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
-impl GrpcServer for CountingRelay {
-    fn grpc_addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
 
 async fn health_check(channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
     tonic_health::pb::health_client::HealthClient::new(channel)
