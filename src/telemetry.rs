@@ -18,6 +18,7 @@ use thiserror::Error;
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer as _;
 use url::Url;
 
@@ -39,7 +40,7 @@ pub enum TelemetryError {
         source: opentelemetry_otlp::ExporterBuildError,
     },
     #[error("cannot install the log subscriber: {0}")]
-    Subscriber(String),
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
 }
 
 /// The tracer provider, kept so that shutdown can flush it.
@@ -52,8 +53,8 @@ impl Telemetry {
     /// runtime: the exporter's gRPC channel lives there.
     pub fn init(settings: &Settings) -> Result<Telemetry, TelemetryError> {
         let provider = tracer_provider(settings.otlp_endpoint.as_ref())?;
-        tracing::subscriber::set_global_default(subscriber(settings, &provider))
-            .map_err(|error| TelemetryError::Subscriber(error.to_string()))?;
+        // try_init also routes the `log` records of dependencies (rustls) into the subscriber.
+        subscriber(settings, &provider).try_init()?;
         Ok(Telemetry { provider })
     }
 
