@@ -12,6 +12,7 @@ pub mod domain;
 pub mod groove;
 pub mod settings;
 pub mod store;
+pub mod telemetry;
 
 /// The generated gRPC contract (`proto/groove/destination/v1`).
 pub mod proto {
@@ -81,7 +82,32 @@ pub async fn serve(
     let groove = groove::GrooveClient::new(&settings.groove_url)?;
     let engine = delivery::Engine::start(store.clone(), groove, settings.engine_options()).await?;
     let state = api::AppState::new(store, engine);
-    api::run(state, listener, security, shutdown).await
+    log_serving(&settings, address);
+    api::run(
+        state,
+        listener,
+        security,
+        settings.server_options(),
+        shutdown,
+    )
+    .await
+}
+
+/// The start-up line: what an operator checks first when something is off.
+fn log_serving(settings: &Settings, address: std::net::SocketAddr) {
+    let (auth, tls) = settings.security_options().describe(address);
+    tracing::info!(
+        %address,
+        tls,
+        auth,
+        groove_url = %settings.groove_url,
+        data_dir = %settings.data_dir.display(),
+        store = "sqlite",
+        // --metrics-listen goes here.
+        otlp_endpoint = settings.otlp_endpoint.as_ref().map(url::Url::as_str),
+        version = telemetry::VERSION,
+        "groove-destination serving"
+    );
 }
 
 /// Resolves on SIGTERM (what container runtimes send) or SIGINT (Ctrl-C).

@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use groove_destination::cli::send::SendArgs;
-use groove_destination::settings::{LogFormat, Settings};
+use groove_destination::settings::Settings;
+use groove_destination::telemetry::Telemetry;
 
 /// Blocking threads serve the store's reads. A few suffice (the store keeps four reader connections), and
 /// every extra thread would keep its own allocator cache alive.
@@ -14,18 +15,29 @@ fn main() -> std::process::ExitCode {
         return send(SendArgs::parse_from(std::env::args_os().skip(1)));
     }
     let settings = Settings::parse();
-    init_logging(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build();
-    match runtime {
-        Ok(runtime) => runtime.block_on(run(settings)),
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
-            std::process::ExitCode::FAILURE
+            return std::process::ExitCode::FAILURE;
         }
-    }
+    };
+    // Inside the runtime: the OTLP exporter's channel is served by it.
+    let telemetry = match runtime.block_on(async { Telemetry::init(&settings) }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(settings));
+    // The runtime still runs here, so the last spans can be sent.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(settings: Settings) -> std::process::ExitCode {
@@ -73,19 +85,6 @@ fn send(args: SendArgs) -> std::process::ExitCode {
             eprintln!("error: {error}");
             std::process::ExitCode::from(2)
         }
-    }
-}
-
-fn init_logging(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::new(&settings.log);
-    // Colours only on a terminal: escape codes garble collected logs.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match settings.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

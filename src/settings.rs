@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use url::Url;
@@ -112,6 +113,58 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub webhook_allowed_hosts: Vec<AllowedHost>,
+
+    /// OpenTelemetry collector to export traces to over OTLP/gRPC (`http://otel-collector:4317`). Unset: no
+    /// export; a caller's `traceparent` still puts its trace id in the logs.
+    #[arg(long, env = "GROOVE_DESTINATION_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<Url>,
+
+    /// How often an idle client connection is pinged (HTTP/2 PING), so dead peers and silently dropped
+    /// connections are noticed; `0s`: never.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_HTTP2_KEEPALIVE_INTERVAL",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_HTTP2_KEEPALIVE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Most concurrent calls and streams on one client connection.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// Age after which a client connection is asked to go away (GOAWAY): its client opens new calls on a
+    /// new connection (through the load balancer again) while the open ones finish. Unset: never.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_MAX_CONNECTION_AGE",
+        value_parser = parse_positive_duration
+    )]
+    pub max_connection_age: Option<Duration>,
+
+    /// How long calls still open on a connection past its max age may go on before it is closed under
+    /// them; their records are let go and a replay sends them. Unset: they finish on their own.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_MAX_CONNECTION_AGE_GRACE",
+        requires = "max_connection_age",
+        value_parser = parse_positive_duration
+    )]
+    pub max_connection_age_grace: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -142,6 +195,23 @@ impl Settings {
             tls_key: None,
             tls_client_ca: None,
             webhook_allowed_hosts: Vec::new(),
+            otlp_endpoint: None,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 1024,
+            max_connection_age: None,
+            max_connection_age_grace: None,
+        }
+    }
+
+    pub fn server_options(&self) -> crate::api::ServerOptions {
+        crate::api::ServerOptions {
+            keepalive_interval: (!self.http2_keepalive_interval.is_zero())
+                .then_some(self.http2_keepalive_interval),
+            keepalive_timeout: self.http2_keepalive_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_connection_age: self.max_connection_age,
+            max_connection_age_grace: self.max_connection_age_grace,
         }
     }
 
@@ -202,6 +272,27 @@ fn parse_groove_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+fn parse_otlp_endpoint(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".to_string());
+    }
+    Ok(url)
+}
+
+/// A duration written as `30s`, `1m 30s`, `500ms`, `2h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("not a duration such as 30s, 5m or 1h: {error}"))
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        duration if duration.is_zero() => Err("must be longer than zero".to_string()),
+        duration => Ok(duration),
+    }
+}
+
 fn parse_log_filter(text: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(text)
         .map(|_| text.to_string())
@@ -219,6 +310,47 @@ mod tests {
         assert_eq!(settings.data_dir, PathBuf::from("./data"));
         assert_eq!(settings.groove_url.as_str(), "https://api.groovehq.com/v1");
         assert!(settings.webhook_allowed_hosts.is_empty());
+    }
+
+    #[test]
+    fn server_settings_default_to_the_documented_values_and_read_durations() {
+        let defaults = Settings::try_parse_from(["groove-destination"])
+            .unwrap()
+            .server_options();
+        assert_eq!(defaults.keepalive_interval, Some(Duration::from_secs(30)));
+        assert_eq!(defaults.keepalive_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.max_concurrent_streams, 1024);
+        assert_eq!(defaults.max_connection_age, None);
+        assert_eq!(defaults.max_connection_age_grace, None);
+
+        let set = Settings::try_parse_from([
+            "groove-destination",
+            "--http2-keepalive-interval",
+            "0s",
+            "--max-connection-age",
+            "1h 30m",
+            "--max-connection-age-grace",
+            "500ms",
+        ])
+        .unwrap()
+        .server_options();
+        assert_eq!(set.keepalive_interval, None);
+        assert_eq!(set.max_connection_age, Some(Duration::from_secs(5400)));
+        assert_eq!(
+            set.max_connection_age_grace,
+            Some(Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn a_grace_needs_a_max_connection_age() {
+        let error =
+            Settings::try_parse_from(["groove-destination", "--max-connection-age-grace", "30s"])
+                .unwrap_err();
+        assert!(
+            error.to_string().contains("--max-connection-age <"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -249,6 +381,12 @@ mod tests {
             ("--tls-client-ca", "ca.pem"),
             ("--webhook-allowed-hosts", "10.0.0.0/8,*.internal"),
             ("--webhook-allowed-hosts", "169.254.169.254"),
+            ("--otlp-endpoint", "otel-collector:4317"),
+            ("--http2-keepalive-interval", "soon"),
+            ("--http2-keepalive-timeout", "0s"),
+            ("--max-concurrent-streams", "0"),
+            ("--max-connection-age", "30"),
+            ("--max-connection-age", "0s"),
         ] {
             let error = Settings::try_parse_from(["groove-destination", flag, value]).unwrap_err();
             assert!(error.to_string().contains(flag), "{flag}: {error}");

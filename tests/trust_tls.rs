@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::flows::{self, template, ticket};
+use common::relay::CountingRelay;
 use common::{replace_file, sha256_hex, start_sandbox, AsCaller, GrpcServer, TestServer};
 use groove_destination::proto;
 use groove_destination::settings::Settings;
@@ -82,6 +83,18 @@ async fn tls_server(
     client_ca: Option<&Authority>,
     callers: Option<&str>,
 ) -> TlsServer {
+    tls_server_with(dir, groove_url, authority, client_ca, callers, |_| {}).await
+}
+
+/// [`tls_server`] with settings changed by `adjust`.
+async fn tls_server_with(
+    dir: &Path,
+    groove_url: &str,
+    authority: &Authority,
+    client_ca: Option<&Authority>,
+    callers: Option<&str>,
+    adjust: impl FnOnce(&mut Settings),
+) -> TlsServer {
     let (certificate_pem, key_pem) = authority.server_certificate();
     let certificate = dir.join("server.pem");
     let key = dir.join("server.key");
@@ -100,6 +113,7 @@ async fn tls_server(
         replace_file(&path, callers);
         settings.auth_tokens_file = Some(path);
     }
+    adjust(&mut settings);
     TlsServer {
         server: TestServer::start_with_settings(settings).await,
         certificate,
@@ -392,4 +406,55 @@ async fn a_mismatched_key_is_refused_at_start() {
         error.to_string().contains("cannot be used together"),
         "{error}"
     );
+}
+
+/// The connection settings hold behind the TLS acceptor too, and a connection closed for its age keeps
+/// nothing from the next one: the client certificate still names the caller.
+#[tokio::test]
+async fn over_mtls_a_connection_past_its_age_and_grace_is_closed_and_the_client_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Authority::new("server ca");
+    let client_ca = Authority::new("client ca");
+    let tls = tls_server_with(
+        dir.path(),
+        "http://127.0.0.1:9",
+        &server_ca,
+        Some(&client_ca),
+        Some(&callers_file()),
+        |settings| {
+            settings.max_connection_age = Some(Duration::from_millis(200));
+            settings.max_connection_age_grace = Some(Duration::from_millis(100));
+        },
+    )
+    .await;
+    let relay = CountingRelay::start(tls.server.addr).await;
+    let identity = client_ca.client_certificate(READER_NAME);
+    let tls_config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(server_ca.pem()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&identity.0, &identity.1));
+    let channel = Channel::from_shared(format!("https://{}", relay.addr))
+        .unwrap()
+        .tls_config(tls_config)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let reader = AsCaller {
+        channel,
+        token: None,
+    };
+    list_credentials(&reader).await.unwrap();
+    assert_eq!(relay.connections(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The first call may still meet the closed connection; the channel then connects again.
+    if let Err(status) = list_credentials(&reader).await {
+        assert!(
+            matches!(status.code(), Code::Unavailable | Code::Cancelled),
+            "{status:?}"
+        );
+        list_credentials(&reader).await.unwrap();
+    }
+    assert_eq!(relay.connections(), 2);
+    tls.server.stop().await;
 }

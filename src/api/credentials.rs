@@ -247,7 +247,7 @@ impl CredentialService for Credentials {
                 (Verdict::Unreachable, status.unwrap_or(0), detail)
             }
         };
-        tracing::info!(credential = %CREDENTIALS.name(&id), caller = caller.name(), verdict = ?verdict, http_status, "credential verified");
+        tracing::info!(credential = %CREDENTIALS.name(&id), caller = caller.name(), verdict = verdict.as_str_name(), http_status, "credential verified");
         Ok(Response::new(proto::VerifyCredentialResponse {
             verdict: verdict as i32,
             http_status: i32::from(http_status),
@@ -281,7 +281,7 @@ impl CredentialService for Credentials {
         tracing::info!(
             credential = %request.name,
             caller = caller.name(),
-            ?fields,
+            fields = %fields.join(","),
             key_verified = verify && fields.contains(&"api_key"),
             "credential updated"
         );

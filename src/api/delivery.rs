@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::api::convert::{duration, page_request};
 use crate::api::error::ApiError;
@@ -152,7 +153,7 @@ fn why_input_ended(status: &Status) -> Interruption {
             )))
         }
         code => {
-            tracing::info!(?code, message = status.message(), "record stream broken by the client or its connection");
+            tracing::info!(code = code.description(), message = status.message(), "record stream broken by the client or its connection");
             Interruption::ClientGone
         }
     }
@@ -187,27 +188,38 @@ impl DeliveryService for Delivery {
             .open_session(&id, &start.destination)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(destination = %start.destination, caller = caller.name(), "record stream opened");
+        // The stream's span lives as long as its task, so its Groove calls and its summary are in its trace.
+        let stream_id = uuid::Uuid::new_v4().simple().to_string();
+        let span = tracing::info_span!("record stream", destination = %start.destination, stream_id = %stream_id);
+        span.in_scope(|| tracing::info!(caller = caller.name(), "record stream opened"));
         let (output, events) = mpsc::channel(OUTPUT_BUFFER);
-        let name = start.destination.clone();
-        tokio::spawn(async move {
-            let summary = session.run(record_batches(inbound), output).await;
-            tracing::info!(
-                destination = %name,
-                received = summary.records_received,
-                delivered = summary.delivered,
-                rejected = summary.rejected,
-                invalid = summary.invalid,
-                failed = summary.failed,
-                duplicate = summary.duplicate,
-                unanswered = summary.unanswered,
-                calls = summary.calls,
-                "record stream closed"
-            );
-        });
+        let detail = start.result_detail();
+        let name = start.destination;
+        let started = Instant::now();
+        tokio::spawn(
+            async move {
+                let summary = session.run(record_batches(inbound), output).await;
+                tracing::info!(
+                    destination = %name,
+                    caller = caller.name(),
+                    stream_id = %stream_id,
+                    received = summary.records_received,
+                    delivered = summary.delivered,
+                    rejected = summary.rejected,
+                    invalid = summary.invalid,
+                    failed = summary.failed,
+                    duplicate = summary.duplicate,
+                    unanswered = summary.unanswered,
+                    calls = summary.calls,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "record stream closed"
+                );
+            }
+            .instrument(span),
+        );
         let coalesce = Coalesce {
             events,
-            detail: start.result_detail(),
+            detail,
             pending_error: None,
         };
         let responses = futures::stream::unfold(coalesce, Coalesce::next_message);
@@ -307,7 +319,7 @@ impl DeliveryService for Delivery {
         }
         let (mut feed, input) = RetryFeed::new(self.state.store.clone(), id, sizes);
         let (output, mut events) = mpsc::channel(OUTPUT_BUFFER);
-        let run = tokio::spawn(session.run(input, output));
+        let run = tokio::spawn(session.run(input, output).in_current_span());
         let mut results = BoundedResults::default();
         let mut summary = None;
         while let Some(event) = events.recv().await {

@@ -339,7 +339,7 @@ impl DestinationService for Destinations {
             )
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(destination = %DESTINATIONS.name(&saved.id), caller = caller.name(), fields = ?paths, "destination updated");
+        tracing::info!(destination = %DESTINATIONS.name(&saved.id), caller = caller.name(), fields = %paths.join(","), "destination updated");
         Ok(Response::new(proto::UpdateDestinationResponse {
             destination: Some(destination_to_proto(saved)),
         }))

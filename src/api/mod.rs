@@ -12,7 +12,9 @@ pub mod json_wire;
 mod names;
 mod reflection;
 mod results;
+mod server;
 mod templates;
+mod trace;
 
 use crate::admin::DestinationAdmin;
 use std::future::Future;
@@ -31,6 +33,8 @@ use crate::proto::delivery_service_server::DeliveryServiceServer;
 use crate::proto::destination_service_server::DestinationServiceServer;
 use crate::store::Store;
 use crate::ServeError;
+
+pub use server::ServerOptions;
 
 /// What every service needs; cheap to clone.
 #[derive(Clone)]
@@ -73,6 +77,7 @@ pub async fn run(
     state: AppState,
     listener: TcpListener,
     security: Security,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -80,14 +85,6 @@ pub async fn run(
 
     let reflection_v1 = reflection::v1()?;
     let reflection_v1alpha = reflection::v1alpha()?;
-
-    let (auth, tls) = security.describe();
-    match listener.local_addr() {
-        Ok(address) => tracing::info!(%address, auth, tls, "groove-destination serving"),
-        Err(error) => {
-            tracing::info!(%error, auth, tls, "groove-destination serving on an unknown address")
-        }
-    }
 
     let drain_reporter = health_reporter.clone();
     let engine = state.engine.clone();
@@ -98,7 +95,10 @@ pub async fn run(
         tracing::info!("health set to not serving; draining calls in flight");
     };
 
-    let router = Server::builder()
+    // The trace layer is outermost, so a refused call is logged inside its caller's trace too.
+    let router = options
+        .apply(Server::builder())
+        .layer(trace::TraceLayer)
         .layer(guard::GuardLayer::new(security.authenticator.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -116,12 +116,18 @@ pub async fn run(
     match &security.tls {
         Some(config) => {
             router
-                .serve_with_incoming_shutdown(accept_tls(listener, config.clone()), shutdown)
+                .serve_with_incoming_shutdown(
+                    options.limit_age(accept_tls(listener, config.clone())),
+                    shutdown,
+                )
                 .await?
         }
         None => {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(
+                    options.limit_age(TcpListenerStream::new(listener)),
+                    shutdown,
+                )
                 .await?
         }
     }

@@ -24,6 +24,26 @@ pub struct SecurityOptions {
     pub allow_unauthenticated: bool,
 }
 
+impl SecurityOptions {
+    /// How callers are authenticated and whether the port speaks TLS, in a few words for the start-up line.
+    pub fn describe(&self, address: SocketAddr) -> (&'static str, &'static str) {
+        let client_ca = self.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+        let auth = match (self.auth_tokens_file.is_some(), client_ca) {
+            (true, true) => "tokens file and client certificates",
+            (true, false) => "tokens file",
+            (false, true) => "client certificates",
+            (false, false) if address.ip().is_loopback() => "unauthenticated loopback",
+            (false, false) => "unauthenticated (--allow-unauthenticated)",
+        };
+        let tls = match &self.tls {
+            None => "off",
+            Some(_) if client_ca => "mtls",
+            Some(_) => "tls",
+        };
+        (auth, tls)
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum SecurityError {
     #[error(transparent)]
@@ -43,7 +63,6 @@ pub struct Security {
     pub authenticator: Authenticator,
     /// `Some`: serve TLS with the current config.
     pub tls: Option<Arc<ArcSwap<ServerConfig>>>,
-    client_certificates: bool,
     _reloaders: Vec<AbortOnDropHandle<()>>,
 }
 
@@ -53,24 +72,8 @@ impl Security {
         Security {
             authenticator: Authenticator::open(),
             tls: None,
-            client_certificates: false,
             _reloaders: Vec::new(),
         }
-    }
-
-    /// A few words for the start-up log line.
-    pub fn describe(&self) -> (&'static str, &'static str) {
-        let auth = if self.authenticator.authenticates_callers() {
-            "callers authenticated"
-        } else {
-            "no caller authentication"
-        };
-        let tls = match &self.tls {
-            None => "plaintext",
-            Some(_) if self.client_certificates => "mtls",
-            Some(_) => "tls",
-        };
-        (auth, tls)
     }
 }
 
@@ -125,7 +128,6 @@ pub fn set_up(options: &SecurityOptions, address: SocketAddr) -> Result<Security
     Ok(Security {
         authenticator: Authenticator::new(callers, client_certificates, options.public_reflection),
         tls,
-        client_certificates,
         _reloaders: reloaders,
     })
 }

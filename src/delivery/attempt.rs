@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::delivery::keys::{Evidence, KeyEntry, KeyState};
 use crate::delivery::report::{DeliveryReport, DeliveryUnit, PlannedCall};
@@ -60,7 +61,16 @@ pub async fn deliver(
     let mut last: Option<(DeliveryReport, usize)> = None;
     let mut last_sent = true;
     for (index, call) in unit.calls.iter().enumerate() {
-        let report = match send_with_retries(context, connection, call, stop).await {
+        let span = tracing::info_span!(
+            "groove call",
+            otel.name = call.method.as_str(),
+            otel.kind = "client",
+            url.path = call.url.path()
+        );
+        let report = match send_with_retries(context, connection, call, stop)
+            .instrument(span)
+            .await
+        {
             CallEnd::Finished(report) => report,
             CallEnd::KeyRefused(report) => {
                 last_sent = report.attempts > 0;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::delivery::clock::now_ms;
 use crate::delivery::dispatch::Dispatcher;
@@ -50,7 +51,7 @@ impl Claimer {
             reports,
             stop,
         };
-        let task = tokio::spawn(stage.run(groups, dispatcher));
+        let task = tokio::spawn(stage.run(groups, dispatcher).in_current_span());
         (Claimer { queue }, task)
     }
 

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::delivery::attempt::{deliver, CallContext, UnitEnd};
 use crate::delivery::report::DeliveryUnit;
@@ -78,13 +79,17 @@ impl Dispatcher {
         let chains = Arc::new(Chains::default());
         let mut workers = JoinSet::new();
         for _ in 0..concurrency {
-            workers.spawn(work(
-                context.clone(),
-                ready_rx.clone(),
-                chains.clone(),
-                reports.clone(),
-                stop.clone(),
-            ));
+            workers.spawn(
+                work(
+                    context.clone(),
+                    ready_rx.clone(),
+                    chains.clone(),
+                    reports.clone(),
+                    stop.clone(),
+                )
+                // The stream's span: its Groove calls are children of it.
+                .in_current_span(),
+            );
         }
         Dispatcher {
             ready,

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::delivery::attempt::CallContext;
 use crate::delivery::claimer::Claimer;
@@ -134,14 +135,17 @@ impl Session {
             self.destination.config.response_webhook.as_deref(),
         );
         let stop = Stop::default();
-        let watcher = tokio::spawn(watch_for_stop(
-            self.shared.store.clone(),
-            self.destination.id.clone(),
-            self.name.clone(),
-            self.shared.shutdown.clone(),
-            output.clone(),
-            stop.clone(),
-        ));
+        let watcher = tokio::spawn(
+            watch_for_stop(
+                self.shared.store.clone(),
+                self.destination.id.clone(),
+                self.name.clone(),
+                self.shared.shutdown.clone(),
+                output.clone(),
+                stop.clone(),
+            )
+            .in_current_span(),
+        );
         let dispatcher =
             Dispatcher::start(self.context.clone(), reports.clone(), stop.token.clone());
         let (claimer, sending) = Claimer::start(

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
