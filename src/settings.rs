@@ -106,6 +106,11 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub webhook_allowed_hosts: Vec<AllowedHost>,
+
+    /// Address of a separate HTTP listener serving Prometheus metrics at `GET /metrics` (OpenMetrics text),
+    /// e.g. `0.0.0.0:9090`. Unset: no metrics are kept or served.
+    #[arg(long, env = "GROOVE_DESTINATION_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -136,6 +141,7 @@ impl Settings {
             tls_key: None,
             tls_client_ca: None,
             webhook_allowed_hosts: Vec::new(),
+            metrics_listen: None,
         }
     }
 
@@ -168,6 +174,7 @@ impl Settings {
             ),
             ledger_max_entries_per_destination: self.ledger_max_per_destination,
             webhook_hosts: HostPolicy::new(&self.webhook_allowed_hosts),
+            metrics: None,
         }
     }
 }
@@ -243,6 +250,7 @@ mod tests {
             ("--tls-client-ca", "ca.pem"),
             ("--webhook-allowed-hosts", "10.0.0.0/8,*.internal"),
             ("--webhook-allowed-hosts", "169.254.169.254"),
+            ("--metrics-listen", "9090"),
         ] {
             let error = Settings::try_parse_from(["groove-destination", flag, value]).unwrap_err();
             assert!(error.to_string().contains(flag), "{flag}: {error}");

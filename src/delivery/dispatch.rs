@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::attempt::{deliver, CallContext, UnitEnd};
 use crate::delivery::report::DeliveryUnit;
 use crate::delivery::sink::ReportSink;
+use crate::metrics::DestinationMetrics;
 
 /// Units queued per lane beyond the one in flight; small, so that memory stays flat and the stream is read
 /// only as fast as Groove answers.
@@ -32,6 +33,7 @@ pub struct Dispatcher {
     shared_room: Arc<Semaphore>,
     workers: JoinSet<()>,
     stop: CancellationToken,
+    metrics: DestinationMetrics,
 }
 
 impl Dispatcher {
@@ -39,6 +41,7 @@ impl Dispatcher {
     /// sent any more: calls on the wire finish, the rest is released.
     pub fn start(context: CallContext, reports: ReportSink, stop: CancellationToken) -> Self {
         let concurrency = context.options.concurrency.max(1) as usize;
+        let metrics = context.metrics.clone();
         let (shared, shared_rx) = async_channel::unbounded();
         let shared_room = Arc::new(Semaphore::new(concurrency * LANE_CAPACITY));
         let mut lanes = Vec::with_capacity(concurrency);
@@ -60,12 +63,24 @@ impl Dispatcher {
             shared_room,
             workers,
             stop,
+            metrics,
         }
     }
 
     /// Queues a unit, waiting while its queue is full (this is the backpressure). Gives the unit back if the
     /// stream stops first.
     pub async fn dispatch(&self, unit: DeliveryUnit) -> Result<(), DeliveryUnit> {
+        // Counted before it is queued, so a worker that takes it at once never counts it out first.
+        let records = unit.record_ids.len() as i64;
+        self.metrics.queued(records);
+        let queued = self.queue(unit).await;
+        if queued.is_err() {
+            self.metrics.queued(-records);
+        }
+        queued
+    }
+
+    async fn queue(&self, unit: DeliveryUnit) -> Result<(), DeliveryUnit> {
         let sender = match &unit.ordering_key {
             Some(key) => &self.lanes[lane_of(key, self.lanes.len())],
             None => return self.dispatch_shared(unit).await,
@@ -161,6 +176,7 @@ async fn work(
             // Idle: let go of the connection as soon as Groove closes it.
             () = connection.closed() => continue,
         };
+        context.metrics.queued(-(unit.record_ids.len() as i64));
         // Once stopped, `deliver` releases the unit before anything of it is sent.
         match deliver(&context, &mut connection, unit, &stop).await {
             UnitEnd::Reported(report) => reports.report(*report).await,
