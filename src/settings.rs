@@ -220,6 +220,18 @@ mod tests {
         assert_eq!(settings.data_dir, PathBuf::from("./data"));
         assert_eq!(settings.groove_url.as_str(), "https://api.groovehq.com/v1");
         assert!(settings.webhook_allowed_hosts.is_empty());
+        assert_eq!(settings.metrics_listen, None, "metrics are off by default");
+    }
+
+    #[test]
+    fn metrics_listen_takes_an_address() {
+        let settings =
+            Settings::try_parse_from(["groove-destination", "--metrics-listen", "0.0.0.0:9090"])
+                .unwrap();
+        assert_eq!(
+            settings.metrics_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9090)))
+        );
     }
 
     #[test]
