@@ -116,9 +116,9 @@ async fn metrics_count_records_calls_and_their_latency() {
         template("update_ticket_state", &[("ticket_number", "{number}")]),
     )
     .await;
-    // The first call is refused with a 503 and retried (a state update is safe to repeat).
+    // The first call is refused with a 429 and a 503, and retried (a state update is safe to repeat).
     sandbox.set_faults(Faults {
-        script: vec![ScriptedAnswer::fail(503)],
+        script: vec![ScriptedAnswer::fail(429), ScriptedAnswer::fail(503)],
         ..Faults::default()
     });
     let closed = |number: u32| json!({"number": number, "state": "closed"});
@@ -165,6 +165,7 @@ async fn metrics_count_records_calls_and_their_latency() {
     };
     assert_eq!(calls("2xx"), 2.0);
     assert_eq!(calls("4xx"), 2.0);
+    assert_eq!(calls("429"), 1.0);
     assert_eq!(calls("5xx"), 1.0);
     assert_eq!(calls("transport"), 0.0);
     let states_label = [("destination", "states")];
@@ -174,7 +175,7 @@ async fn metrics_count_records_calls_and_their_latency() {
             "groove_destination_groove_call_duration_seconds_count",
             &states_label
         ),
-        5.0,
+        6.0,
         "one observation per call"
     );
     assert_eq!(
@@ -183,7 +184,7 @@ async fn metrics_count_records_calls_and_their_latency() {
             "groove_destination_groove_retries_total",
             &states_label
         ),
-        1.0
+        2.0
     );
     assert_eq!(
         value(
@@ -216,8 +217,15 @@ async fn metrics_count_records_calls_and_their_latency() {
             "groove_destination_rate_limited_total",
             &[("credential", "main")]
         ),
-        0.0
+        1.0
     );
+    // After the 429 the pacer slow-starts: a finite rate.
+    let rate = value(
+        &samples,
+        "groove_destination_pacer_rate_per_second",
+        &[("credential", "main")],
+    );
+    assert!(rate.is_finite() && rate > 0.0, "{rate}");
     assert_eq!(
         value(
             &samples,
