@@ -10,6 +10,7 @@ pub mod cli;
 pub mod delivery;
 pub mod domain;
 pub mod groove;
+pub mod metrics;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
@@ -53,15 +54,38 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Security(#[from] auth::SecurityError),
+    #[error("cannot listen on {address} (--metrics-listen): {source}")]
+    MetricsListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
 /// Runs the service on `listener` until `shutdown` resolves, then stops accepting calls and lets the ones in
-/// flight finish.
+/// flight finish. Metrics are served on `--metrics-listen` when it is set.
 pub async fn serve(
     settings: Settings,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let metrics_listener = match settings.metrics_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| ServeError::MetricsListen { address, source })?,
+        ),
+        None => None,
+    };
+    serve_with_metrics(settings, listener, metrics_listener, shutdown).await
+}
+
+/// [`serve`] with the metrics listener given (or none: metrics off) instead of bound from the settings.
+pub async fn serve_with_metrics(
+    settings: Settings,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let address = listener.local_addr().unwrap_or(settings.listen);
@@ -80,17 +104,35 @@ pub async fn serve(
         })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let groove = groove::GrooveClient::new(&settings.groove_url)?;
-    let engine = delivery::Engine::start(store.clone(), groove, settings.engine_options()).await?;
+    let metrics = metrics_listener
+        .as_ref()
+        .map(|_| Arc::new(metrics::Metrics::new()));
+    let mut engine_options = settings.engine_options();
+    engine_options.metrics = metrics.clone();
+    let engine = delivery::Engine::start(store.clone(), groove, engine_options).await?;
     let state = api::AppState::new(store, engine);
     log_serving(&settings, address);
-    api::run(
+    // Metrics outlive the gRPC server's drain, so a scrape can watch it.
+    let metrics_stop = tokio_util::sync::CancellationToken::new();
+    let metrics_task = metrics.zip(metrics_listener).map(|(metrics, listener)| {
+        let stop = metrics_stop.clone();
+        tokio::spawn(metrics::server::serve(metrics, listener, async move {
+            stop.cancelled().await
+        }))
+    });
+    let served = api::run(
         state,
         listener,
         security,
         settings.server_options(),
         shutdown,
     )
-    .await
+    .await;
+    metrics_stop.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    served
 }
 
 /// The start-up line: what an operator checks first when something is off.
@@ -103,7 +145,7 @@ fn log_serving(settings: &Settings, address: std::net::SocketAddr) {
         groove_url = %settings.groove_url,
         data_dir = %settings.data_dir.display(),
         store = "sqlite",
-        // --metrics-listen goes here.
+        metrics_listen = settings.metrics_listen.map(|address| address.to_string()),
         otlp_endpoint = settings.otlp_endpoint.as_ref().map(url::Url::as_str),
         version = telemetry::VERSION,
         "groove-destination serving"

@@ -165,6 +165,11 @@ pub struct Settings {
         value_parser = parse_positive_duration
     )]
     pub max_connection_age_grace: Option<Duration>,
+
+    /// Address of a separate HTTP listener serving Prometheus metrics at `GET /metrics` (OpenMetrics text),
+    /// e.g. `0.0.0.0:9090`. Unset: no metrics are kept or served.
+    #[arg(long, env = "GROOVE_DESTINATION_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -201,6 +206,7 @@ impl Settings {
             max_concurrent_streams: 1024,
             max_connection_age: None,
             max_connection_age_grace: None,
+            metrics_listen: None,
         }
     }
 
@@ -244,6 +250,7 @@ impl Settings {
             ),
             ledger_max_entries_per_destination: self.ledger_max_per_destination,
             webhook_hosts: HostPolicy::new(&self.webhook_allowed_hosts),
+            metrics: None,
         }
     }
 }
@@ -310,6 +317,18 @@ mod tests {
         assert_eq!(settings.data_dir, PathBuf::from("./data"));
         assert_eq!(settings.groove_url.as_str(), "https://api.groovehq.com/v1");
         assert!(settings.webhook_allowed_hosts.is_empty());
+        assert_eq!(settings.metrics_listen, None, "metrics are off by default");
+    }
+
+    #[test]
+    fn metrics_listen_takes_an_address() {
+        let settings =
+            Settings::try_parse_from(["groove-destination", "--metrics-listen", "0.0.0.0:9090"])
+                .unwrap();
+        assert_eq!(
+            settings.metrics_listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9090)))
+        );
     }
 
     #[test]
@@ -387,6 +406,7 @@ mod tests {
             ("--max-concurrent-streams", "0"),
             ("--max-connection-age", "30"),
             ("--max-connection-age", "0s"),
+            ("--metrics-listen", "9090"),
         ] {
             let error = Settings::try_parse_from(["groove-destination", flag, value]).unwrap_err();
             assert!(error.to_string().contains(flag), "{flag}: {error}");

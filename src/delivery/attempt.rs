@@ -13,6 +13,7 @@ use crate::domain::destination::DeliveryOptions;
 use crate::domain::outcome::Outcome;
 use crate::groove::pacer::Pacer;
 use crate::groove::{CallError, GrooveAnswer, GrooveClient, GrooveConnection};
+use crate::metrics::{CallClass, DestinationMetrics};
 
 /// Everything needed to call Groove for one destination.
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct CallContext {
     pub options: DeliveryOptions,
     /// `destinations/{id}`, for what a refusal says.
     pub destination_name: String,
+    /// The destination's series, fetched once for the stream.
+    pub metrics: DestinationMetrics,
 }
 
 /// How a unit's delivery ended.
@@ -153,7 +156,9 @@ async fn send_with_retries(
         if let Some(refused) = key_refused(context, &key, attempts) {
             return refused;
         }
+        let sent_at = Instant::now();
         let result = connection.send(&key.key, call, timeout).await;
+        record_call(&context.metrics, &result, sent_at.elapsed());
         match &result {
             Ok(answer) => permit.observe(answer.status, &answer.pacing_headers()),
             Err(_) => drop(permit),
@@ -177,6 +182,7 @@ async fn send_with_retries(
         );
         match decision {
             Decision::Retry { after } => {
+                context.metrics.retry();
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => return CallEnd::Stopped,
@@ -191,6 +197,19 @@ async fn send_with_retries(
                 return CallEnd::Finished(failed(result, attempts.total, reason, true))
             }
         }
+    }
+}
+
+/// Counts a call that reached for Groove; one refused here before any connection is no call.
+fn record_call(
+    metrics: &DestinationMetrics,
+    result: &Result<GrooveAnswer, CallError>,
+    took: Duration,
+) {
+    match result {
+        Ok(answer) => metrics.call(CallClass::of(Some(answer.status)), took),
+        Err(error) if error.is_local() => {}
+        Err(_) => metrics.call(CallClass::of(None), took),
     }
 }
 
@@ -273,6 +292,7 @@ mod tests {
                 max_attempts: 10,
                 ..DeliveryOptions::default()
             },
+            metrics: DestinationMetrics::default(),
         };
         let unit = DeliveryUnit {
             record_ids: vec!["r1".to_string()],

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::delivery::attempt::{deliver, CallContext, UnitEnd};
 use crate::delivery::report::DeliveryUnit;
 use crate::delivery::sink::ReportSink;
+use crate::metrics::DestinationMetrics;
 
 /// Units queued per worker beyond the ones in flight; small, so that memory stays flat and the stream is read
 /// only as fast as Groove answers.
@@ -68,6 +69,7 @@ pub struct Dispatcher {
     chains: Arc<Chains>,
     workers: JoinSet<()>,
     stop: CancellationToken,
+    metrics: DestinationMetrics,
 }
 
 impl Dispatcher {
@@ -75,6 +77,7 @@ impl Dispatcher {
     /// sent any more: calls on the wire finish, the rest is released.
     pub fn start(context: CallContext, reports: ReportSink, stop: CancellationToken) -> Self {
         let concurrency = context.options.concurrency.max(1) as usize;
+        let metrics = context.metrics.clone();
         let (ready, ready_rx) = async_channel::unbounded();
         let chains = Arc::new(Chains::default());
         let mut workers = JoinSet::new();
@@ -97,12 +100,24 @@ impl Dispatcher {
             chains,
             workers,
             stop,
+            metrics,
         }
     }
 
     /// Queues a unit, waiting while the queue is full (this is the backpressure). Gives the unit back if the
     /// stream stops first.
     pub async fn dispatch(&self, unit: DeliveryUnit) -> Result<(), DeliveryUnit> {
+        // Counted before it is queued, so a worker that takes it at once never counts it out first.
+        let records = unit.record_ids.len() as i64;
+        self.metrics.queued(records);
+        let queued = self.queue(unit).await;
+        if queued.is_err() {
+            self.metrics.queued(-records);
+        }
+        queued
+    }
+
+    async fn queue(&self, unit: DeliveryUnit) -> Result<(), DeliveryUnit> {
         let permit = tokio::select! {
             biased;
             () = self.stop.cancelled() => return Err(unit),
@@ -164,6 +179,7 @@ async fn work(
             let (room, unit) = queued;
             // The unit leaves the queue: its room goes back.
             drop(room);
+            context.metrics.queued(-(unit.record_ids.len() as i64));
             let key = unit.ordering_key.clone();
             // Once stopped, `deliver` releases the unit before anything of it is sent.
             match deliver(&context, &mut connection, unit, &stop).await {

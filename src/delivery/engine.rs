@@ -25,6 +25,7 @@ use crate::domain::render::Renderer;
 use crate::domain::validation::{FieldViolation, Violations};
 use crate::groove::pacer::PacerRegistry;
 use crate::groove::{CallError, GrooveAnswer, GrooveClient, Verification};
+use crate::metrics::{DestinationMetrics, Metrics};
 use crate::store::{CredentialUpdate, Store, StoreError};
 
 /// Engine-wide knobs.
@@ -38,6 +39,8 @@ pub struct EngineOptions {
     pub ledger_max_entries_per_destination: u64,
     /// Which internal addresses response webhooks may reach (`--webhook-allowed-hosts`).
     pub webhook_hosts: HostPolicy,
+    /// Where delivery records its metrics; `None`: metrics are off.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for EngineOptions {
@@ -47,6 +50,7 @@ impl Default for EngineOptions {
             ledger_retention: Duration::from_secs(7 * 24 * 3600),
             ledger_max_entries_per_destination: 10_000_000,
             webhook_hosts: HostPolicy::default(),
+            metrics: None,
         }
     }
 }
@@ -201,11 +205,11 @@ impl Engine {
                 "records left in flight by a previous run are kept as failed records that may have been delivered"
             );
         }
-        let in_flight = Arc::new(InFlight::default());
+        let in_flight = Arc::new(InFlight::with_metrics(options.metrics.clone()));
         let (stopping, shutdown) = watch::channel(false);
         let shared = Shared {
             store: store.clone(),
-            recorder: Recorder::start(store.clone(), in_flight.clone()),
+            recorder: Recorder::start(store.clone(), in_flight.clone(), options.metrics.clone()),
             in_flight,
             webhooks: WebhookForwarder::start(options.webhook_hosts.clone())?,
             shutdown,
@@ -215,7 +219,7 @@ impl Engine {
             keys: Arc::new(CredentialKeys::new(store.clone())),
             store,
             groove,
-            pacers: Arc::new(PacerRegistry::default()),
+            pacers: Arc::new(PacerRegistry::with_metrics(options.metrics.clone())),
             options,
             shared,
             stopping: Arc::new(stopping),
@@ -457,6 +461,7 @@ impl Engine {
             pacer,
             options: destination.config.delivery.clone(),
             destination_name: name.to_string(),
+            metrics: DestinationMetrics::of(self.options.metrics.as_deref(), &destination.id),
         };
         Ok(Session {
             name: name.to_string(),

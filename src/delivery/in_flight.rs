@@ -2,19 +2,36 @@
 //! and a way for another copy of the id to wait until that delivery has ended.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
 
 /// Record ids being delivered right now, per destination, with whoever waits for each to be let go: a record
 /// in flight must not be answered (nor sent again) until its delivery has ended.
 #[derive(Default)]
 pub struct InFlight {
-    ids: Mutex<HashMap<String, HeldIds>>,
+    ids: Mutex<HashMap<String, Held>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
-/// A destination's ids in flight, each with the senders that wake its waiters when dropped.
-type HeldIds = HashMap<String, Vec<oneshot::Sender<()>>>;
+/// A destination's ids in flight, each with the senders that wake its waiters when dropped, and the gauge
+/// that shows how many there are.
+#[derive(Default)]
+struct Held {
+    ids: HashMap<String, Vec<oneshot::Sender<()>>>,
+    gauge: Option<Gauge>,
+}
+
+impl Held {
+    fn show_count(&self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.set(self.ids.len() as i64);
+        }
+    }
+}
 
 /// The answer to a claim on one record id.
 pub enum Claim {
@@ -25,27 +42,45 @@ pub enum Claim {
 }
 
 impl InFlight {
+    /// A table whose count per destination shows in `metrics` (`None`: metrics are off).
+    pub fn with_metrics(metrics: Option<Arc<Metrics>>) -> Self {
+        InFlight {
+            ids: Mutex::default(),
+            metrics,
+        }
+    }
+
     /// Claims each id for delivery, in order: an id listed twice is held by its first copy.
     pub fn claim(&self, destination_id: &str, record_ids: &[&str]) -> Vec<Claim> {
         let mut ids = self
             .ids
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let held = ids.entry(destination_id.to_string()).or_default();
-        record_ids
+        let held = ids
+            .entry(destination_id.to_string())
+            .or_insert_with(|| Held {
+                ids: HashMap::new(),
+                gauge: self
+                    .metrics
+                    .as_ref()
+                    .map(|metrics| metrics.in_flight(destination_id)),
+            });
+        let claims = record_ids
             .iter()
-            .map(|id| match held.get_mut(*id) {
+            .map(|id| match held.ids.get_mut(*id) {
                 Some(waiters) => {
                     let (wake, wait) = oneshot::channel();
                     waiters.push(wake);
                     Claim::Held(wait)
                 }
                 None => {
-                    held.insert((*id).to_string(), Vec::new());
+                    held.ids.insert((*id).to_string(), Vec::new());
                     Claim::Taken
                 }
             })
-            .collect()
+            .collect();
+        held.show_count();
+        claims
     }
 
     /// Lets the ids go and wakes whoever waits for them.
@@ -57,9 +92,10 @@ impl InFlight {
         if let Some(held) = ids.get_mut(destination_id) {
             for id in record_ids {
                 // Dropping the senders is the wake-up.
-                held.remove(id);
+                held.ids.remove(id);
             }
-            if held.is_empty() {
+            held.show_count();
+            if held.ids.is_empty() {
                 ids.remove(destination_id);
             }
         }

@@ -13,6 +13,7 @@ use crate::delivery::backoff::Backoff;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::report::DeliveryReport;
 use crate::domain::outcome::Outcome;
+use crate::metrics::Metrics;
 use crate::store::{
     FailedRecordEntry, LedgerEntry, Store, StoreError, StoredRequest, LEDGER_BODY_CAP,
 };
@@ -59,9 +60,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn start(store: Arc<dyn Store>, in_flight: Arc<InFlight>) -> Self {
+    /// Starts the recorder task; its commits show in `metrics` (`None`: metrics are off).
+    pub fn start(
+        store: Arc<dyn Store>,
+        in_flight: Arc<InFlight>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(store, in_flight, receiver));
+        tokio::spawn(run(store, in_flight, metrics, receiver));
         Recorder { queue }
     }
 
@@ -114,6 +120,7 @@ impl Recorder {
 async fn run(
     store: Arc<dyn Store>,
     in_flight: Arc<InFlight>,
+    metrics: Option<Arc<Metrics>>,
     mut receiver: mpsc::Receiver<Message>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
@@ -133,11 +140,16 @@ async fn run(
                 }
             }
         }
-        commit(&*store, &in_flight, group.drain(..)).await;
+        commit(&*store, &in_flight, metrics.as_deref(), group.drain(..)).await;
     }
 }
 
-async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator<Item = Message>) {
+async fn commit(
+    store: &dyn Store,
+    in_flight: &InFlight,
+    metrics: Option<&Metrics>,
+    messages: impl Iterator<Item = Message>,
+) {
     let mut delivered = Vec::new();
     let mut failed = Vec::new();
     let mut unclaimed: Vec<(String, String)> = Vec::new();
@@ -172,10 +184,15 @@ async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator
     }
     if !delivered.is_empty() || !failed.is_empty() {
         let (outcomes, records) = (delivered.len(), failed.len());
-        persist("delivery outcomes", outcomes + records, || {
+        let started = std::time::Instant::now();
+        let stored = persist("delivery outcomes", outcomes + records, || {
             store.record_outcomes(delivered.clone(), failed.clone())
         })
         .await;
+        if let (true, Some(metrics)) = (stored, metrics) {
+            metrics.ledger_commit(started.elapsed(), outcomes + records);
+            count_failed_stored(metrics, &failed);
+        }
     }
     if !unclaimed.is_empty() {
         persist("record claims to release", unclaimed.len(), || {
@@ -191,16 +208,25 @@ async fn commit(store: &dyn Store, in_flight: &InFlight, messages: impl Iterator
     }
 }
 
+/// Counts the failed records a commit stored, per destination: one series lookup per run of a destination's
+/// entries, which a group holds together.
+fn count_failed_stored(metrics: &Metrics, failed: &[FailedRecordEntry]) {
+    for run in failed.chunk_by(|a, b| a.destination_id == b.destination_id) {
+        metrics.failed_stored(&run[0].destination_id, run.len() as u64);
+    }
+}
+
 /// Runs one group's write, retrying a failing store for a while: an outcome that never reaches the store would
 /// let a replay send its record again, and a claim never released would turn into a failure at the next start.
-async fn persist<F, W>(what: &str, records: usize, mut write: W)
+/// Says whether the write was stored.
+async fn persist<F, W>(what: &str, records: usize, mut write: W) -> bool
 where
     W: FnMut() -> F,
     F: Future<Output = Result<(), StoreError>>,
 {
     for attempt in 1..=PERSIST_ATTEMPTS {
         match write().await {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(error) if attempt < PERSIST_ATTEMPTS => {
                 tracing::warn!(%error, attempt, what, "cannot write to the store; retrying");
                 PERSIST_BACKOFF.wait(attempt).await;
@@ -213,6 +239,7 @@ where
             ),
         }
     }
+    false
 }
 
 fn collect(

@@ -126,6 +126,7 @@ impl Session {
     where
         S: Stream<Item = Result<Vec<IncomingRecord>, Interruption>> + Send + Unpin,
     {
+        let _open = self.context.metrics.open_stream();
         let reports = ReportSink::new(
             output.clone(),
             self.shared.recorder.clone(),
@@ -133,6 +134,7 @@ impl Session {
             self.destination.id.clone(),
             self.name.clone(),
             self.destination.config.response_webhook.as_deref(),
+            self.context.metrics.clone(),
         );
         let stop = Stop::default();
         let watcher = tokio::spawn(

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::delivery::recorder::Recorder;
 use crate::delivery::report::{DeliveryReport, DeliveryUnit, StreamEvent, Summary};
 use crate::delivery::webhook::{WebhookForwarder, WebhookTarget};
+use crate::metrics::DestinationMetrics;
 
 #[derive(Clone)]
 pub(crate) struct ReportSink {
@@ -26,6 +27,7 @@ struct Inner {
     destination_name: String,
     webhook: Option<Arc<WebhookTarget>>,
     summary: Mutex<Summary>,
+    metrics: DestinationMetrics,
 }
 
 impl ReportSink {
@@ -36,8 +38,10 @@ impl ReportSink {
         destination_id: String,
         destination_name: String,
         webhook_url: Option<&str>,
+        metrics: DestinationMetrics,
     ) -> Self {
-        let webhook = webhook_url.and_then(|url| WebhookTarget::new(url, &destination_name));
+        let webhook =
+            webhook_url.and_then(|url| WebhookTarget::new(url, &destination_name, metrics.clone()));
         ReportSink {
             inner: Arc::new(Inner {
                 output,
@@ -48,6 +52,7 @@ impl ReportSink {
                 destination_name,
                 webhook,
                 summary: Mutex::new(Summary::default()),
+                metrics,
             }),
         }
     }
@@ -69,6 +74,9 @@ impl ReportSink {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .count(&report);
+        inner
+            .metrics
+            .records(report.outcome, report.record_ids.len());
         if let Some(webhook) = &inner.webhook {
             inner.webhooks.submit(webhook, &report);
         }

@@ -24,6 +24,7 @@ use crate::delivery::report::DeliveryReport;
 use crate::delivery::webhook_guard::{self, PolicyResolver};
 use crate::domain::host_policy::HostPolicy;
 use crate::domain::webhook_url;
+use crate::metrics::{DestinationMetrics, WebhookResult};
 
 /// Results waiting to be forwarded, over all destinations.
 const QUEUE_CAPACITY: usize = 10_000;
@@ -48,11 +49,16 @@ pub(crate) struct WebhookTarget {
     literal: Option<IpAddr>,
     /// A refused address is logged as a warning once per target, then at debug level.
     refusal_logged: AtomicBool,
+    metrics: DestinationMetrics,
 }
 
 impl WebhookTarget {
     /// `None` (logged) for a URL that does not parse, which validation keeps out of stored configurations.
-    pub fn new(url: &str, destination: &str) -> Option<Arc<WebhookTarget>> {
+    pub fn new(
+        url: &str,
+        destination: &str,
+        metrics: DestinationMetrics,
+    ) -> Option<Arc<WebhookTarget>> {
         let shown = webhook_url::redact(url);
         match Url::parse(url) {
             Ok(parsed) => Some(Arc::new(WebhookTarget {
@@ -61,6 +67,7 @@ impl WebhookTarget {
                 shown,
                 destination: destination.to_string(),
                 refusal_logged: AtomicBool::new(false),
+                metrics,
             })),
             Err(error) => {
                 tracing::warn!(%destination, webhook = %shown, %error, "response webhook is not a valid url; results are not forwarded");
@@ -140,6 +147,7 @@ impl WebhookForwarder {
         let queued = before + size <= MAX_QUEUED_BYTES && self.queue.try_send(job).is_ok();
         if !queued {
             self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            target.metrics.webhook(WebhookResult::Dropped);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped == 1 || dropped.is_multiple_of(DROP_LOG_EVERY) {
                 tracing::warn!(dropped, destination = %target.destination, webhook = %target.shown, "response webhook queue full; results dropped");
@@ -178,17 +186,18 @@ async fn forward(
 ) {
     while let Ok(job) = receiver.recv().await {
         queued_bytes.fetch_sub(job.payload.len(), Ordering::Relaxed);
-        deliver(&client, &policy, job).await;
+        let result = deliver(&client, &policy, &job).await;
+        job.target.metrics.webhook(result);
     }
 }
 
 /// Sends one result, retrying 5xx, 429 and connection failures; everything else ends it, logged.
-async fn deliver(client: &reqwest::Client, policy: &HostPolicy, job: Job) {
+async fn deliver(client: &reqwest::Client, policy: &HostPolicy, job: &Job) -> WebhookResult {
     let target = &*job.target;
     if let Some(ip) = target.literal {
         if let Err(refused) = policy.check(None, ip) {
             target.refused(&refused);
-            return;
+            return WebhookResult::Failed;
         }
     }
     for attempt in 1..=ATTEMPTS {
@@ -202,32 +211,33 @@ async fn deliver(client: &reqwest::Client, policy: &HostPolicy, job: Job) {
             Ok(response) => {
                 let status = response.status();
                 if status.is_success() {
-                    return;
+                    return WebhookResult::Delivered;
                 }
                 if status.is_redirection() {
                     tracing::warn!(destination = %target.destination, webhook = %target.shown, status = status.as_u16(), "response webhook answered with a redirect, which is not followed; result not forwarded");
-                    return;
+                    return WebhookResult::Failed;
                 }
                 if !status.is_server_error() && status.as_u16() != 429 {
                     tracing::warn!(destination = %target.destination, webhook = %target.shown, status = status.as_u16(), "response webhook refused a result");
-                    return;
+                    return WebhookResult::Failed;
                 }
                 format!("status {}", status.as_u16())
             }
             Err(error) => {
                 if let Some(refused) = webhook_guard::refusal(&error) {
                     target.refused(refused);
-                    return;
+                    return WebhookResult::Failed;
                 }
                 describe(error)
             }
         };
         if attempt == ATTEMPTS {
             tracing::warn!(destination = %target.destination, webhook = %target.shown, %reason, "response webhook unreachable; result not forwarded");
-            return;
+            return WebhookResult::Failed;
         }
         BACKOFF.wait(attempt).await;
     }
+    WebhookResult::Failed
 }
 
 /// The error and its causes, without the URL reqwest would print (it may carry a password).
@@ -352,7 +362,8 @@ mod tests {
     /// Forwards one result to `url` under `policy`; true if `receiver` got it.
     async fn forwarded(policy: &[&str], url: &str, receiver: &Receiver) -> bool {
         let forwarder = WebhookForwarder::start(allowing(policy)).unwrap();
-        let target = WebhookTarget::new(url, "destinations/d").unwrap();
+        let target =
+            WebhookTarget::new(url, "destinations/d", DestinationMetrics::default()).unwrap();
         let before = receiver.hits();
         forwarder.submit(&target, &big_report(3));
         eventually(|| receiver.hits() > before).await
@@ -362,7 +373,8 @@ mod tests {
     /// nothing.
     async fn refused(policy: &[&str], url: &str, receiver: &Receiver, logs: &Captured) -> bool {
         let forwarder = WebhookForwarder::start(allowing(policy)).unwrap();
-        let target = WebhookTarget::new(url, "destinations/d").unwrap();
+        let target =
+            WebhookTarget::new(url, "destinations/d", DestinationMetrics::default()).unwrap();
         let (before, refusals) = (
             receiver.hits(),
             logs.text().matches("address refused").count(),
@@ -443,7 +455,8 @@ mod tests {
             "http://[fd00:ec2::254]/latest/meta-data/",
             "http://[::ffff:169.254.169.254]/",
         ] {
-            let target = WebhookTarget::new(url, "destinations/d").unwrap();
+            let target =
+                WebhookTarget::new(url, "destinations/d", DestinationMetrics::default()).unwrap();
             forwarder.submit(&target, &big_report(3));
         }
         assert!(eventually(|| logs.text().matches("address refused").count() == 3).await);
@@ -479,7 +492,8 @@ mod tests {
             }
         });
         let forwarder = WebhookForwarder::start(allowing(&["127.0.0.1/32"])).unwrap();
-        let target = WebhookTarget::new(&url, "destinations/d").unwrap();
+        let target =
+            WebhookTarget::new(&url, "destinations/d", DestinationMetrics::default()).unwrap();
         let report = big_report(1024 * 1024);
         for _ in 0..40 {
             forwarder.submit(&target, &report);

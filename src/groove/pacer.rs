@@ -28,6 +28,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
+use crate::metrics::{CredentialMetrics, Metrics};
+
 /// The longest wait a `Retry-After` can impose: a bigger value is more likely a bug than a plan.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Pause after a refusal without `Retry-After`; it doubles with each refusal in a row.
@@ -67,6 +69,7 @@ pub struct Pacer {
     earlier: Notify,
     /// Permits alive: calls released whose answer has not been observed yet.
     in_flight: AtomicU32,
+    metrics: CredentialMetrics,
 }
 
 /// One released call. Hold it while the call is in flight and hand Groove's answer to [`Permit::observe`]:
@@ -82,11 +85,17 @@ impl Pacer {
     /// A pacer that never exceeds `max_rate_per_sec` calls per second (`None`, zero, negative or non-finite:
     /// no maximum) and otherwise learns from the answers it observes.
     pub fn new(max_rate_per_sec: Option<f64>) -> Self {
+        Self::with_metrics(max_rate_per_sec, CredentialMetrics::default())
+    }
+
+    /// [`Pacer::new`], recording its waits, its rate and the 429s it sees into `metrics`.
+    pub fn with_metrics(max_rate_per_sec: Option<f64>, metrics: CredentialMetrics) -> Self {
         Pacer {
             state: Mutex::new(State::new(min_interval(max_rate_per_sec), Instant::now())),
             turn: tokio::sync::Mutex::new(()),
             earlier: Notify::new(),
             in_flight: AtomicU32::new(0),
+            metrics,
         }
     }
 
@@ -108,18 +117,34 @@ impl Pacer {
     /// a dropped waiter leaves the line without holding anyone up.
     pub async fn acquire(&self) -> Permit<'_> {
         // `try_lock` cannot jump the line: tokio hands a released lock to the first waiter.
+        // Set once this call has to wait: an unpaced call reads no clock for the metrics.
+        let mut waiting_since = None;
         let _turn = match self.turn.try_lock() {
             Ok(turn) => turn,
-            Err(_) => self.turn.lock().await,
+            Err(_) => {
+                waiting_since = Some(Instant::now());
+                self.turn.lock().await
+            }
         };
         loop {
             // Registered before looking at the schedule, so a change made right after is not missed.
             let earlier = self.earlier.notified();
             let in_flight = self.in_flight.load(Ordering::Relaxed);
-            let released = self.lock().try_release(Instant::now(), in_flight);
+            let now = Instant::now();
+            let (released, spacing) = {
+                let mut state = self.lock();
+                let released = state.try_release(now, in_flight);
+                (released, state.spacing_used)
+            };
             let wake = match released {
                 Ok(release) => {
                     self.in_flight.fetch_add(1, Ordering::Relaxed);
+                    if let Some(since) = waiting_since {
+                        self.metrics
+                            .pacer_wait(now.saturating_duration_since(since));
+                    }
+                    self.metrics
+                        .pacer_rate((!spacing.is_zero()).then(|| 1.0 / spacing.as_secs_f64()));
                     return Permit {
                         pacer: self,
                         release,
@@ -127,6 +152,7 @@ impl Pacer {
                 }
                 Err(wake) => wake,
             };
+            waiting_since.get_or_insert(now);
             tokio::select! {
                 () = sleep_until(wake) => {}
                 () = earlier => {}
@@ -154,6 +180,9 @@ impl Pacer {
         release: Option<Release>,
         wall_now: SystemTime,
     ) {
+        if status == 429 {
+            self.metrics.rate_limited();
+        }
         let answer = Answer {
             status,
             headers,
@@ -204,11 +233,20 @@ impl Drop for Permit<'_> {
 #[derive(Debug, Default)]
 pub struct PacerRegistry {
     pacers: Mutex<HashMap<String, Arc<Pacer>>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl PacerRegistry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry whose pacers record into `metrics` (`None`: metrics are off).
+    pub fn with_metrics(metrics: Option<Arc<Metrics>>) -> Self {
+        PacerRegistry {
+            pacers: Mutex::default(),
+            metrics,
+        }
     }
 
     /// The pacer of `credential_id`. `max_rate` applies to it from now on (the latest setting wins).
@@ -218,7 +256,8 @@ impl PacerRegistry {
             pacer.set_max_rate(max_rate);
             return Arc::clone(pacer);
         }
-        let pacer = Arc::new(Pacer::new(max_rate));
+        let metrics = CredentialMetrics::of(self.metrics.as_deref(), credential_id);
+        let pacer = Arc::new(Pacer::with_metrics(max_rate, metrics));
         pacers.insert(credential_id.to_string(), Arc::clone(&pacer));
         pacer
     }
@@ -291,6 +330,8 @@ struct State {
     round_trip: Option<RoundTrip>,
     learned: Option<Learned>,
     slow_start: Option<SlowStart>,
+    /// The spacing set by the latest release: the rate the pacer allows now.
+    spacing_used: Duration,
 }
 
 #[derive(Debug)]
@@ -312,6 +353,7 @@ impl State {
             round_trip: None,
             learned: None,
             slow_start: None,
+            spacing_used: Duration::ZERO,
         }
     }
 
@@ -326,6 +368,7 @@ impl State {
             return Err(slot);
         }
         let spacing = self.spacing(now, load);
+        self.spacing_used = spacing;
         let from = slot.max(now.checked_sub(CATCH_UP).unwrap_or(now));
         self.next_free = from + spacing;
         self.note_release(now);

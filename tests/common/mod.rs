@@ -144,6 +144,8 @@ pub async fn channel_to(addr: SocketAddr) -> Channel {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where metrics are served, when they are on.
+    pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), groove_destination::ServeError>>,
@@ -171,15 +173,40 @@ impl TestServer {
 
     /// A server with these settings, on an ephemeral loopback port.
     pub async fn start_with_settings(settings: Settings) -> TestServer {
+        Self::start_listening(settings, None).await
+    }
+
+    /// [`TestServer::start`] with metrics served on another ephemeral loopback port.
+    pub async fn start_with_metrics(data_dir: &Path, groove_url: &str) -> TestServer {
+        let settings = Settings::for_tests(
+            data_dir.to_path_buf(),
+            groove_url.parse().expect("groove url"),
+        );
+        let metrics = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind metrics");
+        Self::start_listening(settings, Some(metrics)).await
+    }
+
+    async fn start_listening(settings: Settings, metrics: Option<TcpListener>) -> TestServer {
         let data_dir = settings.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
         let addr = listener.local_addr().expect("local addr");
+        let metrics_addr = metrics
+            .as_ref()
+            .map(|listener| listener.local_addr().expect("metrics addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(groove_destination::serve(settings, listener, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(groove_destination::serve_with_metrics(
+            settings,
+            listener,
+            metrics,
+            async {
+                let _ = rx.await;
+            },
+        ));
         TestServer {
             addr,
+            metrics_addr,
             data_dir,
             shutdown: Some(tx),
             task,

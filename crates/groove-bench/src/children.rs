@@ -15,6 +15,8 @@ use crate::fail::{BenchError, BenchResult, Context};
 pub struct Binaries {
     pub service: PathBuf,
     pub sandbox: PathBuf,
+    /// Flags added to the service's command line.
+    pub service_args: Vec<String>,
 }
 
 impl Binaries {
@@ -23,6 +25,7 @@ impl Binaries {
         let binaries = Binaries {
             service: exe.with_file_name("groove-destination"),
             sandbox: exe.with_file_name("groove-sandbox"),
+            service_args: Vec::new(),
         };
         for path in [&binaries.service, &binaries.sandbox] {
             if !path.is_file() {

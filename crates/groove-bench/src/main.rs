@@ -55,6 +55,11 @@ struct Args {
     /// batched, rate-limited, memory, latency, latency-bound. Keys of scenarios not run are null in the JSON.
     #[arg(long, value_name = "LIST")]
     only: Option<String>,
+
+    /// Start the service with metrics kept and served (`--metrics-listen` on an ephemeral loopback port), to
+    /// compare against a run without.
+    #[arg(long)]
+    service_metrics: bool,
 }
 
 fn main() -> ExitCode {
@@ -87,7 +92,10 @@ fn main() -> ExitCode {
 
 async fn run(args: &Args) -> BenchResult<()> {
     let started = Instant::now();
-    let binaries = Binaries::locate()?;
+    let mut binaries = Binaries::locate()?;
+    if args.service_metrics {
+        binaries.service_args = vec!["--metrics-listen".into(), "127.0.0.1:0".into()];
+    }
     let plan = Plan::new(args.quick, args.result_detail);
     let scenarios = match &args.only {
         Some(list) => Scenario::parse_list(list)?,
@@ -109,6 +117,10 @@ async fn run(args: &Args) -> BenchResult<()> {
     report.note(format!(
         "streams ask for result detail {} (--result-detail)",
         args.result_detail.as_str_name()
+    ));
+    report.note(format!(
+        "service metrics {} (--service-metrics)",
+        if args.service_metrics { "on" } else { "off" }
     ));
     let levels: Vec<u32> = scenarios
         .iter()

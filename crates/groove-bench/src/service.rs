@@ -32,6 +32,7 @@ impl ServiceChild {
     /// Starts the service on a free port, pointed at `groove_url`, and waits until it is SERVING.
     pub async fn start(
         binary: &std::path::Path,
+        extra_args: &[String],
         groove_url: &str,
         scratch: &ScratchDir,
     ) -> BenchResult<Self> {
@@ -47,6 +48,7 @@ impl ServiceChild {
             .args(["--groove-url", groove_url])
             // Per-stream info lines are harmless, but warn keeps the log (and its cost) out of the figures.
             .args(["--log", "warn"])
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("cannot share service.log")?)
             .stderr(log_file)

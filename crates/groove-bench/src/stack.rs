@@ -27,7 +27,13 @@ impl Stack {
     ) -> BenchResult<Stack> {
         let scratch = ScratchDir::create(label)?;
         let sandbox = SandboxChild::start(&binaries.sandbox, flags, &scratch)?;
-        let service = ServiceChild::start(&binaries.service, &sandbox.base_url, &scratch).await?;
+        let service = ServiceChild::start(
+            &binaries.service,
+            &binaries.service_args,
+            &sandbox.base_url,
+            &scratch,
+        )
+        .await?;
         service.create_credential(sandbox::API_KEY).await?;
         eprintln!(
             "[{label}] sandbox pid {} at {} {flags:?}; service pid {}",
