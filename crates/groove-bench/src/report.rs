@@ -199,6 +199,10 @@ mod tests {
             keys,
             [
                 "batched_records_per_s",
+                "latency_bound_ratio_create",
+                "latency_bound_ratio_hot_key",
+                "latency_bound_ratio_ordered_10k",
+                "latency_bound_ratio_ordered_64",
                 "machine",
                 "p50_added_ms",
                 "p99_added_ms",
