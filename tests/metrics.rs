@@ -235,6 +235,11 @@ async fn metrics_count_records_calls_and_their_latency() {
         1.0
     );
 
+    // The dashboard's list is what the server declares, kinds included (a family appears once it has a
+    // sample, which this stream gave every one).
+    let text = get(metrics, "/metrics").await.text().await.unwrap();
+    assert_eq!(declared(&text), dashboard_names());
+
     let missing = get(metrics, "/other").await;
     assert_eq!(missing.status(), 404);
     server.stop().await;
@@ -256,4 +261,35 @@ async fn a_metrics_address_in_use_stops_start_up_naming_the_flag() {
     let message = error.to_string();
     assert!(message.contains("--metrics-listen"), "{message}");
     assert!(!message.contains('\n'), "{message}");
+}
+
+/// The families the exposition declares (`# TYPE`), by the name PromQL queries (a counter's ends in `_total`),
+/// with their kinds.
+fn declared(text: &str) -> std::collections::BTreeSet<(String, String)> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|declaration| {
+            let (family, kind) = declaration.split_once(' ').expect("# TYPE name kind");
+            let name = match kind {
+                "counter" => format!("{family}_total"),
+                _ => family.to_string(),
+            };
+            (name, kind.to_string())
+        })
+        .collect()
+}
+
+/// `deploy/grafana/metric-names.txt`: the names the dashboard's CI check holds the dashboard to.
+fn dashboard_names() -> std::collections::BTreeSet<(String, String)> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/metric-names.txt"),
+    )
+    .unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (name, kind) = line.split_once(' ').expect("name kind");
+            (name.to_string(), kind.trim().to_string())
+        })
+        .collect()
 }
