@@ -205,6 +205,7 @@ pub async fn run(args: SendArgs) -> Result<Finished, SendError> {
     });
 
     let progress = progress_bar(args.quiet);
+    let started = std::time::Instant::now();
     let mut tally = Tally::default();
     let mut in_flight = InFlight::new();
     let mut batch: Vec<(u64, proto::Record)> = Vec::new();
@@ -231,7 +232,8 @@ pub async fn run(args: SendArgs) -> Result<Finished, SendError> {
                         }
                     }
                     progress.set_position(tally.answered());
-                    progress.set_message(tally.progress_line());
+                    let rate = tally.answered() as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    progress.set_message(format!("({rate:.0}/s) {}", tally.progress_line()));
                 }
                 Ok(None) => break,
                 Err(status) => {
@@ -405,7 +407,7 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     // Drawn only on a terminal: a redirected stderr stays clean.
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {pos} records ({per_sec}) {msg}")
+        ProgressStyle::with_template("{spinner} {pos} records {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
