@@ -17,9 +17,7 @@ use groove_sandbox::{self as sandbox, SandboxConfig, SandboxHandle};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 pub const SANDBOX_KEY: &str = "sandbox-test-key-0123456789";
@@ -75,26 +73,11 @@ pub trait GrpcServer {
 /// A channel whose calls carry a bearer token (or none).
 pub type Authed = InterceptedService<Channel, BearerToken>;
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+/// Adds `authorization: Bearer <token>` to every call: the `send` command's own interceptor.
+pub use groove_destination::cli::send::BearerToken;
 
 pub fn bearer(token: Option<&str>) -> BearerToken {
-    BearerToken(token.map(|token| format!("Bearer {token}").parse().expect("token is ascii")))
+    groove_destination::cli::send::bearer(token).expect("token is ascii")
 }
 
 /// A server as one caller sees it: over `channel`, with `token`.

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::proto::delivery_service_client::DeliveryServiceClient;
 use crate::proto::{self, send_records_request, Outcome, ResultDetail};
 
+pub use connect::{bearer, BearerToken};
 pub use input::{IdSource, InputFormat};
 pub use report::{Ending, Entry};
 pub use tally::Tally;
