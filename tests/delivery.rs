@@ -7,7 +7,7 @@ use common::GrpcServer;
 use common::{start_sandbox, start_sandbox_with, TestServer};
 use groove_destination::api::json_wire::JsonObject;
 use groove_destination::proto::{self, Outcome};
-use groove_sandbox::{Faults, RateLimit, SandboxConfig, ScriptedAnswer};
+use groove_sandbox::{Faults, RateLimit, SandboxConfig, SandboxHandle, ScriptedAnswer};
 use serde_json::json;
 use std::time::Duration;
 use tonic::Code;
@@ -396,30 +396,44 @@ async fn a_replayed_stream_is_answered_with_duplicates() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn updates_to_one_ticket_stay_in_order_under_concurrency() {
-    let (sandbox, _dir, server) = setup().await;
-    let tickets = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+/// Creates `ticket_count` tickets (numbers 1 to `ticket_count`), then makes every call take `latency` and returns an
+/// active `update_ticket_state` destination (ticket from the record's `number`) with `concurrency`; the
+/// sandbox's recorded requests are cleared.
+async fn ticket_state_destination(
+    sandbox: &SandboxHandle,
+    server: &TestServer,
+    ticket_count: usize,
+    latency: Duration,
+    concurrency: u32,
+) -> String {
+    let tickets = active_destination(server, "tickets", template("create_ticket", &[])).await;
     send(
-        &server,
+        server,
         &tickets,
-        vec![(0..4)
+        vec![(0..ticket_count)
             .map(|index| raw(&format!("t-{index}"), ticket(index)))
             .collect()],
     )
     .await
     .unwrap();
     sandbox.set_faults(Faults {
-        latency: Duration::from_millis(2),
+        latency,
         ..Faults::default()
     });
     let mut config = template("update_ticket_state", &[("ticket_number", "{number}")]);
     config.delivery = Some(proto::DeliveryOptions {
-        concurrency: 16,
+        concurrency,
         ..Default::default()
     });
-    let name = active_destination(&server, "states", config).await;
+    let name = active_destination(server, "states", config).await;
     sandbox.clear_requests();
+    name
+}
+
+#[tokio::test]
+async fn updates_to_one_ticket_stay_in_order_under_concurrency() {
+    let (sandbox, _dir, server) = setup().await;
+    let name = ticket_state_destination(&sandbox, &server, 4, Duration::from_millis(2), 16).await;
     let states = ["pending", "opened", "closed", "unread", "spam"];
     let mut records = Vec::new();
     for round in 0..40 {
@@ -459,27 +473,7 @@ async fn updates_to_one_ticket_stay_in_order_under_concurrency() {
 #[tokio::test]
 async fn a_busy_ticket_does_not_hold_up_updates_to_other_tickets() {
     let (sandbox, _dir, server) = setup().await;
-    let tickets = active_destination(&server, "tickets", template("create_ticket", &[])).await;
-    send(
-        &server,
-        &tickets,
-        vec![(0..17)
-            .map(|index| raw(&format!("t-{index}"), ticket(index)))
-            .collect()],
-    )
-    .await
-    .unwrap();
-    sandbox.set_faults(Faults {
-        latency: Duration::from_millis(100),
-        ..Faults::default()
-    });
-    let mut config = template("update_ticket_state", &[("ticket_number", "{number}")]);
-    config.delivery = Some(proto::DeliveryOptions {
-        concurrency: 9,
-        ..Default::default()
-    });
-    let name = active_destination(&server, "states", config).await;
-    sandbox.clear_requests();
+    let name = ticket_state_destination(&sandbox, &server, 17, Duration::from_millis(100), 9).await;
     let update = |id: String, number: u32| raw(&id, json!({"number": number, "state": "pending"}));
     // Ticket 1 gets twelve updates; tickets 2 to 17 one each, read after ticket 1's fourth. Eight workers are
     // free for them: they take two rounds, both before ticket 1's third update.
