@@ -11,7 +11,6 @@ use groove_sandbox::{Faults, RateLimit, SandboxConfig, SandboxHandle, ScriptedAn
 use serde_json::json;
 use std::time::Duration;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 async fn setup() -> (groove_sandbox::SandboxHandle, tempfile::TempDir, TestServer) {
     let sandbox = start_sandbox().await;
@@ -1191,10 +1190,7 @@ async fn a_draft_is_tested_before_it_is_saved_through_the_pacer_and_stays_out_of
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default();
+    let fields = common::fields_of(&status);
     assert!(
         fields.contains(&"draft.credential".to_string()),
         "{fields:?}"
