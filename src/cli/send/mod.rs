@@ -266,14 +266,8 @@ pub async fn run(args: SendArgs) -> Result<Finished, SendError> {
                     match record.read {
                         Err(why) => {
                             let entry = Entry {
-                                line: record.line,
-                                id: String::new(),
-                                outcome: Ending::Invalid,
-                                http_status: None,
-                                attempts: 0,
-                                error: why,
                                 field: "record".into(),
-                                resumed: false,
+                                ..Entry::unsent(record.line, String::new(), Ending::Invalid, why)
                             };
                             tally.count(Ending::Invalid);
                             writer.write(&entry).map_err(SendError::Report)?;
@@ -320,17 +314,12 @@ pub async fn run(args: SendArgs) -> Result<Finished, SendError> {
     for (line, id) in unanswered {
         tally.count(Ending::Unanswered);
         writer
-            .write(&Entry {
+            .write(&Entry::unsent(
                 line,
                 id,
-                outcome: Ending::Unanswered,
-                http_status: None,
-                attempts: 0,
-                error: "sent, but the stream ended before its result: it may have been delivered"
-                    .into(),
-                field: String::new(),
-                resumed: false,
-            })
+                Ending::Unanswered,
+                "sent, but the stream ended before its result: it may have been delivered",
+            ))
             .map_err(SendError::Report)?;
     }
     writer.finish().map_err(SendError::Report)?;

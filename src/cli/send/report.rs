@@ -49,6 +49,22 @@ pub struct Entry {
     pub resumed: bool,
 }
 
+impl Entry {
+    /// A record that got no result from the server: refused here before it was sent, or left unanswered.
+    pub fn unsent(line: u64, id: String, outcome: Ending, error: impl Into<String>) -> Self {
+        Entry {
+            line,
+            id,
+            outcome,
+            http_status: None,
+            attempts: 0,
+            error: error.into(),
+            field: String::new(),
+            resumed: false,
+        }
+    }
+}
+
 fn is_zero(value: &u32) -> bool {
     *value == 0
 }
