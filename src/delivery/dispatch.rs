@@ -8,6 +8,7 @@
 //! `concurrency × QUEUED_PER_WORKER`: the dispatch waits for room (this is the backpressure, and what keeps memory
 //! flat), and the room goes back when a worker takes the unit.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -36,15 +37,15 @@ struct Chains(Mutex<HashMap<String, VecDeque<Queued>>>);
 impl Chains {
     /// Queues `unit` behind its key's unit in flight; gives it back when the key has none (the key then has one:
     /// the unit given back, which goes to the ready queue).
-    fn wait_or_go(&self, key: &str, unit: Queued) -> Option<Queued> {
+    fn wait_or_go(&self, key: String, unit: Queued) -> Option<Queued> {
         let mut chains = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match chains.get_mut(key) {
-            Some(waiting) => {
-                waiting.push_back(unit);
+        match chains.entry(key) {
+            Entry::Occupied(mut waiting) => {
+                waiting.get_mut().push_back(unit);
                 None
             }
-            None => {
-                chains.insert(key.to_string(), VecDeque::new());
+            Entry::Vacant(free) => {
+                free.insert(VecDeque::new());
                 Some(unit)
             }
         }
@@ -128,7 +129,7 @@ impl Dispatcher {
             return Err(unit);
         };
         let queued = match &unit.ordering_key {
-            Some(key) => match self.chains.wait_or_go(&key.clone(), (permit, unit)) {
+            Some(key) => match self.chains.wait_or_go(key.clone(), (permit, unit)) {
                 Some(queued) => queued,
                 None => return Ok(()),
             },
@@ -221,16 +222,16 @@ mod tests {
         let room = Arc::new(Semaphore::new(10));
         let chains = Chains::default();
         assert_eq!(
-            id(chains.wait_or_go("t/1", queued(&room, "a1", "t/1").await)),
+            id(chains.wait_or_go("t/1".into(), queued(&room, "a1", "t/1").await)),
             Some("a1".into())
         );
         assert_eq!(
-            id(chains.wait_or_go("t/2", queued(&room, "b1", "t/2").await)),
+            id(chains.wait_or_go("t/2".into(), queued(&room, "b1", "t/2").await)),
             Some("b1".into())
         );
         for later in ["a2", "a3"] {
             assert_eq!(
-                id(chains.wait_or_go("t/1", queued(&room, later, "t/1").await)),
+                id(chains.wait_or_go("t/1".into(), queued(&room, later, "t/1").await)),
                 None
             );
         }
@@ -238,13 +239,13 @@ mod tests {
         assert_eq!(id(chains.next("t/1")), Some("a2".into()));
         assert_eq!(id(chains.next("t/2")), None, "t/2 is free again");
         assert_eq!(
-            id(chains.wait_or_go("t/2", queued(&room, "b2", "t/2").await)),
+            id(chains.wait_or_go("t/2".into(), queued(&room, "b2", "t/2").await)),
             Some("b2".into())
         );
         assert_eq!(id(chains.next("t/1")), Some("a3".into()));
         assert_eq!(id(chains.next("t/1")), None);
         assert_eq!(
-            id(chains.wait_or_go("t/1", queued(&room, "a4", "t/1").await)),
+            id(chains.wait_or_go("t/1".into(), queued(&room, "a4", "t/1").await)),
             Some("a4".into())
         );
     }
