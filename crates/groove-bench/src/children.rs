@@ -17,6 +17,9 @@ pub struct Binaries {
     pub sandbox: PathBuf,
     /// Flags added to the service's command line.
     pub service_args: Vec<String>,
+    /// Admin URL of the PostgreSQL server the service stores on (a fresh database per stack); SQLite in the
+    /// scratch dir when `None`.
+    pub database_url: Option<String>,
 }
 
 impl Binaries {
@@ -26,6 +29,7 @@ impl Binaries {
             service: exe.with_file_name("groove-destination"),
             sandbox: exe.with_file_name("groove-sandbox"),
             service_args: Vec::new(),
+            database_url: None,
         };
         for path in [&binaries.service, &binaries.sandbox] {
             if !path.is_file() {

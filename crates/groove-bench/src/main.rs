@@ -8,6 +8,7 @@
 
 mod children;
 mod cpu;
+mod database;
 mod fail;
 mod plan;
 mod procfs;
@@ -60,6 +61,11 @@ struct Args {
     /// compare against a run without.
     #[arg(long)]
     service_metrics: bool,
+
+    /// Store the service's data in PostgreSQL: the admin URL of a server on which the bench creates (and
+    /// afterwards drops) a fresh database per scenario. Without it, the embedded SQLite store in a scratch dir.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +102,7 @@ async fn run(args: &Args) -> BenchResult<()> {
     if args.service_metrics {
         binaries.service_args = vec!["--metrics-listen".into(), "127.0.0.1:0".into()];
     }
+    binaries.database_url.clone_from(&args.database_url);
     let plan = Plan::new(args.quick, args.result_detail);
     let scenarios = match &args.only {
         Some(list) => Scenario::parse_list(list)?,
@@ -117,6 +124,12 @@ async fn run(args: &Args) -> BenchResult<()> {
     report.note(format!(
         "streams ask for result detail {} (--result-detail)",
         args.result_detail.as_str_name()
+    ));
+    report.note(format!(
+        "service store: {} (--database-url)",
+        args.database_url
+            .as_deref()
+            .map_or_else(|| "sqlite in a scratch dir".to_string(), database::describe)
     ));
     report.note(format!(
         "service metrics {} (--service-metrics)",

@@ -4,6 +4,7 @@
 
 use crate::children::{Binaries, ScratchDir};
 use crate::cpu::{CpuMark, Pids};
+use crate::database::ScratchDatabase;
 use crate::fail::BenchResult;
 use crate::records::Tickets;
 use crate::sandbox::{self, SandboxChild, SandboxFlags};
@@ -16,6 +17,7 @@ pub struct Stack {
     pub tickets: Tickets,
     /// For the sandbox's control endpoints.
     pub control: reqwest::Client,
+    _database: Option<ScratchDatabase>,
     _scratch: ScratchDir,
 }
 
@@ -27,9 +29,17 @@ impl Stack {
     ) -> BenchResult<Stack> {
         let scratch = ScratchDir::create(label)?;
         let sandbox = SandboxChild::start(&binaries.sandbox, flags, &scratch)?;
+        let database = match &binaries.database_url {
+            Some(admin_url) => Some(ScratchDatabase::create(admin_url, label).await?),
+            None => None,
+        };
+        let mut service_args = binaries.service_args.clone();
+        if let Some(database) = &database {
+            service_args.extend(["--database-url".to_string(), database.url().to_string()]);
+        }
         let service = ServiceChild::start(
             &binaries.service,
-            &binaries.service_args,
+            &service_args,
             &sandbox.base_url,
             &scratch,
         )
@@ -47,6 +57,7 @@ impl Stack {
             sandbox,
             tickets,
             control: reqwest::Client::new(),
+            _database: database,
             _scratch: scratch,
         })
     }
