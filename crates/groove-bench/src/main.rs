@@ -18,6 +18,7 @@ mod report;
 mod sandbox;
 mod scenarios;
 mod service;
+mod sink;
 mod stack;
 mod stats;
 mod stream;
@@ -53,7 +54,7 @@ struct Args {
     result_detail: ResultDetail,
 
     /// Run only these scenarios (comma-separated): per-record, per-record-c1, per-record-c8, per-record-c32,
-    /// batched, rate-limited, memory, latency, latency-bound. Keys of scenarios not run are null in the JSON.
+    /// batched, rate-limited, memory, latency, latency-bound, batched-sink. Keys of scenarios not run are null in the JSON.
     #[arg(long, value_name = "LIST")]
     only: Option<String>,
 
@@ -159,6 +160,9 @@ async fn run(args: &Args) -> BenchResult<()> {
     }
     if scenarios.contains(&Scenario::LatencyBound) {
         scenarios::latency_bound::run(&env, &mut report).await?;
+    }
+    if scenarios.contains(&Scenario::BatchedSink) {
+        scenarios::batched_sink::run(&env, &mut report).await?;
     }
 
     let json = report.json(&machine);

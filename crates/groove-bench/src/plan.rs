@@ -20,6 +20,8 @@ pub enum Scenario {
     Memory,
     Latency,
     LatencyBound,
+    /// The batched path into a bare counting sink: the service's own cost.
+    BatchedSink,
 }
 
 impl Scenario {
@@ -34,12 +36,13 @@ impl Scenario {
             Scenario::Memory,
             Scenario::Latency,
             Scenario::LatencyBound,
+            Scenario::BatchedSink,
         ]);
         all
     }
 
     /// Parses a comma-separated `--only` list: `per-record` (all levels), `per-record-c8`, `batched`,
-    /// `rate-limited`, `memory`, `latency`, `latency-bound`.
+    /// `rate-limited`, `memory`, `latency`, `latency-bound`, `batched-sink`.
     pub fn parse_list(text: &str) -> BenchResult<Vec<Scenario>> {
         let mut picked = Vec::new();
         for name in text
@@ -54,6 +57,7 @@ impl Scenario {
                 "memory" => picked.push(Scenario::Memory),
                 "latency" => picked.push(Scenario::Latency),
                 "latency-bound" => picked.push(Scenario::LatencyBound),
+                "batched-sink" => picked.push(Scenario::BatchedSink),
                 other => {
                     let level = other
                         .strip_prefix("per-record-c")
@@ -62,7 +66,8 @@ impl Scenario {
                         .ok_or_else(|| {
                             BenchError::new(format!(
                                 "unknown scenario {other:?}; use per-record, per-record-c1, per-record-c8, \
-                                 per-record-c32, batched, rate-limited, memory, latency, latency-bound"
+                                 per-record-c32, batched, rate-limited, memory, latency, latency-bound, \
+                                 batched-sink"
                             ))
                         })?;
                     picked.push(Scenario::PerRecord(level));
@@ -108,6 +113,9 @@ pub struct Plan {
     /// Records of the latency-bound hot-key run, half of them to one ticket: its chain alone takes
     /// half of them × the latency.
     pub latency_bound_hot_records: u64,
+    /// Records of the batched-sink run, and the most time it may take.
+    pub sink_records: u64,
+    pub sink_time_limit: Duration,
     /// After a stream's producer stops, how long its last results and summary may take.
     pub drain_limit: Duration,
     /// The same for batched streams, whose summary waits until every outcome is persisted: that can lag the
@@ -139,6 +147,8 @@ impl Plan {
                 latency_round_limit: seconds(5.0),
                 latency_bound_records: 1_920,
                 latency_bound_hot_records: 160,
+                sink_records: 200_000,
+                sink_time_limit: seconds(60.0),
                 drain_limit: seconds(5.0),
                 batched_drain_limit: seconds(30.0),
             }
@@ -163,6 +173,8 @@ impl Plan {
                 latency_round_limit: seconds(10.0),
                 latency_bound_records: 6_400,
                 latency_bound_hot_records: 400,
+                sink_records: 1_000_000,
+                sink_time_limit: seconds(180.0),
                 drain_limit: seconds(10.0),
                 batched_drain_limit: seconds(60.0),
             }

@@ -36,6 +36,9 @@ pub struct Headline {
     pub latency_bound_ratio_ordered_64: Option<f64>,
     pub latency_bound_ratio_ordered_10k: Option<f64>,
     pub latency_bound_ratio_hot_key: Option<f64>,
+    pub batched_sink_records_per_s: Option<f64>,
+    pub batched_sink_service_cpu_us_per_record: Option<f64>,
+    pub batched_sink_peak_rss_mib: Option<f64>,
 }
 
 impl Headline {
@@ -121,6 +124,9 @@ impl Report {
             "latency_bound_ratio_ordered_64": round(h.latency_bound_ratio_ordered_64, 3),
             "latency_bound_ratio_ordered_10k": round(h.latency_bound_ratio_ordered_10k, 3),
             "latency_bound_ratio_hot_key": round(h.latency_bound_ratio_hot_key, 3),
+            "batched_sink_records_per_s": round(h.batched_sink_records_per_s, 0),
+            "batched_sink_service_cpu_us_per_record": round(h.batched_sink_service_cpu_us_per_record, 2),
+            "batched_sink_peak_rss_mib": round(h.batched_sink_peak_rss_mib, 1),
             "machine": machine,
         })
     }
@@ -199,6 +205,9 @@ mod tests {
             keys,
             [
                 "batched_records_per_s",
+                "batched_sink_peak_rss_mib",
+                "batched_sink_records_per_s",
+                "batched_sink_service_cpu_us_per_record",
                 "latency_bound_ratio_create",
                 "latency_bound_ratio_hot_key",
                 "latency_bound_ratio_ordered_10k",

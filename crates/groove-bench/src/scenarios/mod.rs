@@ -2,6 +2,7 @@
 //! stack, so a scenario's state (ledger size, memory peak, rate-limit window) never leaks into another's.
 
 pub mod batched;
+pub mod batched_sink;
 pub mod latency;
 pub mod latency_bound;
 pub mod memory;
