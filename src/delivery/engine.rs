@@ -10,6 +10,7 @@ use url::Url;
 
 use crate::delivery::attempt::CallContext;
 use crate::delivery::clock::now_ms;
+use crate::delivery::follow::follow_credentials;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::keys::{CredentialKeys, Evidence};
 use crate::delivery::plan::{Planned, Planner};
@@ -26,7 +27,7 @@ use crate::domain::validation::{FieldViolation, Violations};
 use crate::groove::pacer::PacerRegistry;
 use crate::groove::{CallError, GrooveAnswer, GrooveClient, Verification};
 use crate::metrics::{DestinationMetrics, Metrics};
-use crate::store::{CredentialUpdate, Store, StoreError};
+use crate::store::{Change, ChangeFeed, CredentialUpdate, LocalChanges, Store, StoreError};
 
 /// Engine-wide knobs.
 #[derive(Clone, Debug)]
@@ -41,6 +42,11 @@ pub struct EngineOptions {
     pub webhook_hosts: HostPolicy,
     /// Where delivery records its metrics; `None`: metrics are off.
     pub metrics: Option<Arc<Metrics>>,
+    /// Where changes made here are announced and changes made by other replicas heard: open streams stop when
+    /// their destination is paused or deleted, and a re-keyed credential's new key is loaded.
+    pub changes: Arc<dyn ChangeFeed>,
+    /// How often an open stream also reads its destination's state, in case a change was not heard.
+    pub destination_check_every: Duration,
 }
 
 impl Default for EngineOptions {
@@ -51,6 +57,8 @@ impl Default for EngineOptions {
             ledger_max_entries_per_destination: 10_000_000,
             webhook_hosts: HostPolicy::default(),
             metrics: None,
+            changes: Arc::new(LocalChanges::new()),
+            destination_check_every: Duration::from_secs(1),
         }
     }
 }
@@ -213,10 +221,18 @@ impl Engine {
             in_flight,
             webhooks: WebhookForwarder::start(options.webhook_hosts.clone())?,
             shutdown,
+            changes: options.changes.clone(),
+            destination_check_every: options.destination_check_every,
         };
         tokio::spawn(prune_ledger(store.clone(), options.clone()));
+        let keys = Arc::new(CredentialKeys::new(store.clone()));
+        tokio::spawn(follow_credentials(
+            options.changes.subscribe(),
+            store.clone(),
+            keys.clone(),
+        ));
         Ok(Engine {
-            keys: Arc::new(CredentialKeys::new(store.clone())),
+            keys,
             store,
             groove,
             pacers: Arc::new(PacerRegistry::with_metrics(options.metrics.clone())),
@@ -404,12 +420,35 @@ impl Engine {
         if let (Some(key), Some(entry)) = (new_key, self.keys.get(&credential.id)) {
             entry.replace(key, credential.key_version);
         }
+        self.announce(Change::CredentialChanged {
+            id: credential.id.clone(),
+        })
+        .await;
         Ok(credential)
     }
 
-    /// Forgets what delivery knows of a credential that was deleted.
-    pub fn forget_credential(&self, credential_id: &str) {
+    /// Deletes a credential (refused while a destination uses it) and forgets what delivery knows of it, here
+    /// and in every replica.
+    pub async fn delete_credential(&self, credential_id: &str) -> Result<(), StoreError> {
+        self.store.delete_credential(credential_id).await?;
         self.keys.forget(credential_id);
+        self.announce(Change::CredentialChanged {
+            id: credential_id.to_string(),
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Where changes are announced: what the admin layer publishes its writes to.
+    pub fn changes(&self) -> Arc<dyn ChangeFeed> {
+        self.options.changes.clone()
+    }
+
+    /// Tells every replica of a change already stored; one that misses it reads the store later anyway.
+    async fn announce(&self, change: Change) {
+        if let Err(error) = self.options.changes.publish(change).await {
+            tracing::warn!(%error, "cannot announce a credential change to other replicas");
+        }
     }
 
     /// Sessions stop reading their streams, deliver what they accepted and end.

@@ -12,6 +12,7 @@ mod claimer;
 mod clock;
 mod dispatch;
 mod engine;
+mod follow;
 mod in_flight;
 mod keys;
 mod plan;

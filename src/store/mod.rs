@@ -12,6 +12,7 @@
 //! entries and failed records, [`Store::record_outcomes`]) and to claim records before they are sent
 //! ([`Store::claim_records`]) without a transaction per record.
 
+mod changes;
 mod data_dir;
 mod error;
 mod page;
@@ -26,6 +27,7 @@ use futures::future::BoxFuture;
 use crate::domain::credential::{ApiKey, Credential, Refusal, StoredKey};
 use crate::domain::destination::Destination;
 
+pub use changes::{Change, ChangeFeed, LocalChanges, Subscription};
 pub use data_dir::{DataDirError, DataDirLock, LOCK_FILE};
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
