@@ -16,6 +16,7 @@ mod changes;
 mod data_dir;
 mod error;
 mod page;
+mod postgres_coordination;
 mod records;
 mod secrets;
 mod sqlite;
@@ -31,6 +32,7 @@ pub use changes::{Change, ChangeFeed, LocalChanges, Subscription};
 pub use data_dir::{DataDirError, DataDirLock, LOCK_FILE};
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use postgres_coordination::PgChangeFeed;
 pub use records::{
     ClaimedRecord, FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, FailedRecordSize,
     LedgerEntry, RecordClaim, RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
