@@ -14,6 +14,7 @@ use crate::delivery::follow::follow_credentials;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::keys::{CredentialKeys, Evidence};
 use crate::delivery::plan::{Planned, Planner};
+use crate::delivery::rate_share::{share_rates, RateShare};
 use crate::delivery::recorder::Recorder;
 use crate::delivery::report::IncomingRecord;
 use crate::delivery::session::{Replays, Session, Shared};
@@ -27,7 +28,9 @@ use crate::domain::validation::{FieldViolation, Violations};
 use crate::groove::pacer::PacerRegistry;
 use crate::groove::{CallError, GrooveAnswer, GrooveClient, Verification};
 use crate::metrics::{DestinationMetrics, Metrics};
-use crate::store::{Change, ChangeFeed, CredentialUpdate, LocalChanges, Store, StoreError};
+use crate::store::{
+    Change, ChangeFeed, CredentialUpdate, LocalChanges, PacerMembers, Store, StoreError,
+};
 
 /// Engine-wide knobs.
 #[derive(Clone, Debug)]
@@ -47,6 +50,11 @@ pub struct EngineOptions {
     pub changes: Arc<dyn ChangeFeed>,
     /// How often an open stream also reads its destination's state, in case a change was not heard.
     pub destination_check_every: Duration,
+    /// Who else paces calls with each credential, for replicas on a shared store; `None` (alone): every pacer
+    /// keeps its credential's whole rate.
+    pub pacer_members: Option<Arc<dyn PacerMembers>>,
+    /// This replica's id among the members.
+    pub replica_id: String,
 }
 
 impl Default for EngineOptions {
@@ -59,6 +67,8 @@ impl Default for EngineOptions {
             metrics: None,
             changes: Arc::new(LocalChanges::new()),
             destination_check_every: Duration::from_secs(1),
+            pacer_members: None,
+            replica_id: uuid::Uuid::new_v4().to_string(),
         }
     }
 }
@@ -231,11 +241,20 @@ impl Engine {
             store.clone(),
             keys.clone(),
         ));
+        let pacers = Arc::new(PacerRegistry::with_metrics(options.metrics.clone()));
+        if let Some(members) = &options.pacer_members {
+            tokio::spawn(share_rates(RateShare {
+                members: members.clone(),
+                replica_id: options.replica_id.clone(),
+                pacers: pacers.clone(),
+                changes: options.changes.clone(),
+            }));
+        }
         Ok(Engine {
             keys,
             store,
             groove,
-            pacers: Arc::new(PacerRegistry::with_metrics(options.metrics.clone())),
+            pacers,
             options,
             shared,
             stopping: Arc::new(stopping),
