@@ -30,6 +30,7 @@ use crate::groove::{CallError, GrooveAnswer, GrooveClient, Verification};
 use crate::metrics::{DestinationMetrics, Metrics};
 use crate::store::{
     Change, ChangeFeed, CredentialUpdate, LocalChanges, PacerMembers, Store, StoreError,
+    Subscription,
 };
 
 /// Engine-wide knobs.
@@ -231,7 +232,6 @@ impl Engine {
             in_flight,
             webhooks: WebhookForwarder::start(options.webhook_hosts.clone())?,
             shutdown,
-            changes: options.changes.clone(),
             destination_check_every: options.destination_check_every,
         };
         tokio::spawn(prune_ledger(store.clone(), options.clone()));
@@ -481,6 +481,8 @@ impl Engine {
         destination_id: &str,
         name: &str,
     ) -> Result<Session, DeliveryError> {
+        // Subscribed before the state is read: a change made after the read is heard.
+        let changes = self.options.changes.subscribe();
         let destination = self.store.get_destination(destination_id).await?;
         if destination.state != DestinationState::Active {
             return Err(DeliveryError::NotActive {
@@ -488,7 +490,7 @@ impl Engine {
                 state: destination.state.as_str(),
             });
         }
-        self.session_for(destination, name).await
+        self.session_for(destination, name, changes).await
     }
 
     /// Compiles the destination's configuration and binds its key and pacer.
@@ -496,6 +498,7 @@ impl Engine {
         &self,
         destination: Destination,
         name: &str,
+        changes: Subscription,
     ) -> Result<Session, DeliveryError> {
         let renderer =
             Renderer::new(&destination.config, self.groove.base_url()).map_err(|violations| {
@@ -528,6 +531,7 @@ impl Engine {
             shared: self.shared.clone(),
             destination,
             replays: Replays::Refuse,
+            changes,
         })
     }
 }

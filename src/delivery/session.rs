@@ -34,7 +34,7 @@ use crate::domain::destination::{Destination, DestinationState};
 use crate::domain::outcome::Outcome;
 use crate::domain::render::Renderer;
 use crate::groove::GrooveAnswer;
-use crate::store::{Change, ChangeFeed, RecordState, Store, StoreError, Subscription};
+use crate::store::{Change, RecordState, Store, StoreError, Subscription};
 
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 256;
@@ -55,8 +55,6 @@ pub(crate) struct Shared {
     pub in_flight: Arc<InFlight>,
     pub webhooks: WebhookForwarder,
     pub shutdown: watch::Receiver<bool>,
-    /// Changes to destinations, heard as they are made (here or on another replica).
-    pub changes: Arc<dyn ChangeFeed>,
     /// How often an open stream also reads its destination's state.
     pub destination_check_every: Duration,
 }
@@ -78,6 +76,8 @@ pub struct Session {
     pub(crate) context: CallContext,
     pub(crate) shared: Shared,
     pub(crate) replays: Replays,
+    /// Changes heard since just before the destination was read for this session.
+    pub(crate) changes: Subscription,
 }
 
 /// A record that passed the first checks: its id is well-formed and its JSON is there.
@@ -124,7 +124,7 @@ impl Session {
     /// the store. If the client goes away (`output` closes), the server shuts down or the destination stops
     /// being active, it stops reading and sending: calls on the wire finish and are recorded, the rest is let
     /// go unanswered.
-    pub async fn run<S>(self, input: S, output: mpsc::Sender<StreamEvent>) -> Summary
+    pub async fn run<S>(mut self, input: S, output: mpsc::Sender<StreamEvent>) -> Summary
     where
         S: Stream<Item = Result<Vec<IncomingRecord>, Interruption>> + Send + Unpin,
     {
@@ -143,7 +143,7 @@ impl Session {
             watch_for_stop(
                 Watched {
                     store: self.shared.store.clone(),
-                    changes: self.shared.changes.subscribe(),
+                    changes: std::mem::replace(&mut self.changes, Subscription::closed()),
                     check_every: self.shared.destination_check_every,
                     destination_id: self.destination.id.clone(),
                     name: self.name.clone(),
@@ -503,9 +503,9 @@ async fn watch_for_stop(
     stop: Stop,
 ) {
     let name = watched.name.clone();
-    // A change is heard at once; the poll catches what the feed lost. The first read covers a change made
-    // between the session's opening and its subscription.
-    let mut state_checks = tokio::time::interval(watched.check_every);
+    // A change is heard at once; the poll catches what the feed lost.
+    let mut state_checks =
+        tokio::time::interval_at(Instant::now() + watched.check_every, watched.check_every);
     let mut feed_open = true;
     let why = loop {
         tokio::select! {

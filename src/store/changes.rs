@@ -55,6 +55,12 @@ impl Subscription {
         Subscription { receiver }
     }
 
+    /// A subscription to nothing: [`Subscription::next`] says the feed is gone.
+    pub fn closed() -> Self {
+        let (_, receiver) = broadcast::channel(1);
+        Subscription { receiver }
+    }
+
     /// The next change; [`Change::Resync`] when this subscriber fell behind and missed some. `None` once the
     /// feed is gone.
     pub async fn next(&mut self) -> Option<Change> {
