@@ -1899,6 +1899,18 @@ mod tests {
                 ..jittery
             },
         ));
+        for (limit, window_ms) in [(50, 1000), (200, 1000), (10, 250), (20, 2000)] {
+            let base = Scenario::sandbox(limit, Duration::from_millis(window_ms));
+            table.push((
+                format!("{limit}/{window_ms}ms, 3 replicas with a third each"),
+                Scenario {
+                    replicas: 3,
+                    workers: 24,
+                    run_for: (base.window * 60).max(base.run_for),
+                    ..base
+                },
+            ));
+        }
         for (name, scenario) in table {
             let results = simulate(&scenario, 1);
             println!(
