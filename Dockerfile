@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The groove-destination server and nothing else (the sandbox and the benchmark stay out of the image).
 #   docker build -t groove-destination .
+# `--target sandbox` builds an image of the fake Groove instead (docker-compose.yaml uses it).
 # Needs BuildKit (the default builder of Docker 23+, or podman/buildah): the cache mounts below keep the cargo
 # registry and the target directory between builds, so a source change recompiles only this crate, not its
 # dependencies.
@@ -25,6 +26,19 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked --package groove-destination --bin groove-destination \
     && install -D -m 0755 target/release/groove-destination /out/groove-destination \
     && install -d -m 0700 -o 65532 -g 65532 /out/var/lib/groove-destination
+
+# The fake Groove, for docker-compose.yaml only (`--target sandbox`); a plain build skips these two stages.
+FROM builder AS sandbox-builder
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/build/target,sharing=locked \
+    cargo build --release --locked --package groove-sandbox --bin groove-sandbox \
+    && install -D -m 0755 target/release/groove-sandbox /out/groove-sandbox
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS sandbox
+COPY --from=sandbox-builder /out/groove-sandbox /usr/local/bin/groove-sandbox
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/groove-sandbox"]
 
 # distroless/cc: glibc, libgcc and CA certificates, no shell or package manager. Its `nonroot` user is 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -251,6 +251,7 @@ impl Settings {
             ledger_max_entries_per_destination: self.ledger_max_per_destination,
             webhook_hosts: HostPolicy::new(&self.webhook_allowed_hosts),
             metrics: None,
+            ..Default::default()
         }
     }
 }

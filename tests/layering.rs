@@ -6,6 +6,8 @@
 //!   domain operations on the store, which the gRPC layer only translates;
 //! - `src/cli/` (commands that are clients of a server) names anything of the server but the generated
 //!   contract (`crate::proto`): it must work as any client generated from `proto/` does;
+//! - `src/groove/` (the Groove client and pacing) names a database crate, the store, delivery, api or admin:
+//!   what it is told about other replicas comes from delivery as plain values;
 //! - `src/api/` names the Groove client (`crate::groove`) or an HTTP client crate (hyper, reqwest): only
 //!   delivery calls Groove.
 //!
@@ -59,6 +61,11 @@ const RULES: &[Rule] = &[
             "reqwest",
         ],
         modules: &["groove", "api"],
+    },
+    Rule {
+        layer: "groove",
+        crates: &["rusqlite", "tokio_postgres", "deadpool_postgres"],
+        modules: &["store", "delivery", "api", "admin"],
     },
     Rule {
         layer: "cli",

@@ -1,5 +1,6 @@
 //! Destinations as the admin RPCs change them. Every write is a compare-and-swap on the stored revision, so two
-//! writers never overwrite each other unseen.
+//! writers never overwrite each other unseen, and is announced on the change feed once stored, so open streams
+//! of every replica hear of it at once.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use crate::domain::destination::{
     Destination, DestinationConfig, DestinationState, LifecycleError,
 };
 use crate::domain::validation::Violations;
-use crate::store::{Store, StoreError};
+use crate::store::{Change, ChangeFeed, Store, StoreError};
 
 /// How often a state change is tried when concurrent writes keep getting there first.
 const STATE_CHANGE_ATTEMPTS: usize = 3;
@@ -51,14 +52,31 @@ pub struct NewDestination {
 pub struct DestinationAdmin {
     store: Arc<dyn Store>,
     groove_base_url: Url,
+    changes: Arc<dyn ChangeFeed>,
 }
 
 impl DestinationAdmin {
-    pub fn new(store: Arc<dyn Store>, groove_base_url: Url) -> Self {
+    pub fn new(store: Arc<dyn Store>, groove_base_url: Url, changes: Arc<dyn ChangeFeed>) -> Self {
         DestinationAdmin {
             store,
             groove_base_url,
+            changes,
         }
+    }
+
+    /// Tells every replica of a change already stored. A lost announcement delays, never loses, its effect:
+    /// open streams also poll their destination's state.
+    async fn announce(&self, change: Change) {
+        if let Err(error) = self.changes.publish(change).await {
+            tracing::warn!(%error, "cannot announce a destination change to other replicas");
+        }
+    }
+
+    async fn announce_changed(&self, destination: &Destination) {
+        self.announce(Change::DestinationChanged {
+            id: destination.id.clone(),
+        })
+        .await;
     }
 
     /// Checks a configuration against the domain rules and the configured Groove base URL.
@@ -107,10 +125,12 @@ impl DestinationAdmin {
             .map_err(AdminError::InvalidConfig)?;
         updated.revision = current.revision + 1;
         updated.update_time_ms = now_ms();
-        Ok(self
+        let stored = self
             .store
             .update_destination(updated, current.revision)
-            .await?)
+            .await?;
+        self.announce_changed(&stored).await;
+        Ok(stored)
     }
 
     /// Moves a destination to `target` as its lifecycle allows; a destination already there is returned as it
@@ -140,13 +160,20 @@ impl DestinationAdmin {
                 .await
             {
                 Err(StoreError::RevisionMismatch { .. }) if attempt < STATE_CHANGE_ATTEMPTS => {}
-                result => return Ok(result?),
+                result => {
+                    let stored = result?;
+                    self.announce_changed(&stored).await;
+                    return Ok(stored);
+                }
             }
         }
     }
 
     /// Deletes a destination; with `expected_revision`, only if it is still at that revision.
     pub async fn delete(&self, id: &str, expected_revision: Option<u64>) -> Result<(), AdminError> {
-        Ok(self.store.delete_destination(id, expected_revision).await?)
+        self.store.delete_destination(id, expected_revision).await?;
+        self.announce(Change::DestinationDeleted { id: id.to_string() })
+            .await;
+        Ok(())
     }
 }

@@ -210,11 +210,10 @@ impl CredentialService for Credentials {
         let caller = guard::caller(&request)?;
         let id = CREDENTIALS.parse_name("name", &request.get_ref().name)?;
         self.state
-            .store
+            .engine
             .delete_credential(&id)
             .await
             .map_err(ApiError::from)?;
-        self.state.engine.forget_credential(&id);
         tracing::info!(credential = %CREDENTIALS.name(&id), caller = caller.name(), "credential deleted");
         Ok(Response::new(proto::DeleteCredentialResponse {}))
     }

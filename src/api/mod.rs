@@ -46,7 +46,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, engine: Engine) -> Self {
-        let destinations = DestinationAdmin::new(store.clone(), engine.base_url().clone());
+        let destinations =
+            DestinationAdmin::new(store.clone(), engine.base_url().clone(), engine.changes());
         AppState {
             store,
             engine,

@@ -10,9 +10,11 @@ use url::Url;
 
 use crate::delivery::attempt::CallContext;
 use crate::delivery::clock::now_ms;
+use crate::delivery::follow::follow_credentials;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::keys::{CredentialKeys, Evidence};
 use crate::delivery::plan::{Planned, Planner};
+use crate::delivery::rate_share::{share_rates, RateShare};
 use crate::delivery::recorder::Recorder;
 use crate::delivery::report::IncomingRecord;
 use crate::delivery::session::{Replays, Session, Shared};
@@ -26,7 +28,10 @@ use crate::domain::validation::{FieldViolation, Violations};
 use crate::groove::pacer::PacerRegistry;
 use crate::groove::{CallError, GrooveAnswer, GrooveClient, Verification};
 use crate::metrics::{DestinationMetrics, Metrics};
-use crate::store::{CredentialUpdate, Store, StoreError};
+use crate::store::{
+    Change, ChangeFeed, CredentialUpdate, LocalChanges, PacerMembers, Store, StoreError,
+    Subscription,
+};
 
 /// Engine-wide knobs.
 #[derive(Clone, Debug)]
@@ -41,6 +46,16 @@ pub struct EngineOptions {
     pub webhook_hosts: HostPolicy,
     /// Where delivery records its metrics; `None`: metrics are off.
     pub metrics: Option<Arc<Metrics>>,
+    /// Where changes made here are announced and changes made by other replicas heard: open streams stop when
+    /// their destination is paused or deleted, and a re-keyed credential's new key is loaded.
+    pub changes: Arc<dyn ChangeFeed>,
+    /// How often an open stream also reads its destination's state, in case a change was not heard.
+    pub destination_check_every: Duration,
+    /// Who else paces calls with each credential, for replicas on a shared store; `None` (alone): every pacer
+    /// keeps its credential's whole rate.
+    pub pacer_members: Option<Arc<dyn PacerMembers>>,
+    /// This replica's id among the members.
+    pub replica_id: String,
 }
 
 impl Default for EngineOptions {
@@ -51,6 +66,10 @@ impl Default for EngineOptions {
             ledger_max_entries_per_destination: 10_000_000,
             webhook_hosts: HostPolicy::default(),
             metrics: None,
+            changes: Arc::new(LocalChanges::new()),
+            destination_check_every: Duration::from_secs(1),
+            pacer_members: None,
+            replica_id: uuid::Uuid::new_v4().to_string(),
         }
     }
 }
@@ -213,13 +232,29 @@ impl Engine {
             in_flight,
             webhooks: WebhookForwarder::start(options.webhook_hosts.clone())?,
             shutdown,
+            destination_check_every: options.destination_check_every,
         };
         tokio::spawn(prune_ledger(store.clone(), options.clone()));
+        let keys = Arc::new(CredentialKeys::new(store.clone()));
+        tokio::spawn(follow_credentials(
+            options.changes.subscribe(),
+            store.clone(),
+            keys.clone(),
+        ));
+        let pacers = Arc::new(PacerRegistry::with_metrics(options.metrics.clone()));
+        if let Some(members) = &options.pacer_members {
+            tokio::spawn(share_rates(RateShare {
+                members: members.clone(),
+                replica_id: options.replica_id.clone(),
+                pacers: pacers.clone(),
+                changes: options.changes.clone(),
+            }));
+        }
         Ok(Engine {
-            keys: Arc::new(CredentialKeys::new(store.clone())),
+            keys,
             store,
             groove,
-            pacers: Arc::new(PacerRegistry::with_metrics(options.metrics.clone())),
+            pacers,
             options,
             shared,
             stopping: Arc::new(stopping),
@@ -404,12 +439,35 @@ impl Engine {
         if let (Some(key), Some(entry)) = (new_key, self.keys.get(&credential.id)) {
             entry.replace(key, credential.key_version);
         }
+        self.announce(Change::CredentialChanged {
+            id: credential.id.clone(),
+        })
+        .await;
         Ok(credential)
     }
 
-    /// Forgets what delivery knows of a credential that was deleted.
-    pub fn forget_credential(&self, credential_id: &str) {
+    /// Deletes a credential (refused while a destination uses it) and forgets what delivery knows of it, here
+    /// and in every replica.
+    pub async fn delete_credential(&self, credential_id: &str) -> Result<(), StoreError> {
+        self.store.delete_credential(credential_id).await?;
         self.keys.forget(credential_id);
+        self.announce(Change::CredentialChanged {
+            id: credential_id.to_string(),
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Where changes are announced: what the admin layer publishes its writes to.
+    pub fn changes(&self) -> Arc<dyn ChangeFeed> {
+        self.options.changes.clone()
+    }
+
+    /// Tells every replica of a change already stored; one that misses it reads the store later anyway.
+    async fn announce(&self, change: Change) {
+        if let Err(error) = self.options.changes.publish(change).await {
+            tracing::warn!(%error, "cannot announce a credential change to other replicas");
+        }
     }
 
     /// Sessions stop reading their streams, deliver what they accepted and end.
@@ -423,6 +481,8 @@ impl Engine {
         destination_id: &str,
         name: &str,
     ) -> Result<Session, DeliveryError> {
+        // Subscribed before the state is read: a change made after the read is heard.
+        let changes = self.options.changes.subscribe();
         let destination = self.store.get_destination(destination_id).await?;
         if destination.state != DestinationState::Active {
             return Err(DeliveryError::NotActive {
@@ -430,7 +490,7 @@ impl Engine {
                 state: destination.state.as_str(),
             });
         }
-        self.session_for(destination, name).await
+        self.session_for(destination, name, changes).await
     }
 
     /// Compiles the destination's configuration and binds its key and pacer.
@@ -438,6 +498,7 @@ impl Engine {
         &self,
         destination: Destination,
         name: &str,
+        changes: Subscription,
     ) -> Result<Session, DeliveryError> {
         let renderer =
             Renderer::new(&destination.config, self.groove.base_url()).map_err(|violations| {
@@ -470,6 +531,7 @@ impl Engine {
             shared: self.shared.clone(),
             destination,
             replays: Replays::Refuse,
+            changes,
         })
     }
 }

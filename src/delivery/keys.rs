@@ -110,6 +110,16 @@ impl CredentialKeys {
             .cloned()
     }
 
+    /// The credentials whose keys are held.
+    pub fn held(&self) -> Vec<String> {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Forgets a deleted credential. Whoever still holds its entry keeps it.
     pub fn forget(&self, credential_id: &str) {
         self.entries

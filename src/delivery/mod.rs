@@ -12,9 +12,11 @@ mod claimer;
 mod clock;
 mod dispatch;
 mod engine;
+mod follow;
 mod in_flight;
 mod keys;
 mod plan;
+mod rate_share;
 mod recorder;
 mod report;
 pub mod retry;
@@ -33,6 +35,7 @@ pub use engine::{
     TestPayload, TestSendError, TestSent,
 };
 pub use keys::REFUSALS_TO_STOP;
+pub use rate_share::{HEARTBEAT_EVERY, MEMBERSHIP_TTL};
 pub use report::{
     DeliveryReport, IncomingRecord, Interruption, PlannedCall, RecordJson, StreamEvent, Summary,
     Unreadable,

@@ -34,12 +34,10 @@ use crate::domain::destination::{Destination, DestinationState};
 use crate::domain::outcome::Outcome;
 use crate::domain::render::Renderer;
 use crate::groove::GrooveAnswer;
-use crate::store::{RecordState, Store, StoreError};
+use crate::store::{Change, RecordState, Store, StoreError, Subscription};
 
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 256;
-/// How often an open stream checks that its destination is still active.
-const STATE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Records of one stream waiting for another delivery of their id; beyond it the stream is not read until
 /// some of them are answered, so memory stays bounded.
 const MAX_WAITING: usize = 1024;
@@ -57,6 +55,8 @@ pub(crate) struct Shared {
     pub in_flight: Arc<InFlight>,
     pub webhooks: WebhookForwarder,
     pub shutdown: watch::Receiver<bool>,
+    /// How often an open stream also reads its destination's state.
+    pub destination_check_every: Duration,
 }
 
 /// What a session does with a record id that failed in a way that may have reached Groove.
@@ -76,6 +76,8 @@ pub struct Session {
     pub(crate) context: CallContext,
     pub(crate) shared: Shared,
     pub(crate) replays: Replays,
+    /// Changes heard since just before the destination was read for this session.
+    pub(crate) changes: Subscription,
 }
 
 /// A record that passed the first checks: its id is well-formed and its JSON is there.
@@ -122,7 +124,7 @@ impl Session {
     /// the store. If the client goes away (`output` closes), the server shuts down or the destination stops
     /// being active, it stops reading and sending: calls on the wire finish and are recorded, the rest is let
     /// go unanswered.
-    pub async fn run<S>(self, input: S, output: mpsc::Sender<StreamEvent>) -> Summary
+    pub async fn run<S>(mut self, input: S, output: mpsc::Sender<StreamEvent>) -> Summary
     where
         S: Stream<Item = Result<Vec<IncomingRecord>, Interruption>> + Send + Unpin,
     {
@@ -139,9 +141,13 @@ impl Session {
         let stop = Stop::default();
         let watcher = tokio::spawn(
             watch_for_stop(
-                self.shared.store.clone(),
-                self.destination.id.clone(),
-                self.name.clone(),
+                Watched {
+                    store: self.shared.store.clone(),
+                    changes: std::mem::replace(&mut self.changes, Subscription::closed()),
+                    check_every: self.shared.destination_check_every,
+                    destination_id: self.destination.id.clone(),
+                    name: self.name.clone(),
+                },
                 self.shared.shutdown.clone(),
                 output.clone(),
                 stop.clone(),
@@ -463,18 +469,44 @@ fn batch_unit(batch: Batch<Candidate>, retry_unsafe: bool) -> DeliveryUnit {
     }
 }
 
-/// Stops the session when the client goes away, the server shuts down or the destination stops being active.
-async fn watch_for_stop(
+/// The destination a session watches, and how it hears of changes to it.
+struct Watched {
     store: Arc<dyn Store>,
+    changes: Subscription,
+    check_every: Duration,
     destination_id: String,
     name: String,
+}
+
+impl Watched {
+    /// Whether a change heard may concern the destination.
+    fn concerns(&self, change: &Change) -> bool {
+        match change {
+            Change::DestinationChanged { id } | Change::DestinationDeleted { id } => {
+                *id == self.destination_id
+            }
+            Change::Resync => true,
+            Change::CredentialChanged { .. } | Change::CredentialThrottled { .. } => false,
+        }
+    }
+
+    async fn check(&self) -> Option<Interruption> {
+        check_still_active(&*self.store, &self.destination_id, &self.name).await
+    }
+}
+
+/// Stops the session when the client goes away, the server shuts down or the destination stops being active.
+async fn watch_for_stop(
+    mut watched: Watched,
     mut shutdown: watch::Receiver<bool>,
     output: mpsc::Sender<StreamEvent>,
     stop: Stop,
 ) {
-    // Polled rather than pushed: it works the same when another replica pauses the destination.
+    let name = watched.name.clone();
+    // A change is heard at once; the poll catches what the feed lost.
     let mut state_checks =
-        tokio::time::interval_at(Instant::now() + STATE_CHECK_EVERY, STATE_CHECK_EVERY);
+        tokio::time::interval_at(Instant::now() + watched.check_every, watched.check_every);
+    let mut feed_open = true;
     let why = loop {
         tokio::select! {
             biased;
@@ -484,8 +516,17 @@ async fn watch_for_stop(
                 "the server is shutting down; records of destination {name} without a result were not \
                  delivered by this stream: send them again"
             )),
+            change = watched.changes.next(), if feed_open => match change {
+                Some(change) if watched.concerns(&change) => {
+                    if let Some(why) = watched.check().await {
+                        break why;
+                    }
+                }
+                Some(_) => {}
+                None => feed_open = false,
+            },
             _ = state_checks.tick() => {
-                if let Some(why) = check_still_active(&*store, &destination_id, &name).await {
+                if let Some(why) = watched.check().await {
                     break why;
                 }
             }

@@ -19,19 +19,30 @@
 //!    once.
 //!
 //! Waiters queue in arrival order and only the first sleeps, so a pause releases them one spacing apart.
+//!
+//! Replicas calling with the same credential share its account's limit. Each replica's pacer is told its
+//! share ([`Pacer::set_share`], 1/N of N replicas): it then keeps to that share of the maximum rate, of a
+//! learned window's calls and of each Remaining. A pause it begins on its own refusal is announced
+//! ([`PacerRegistry::throttles`]) so that the other replicas' pacers pause too ([`Pacer::pause_until`]). Who
+//! the replicas are is for the caller to find out; alone, the share is 1 and nothing changes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 use tokio::time::{sleep_until, Instant};
 
 use crate::metrics::{CredentialMetrics, Metrics};
 
 /// The longest wait a `Retry-After` can impose: a bigger value is more likely a bug than a plan.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Pauses announced and not yet taken by the registry's listener; older ones are dropped first.
+const THROTTLES_BUFFERED: usize = 256;
+/// A pause heard from another replica that ends at most this much after the current one is the same pause:
+/// wall clocks and delivery delays differ a little between replicas.
+const SAME_PAUSE: Duration = Duration::from_millis(100);
 /// Pause after a refusal without `Retry-After`; it doubles with each refusal in a row.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -70,6 +81,16 @@ pub struct Pacer {
     /// Permits alive: calls released whose answer has not been observed yet.
     in_flight: AtomicU32,
     metrics: CredentialMetrics,
+    /// Where the pauses this pacer begins on its own are announced, with its credential's id.
+    throttles: Option<(String, broadcast::Sender<Throttle>)>,
+}
+
+/// A pause a pacer began because Groove refused one of its calls for the rate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Throttle {
+    pub credential_id: String,
+    /// When calls may resume, by the wall clock (other replicas read it by theirs).
+    pub until: SystemTime,
 }
 
 /// One released call. Hold it while the call is in flight and hand Groove's answer to [`Permit::observe`]:
@@ -96,7 +117,47 @@ impl Pacer {
             earlier: Notify::new(),
             in_flight: AtomicU32::new(0),
             metrics,
+            throttles: None,
         }
+    }
+
+    /// Makes this pacer keep to `share` (0 < share ≤ 1) of what it learns and of the maximum rate: the part of
+    /// the account's limit this replica may use. Takes effect from the next release.
+    pub fn set_share(&self, share: f64) {
+        let share = if share.is_finite() && share > 0.0 {
+            share.min(1.0)
+        } else {
+            1.0
+        };
+        let looser = {
+            let mut state = self.lock();
+            let looser = share > state.share;
+            state.share = share;
+            looser
+        };
+        if looser {
+            self.earlier.notify_waiters();
+        }
+    }
+
+    /// The share set by [`Pacer::set_share`].
+    pub fn share(&self) -> f64 {
+        self.lock().share
+    }
+
+    /// Pauses every call until `until` (wall clock), as a refusal with that `Retry-After` would: another
+    /// replica's call was refused. A pause already lasting as long changes nothing.
+    pub fn pause_until(&self, until: SystemTime) {
+        let Ok(wait) = until.duration_since(SystemTime::now()) else {
+            return;
+        };
+        self.lock()
+            .pause_for(Instant::now(), wait.min(MAX_RETRY_AFTER));
+    }
+
+    /// When this pacer last released a call.
+    pub fn last_release(&self) -> Option<Instant> {
+        self.lock().last_release
     }
 
     /// Changes the maximum rate; takes effect from the next release.
@@ -191,9 +252,16 @@ impl Pacer {
             wall_now,
             others_in_flight: self.in_flight.load(Ordering::Relaxed),
         };
-        let moved_earlier = self.lock().observe(&answer);
-        if moved_earlier {
+        let observed = self.lock().observe(&answer);
+        if observed.earlier {
             self.earlier.notify_waiters();
+        }
+        if let (Some(wait), Some((credential_id, throttles))) = (observed.paused, &self.throttles) {
+            // Nobody listening (one replica alone) is fine.
+            let _ = throttles.send(Throttle {
+                credential_id: credential_id.clone(),
+                until: wall_now + wait,
+            });
         }
     }
 
@@ -230,10 +298,17 @@ impl Drop for Permit<'_> {
 }
 
 /// One pacer per credential, created on first use and shared afterwards.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PacerRegistry {
     pacers: Mutex<HashMap<String, Arc<Pacer>>>,
     metrics: Option<Arc<Metrics>>,
+    throttles: broadcast::Sender<Throttle>,
+}
+
+impl Default for PacerRegistry {
+    fn default() -> Self {
+        Self::with_metrics(None)
+    }
 }
 
 impl PacerRegistry {
@@ -246,7 +321,32 @@ impl PacerRegistry {
         PacerRegistry {
             pacers: Mutex::default(),
             metrics,
+            throttles: broadcast::Sender::new(THROTTLES_BUFFERED),
         }
+    }
+
+    /// Every pause a pacer of this registry begins on a refusal of its own, from now on.
+    pub fn throttles(&self) -> broadcast::Receiver<Throttle> {
+        self.throttles.subscribe()
+    }
+
+    /// The pacer of `credential_id`, if one was made.
+    pub fn get(&self, credential_id: &str) -> Option<Arc<Pacer>> {
+        self.pacers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(credential_id)
+            .cloned()
+    }
+
+    /// Every pacer made so far, with its credential's id.
+    pub fn all(&self) -> Vec<(String, Arc<Pacer>)> {
+        self.pacers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, pacer)| (id.clone(), Arc::clone(pacer)))
+            .collect()
     }
 
     /// The pacer of `credential_id`. `max_rate` applies to it from now on (the latest setting wins).
@@ -257,7 +357,9 @@ impl PacerRegistry {
             return Arc::clone(pacer);
         }
         let metrics = CredentialMetrics::of(self.metrics.as_deref(), credential_id);
-        let pacer = Arc::new(Pacer::with_metrics(max_rate, metrics));
+        let mut pacer = Pacer::with_metrics(max_rate, metrics);
+        pacer.throttles = Some((credential_id.to_string(), self.throttles.clone()));
+        let pacer = Arc::new(pacer);
         pacers.insert(credential_id.to_string(), Arc::clone(&pacer));
         pacer
     }
@@ -332,6 +434,16 @@ struct State {
     slow_start: Option<SlowStart>,
     /// The spacing set by the latest release: the rate the pacer allows now.
     spacing_used: Duration,
+    /// This replica's part of the account's limit (see [`Pacer::set_share`]).
+    share: f64,
+}
+
+/// What one answer changed.
+struct Observed {
+    /// The next release moved earlier.
+    earlier: bool,
+    /// A new pause began, this long.
+    paused: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -354,6 +466,16 @@ impl State {
             learned: None,
             slow_start: None,
             spacing_used: Duration::ZERO,
+            share: 1.0,
+        }
+    }
+
+    /// `interval` stretched to this replica's share.
+    fn shared_interval(&self, interval: Duration) -> Duration {
+        if self.share >= 1.0 {
+            interval
+        } else {
+            interval.div_f64(self.share).min(MAX_RETRY_AFTER)
         }
     }
 
@@ -386,10 +508,11 @@ impl State {
         if let Some(pause) = &self.pause {
             at = at.max(pause.until);
         }
+        let share = self.share;
         if let Some(end) = self
             .learned
             .as_mut()
-            .and_then(|l| l.blocked_until(now, load))
+            .and_then(|l| l.blocked_until(now, load, share))
         {
             at = at.max(end);
         }
@@ -397,12 +520,13 @@ impl State {
     }
 
     fn spacing(&self, now: Instant, load: Load) -> Duration {
+        // Slow start paces by this replica's own rate at the refusal: already its share.
         let paced = match (&self.learned, &self.slow_start) {
-            (Some(learned), _) => learned.spacing(now, load),
+            (Some(learned), _) => learned.spacing(now, load, self.share),
             (None, Some(slow_start)) => slow_start.interval(),
             (None, None) => Duration::ZERO,
         };
-        paced.max(self.min_interval)
+        paced.max(self.shared_interval(self.min_interval))
     }
 
     fn note_release(&mut self, now: Instant) {
@@ -413,8 +537,8 @@ impl State {
         self.last_release = Some(now);
     }
 
-    /// Learns from one answer; says whether the next release moved earlier.
-    fn observe(&mut self, answer: &Answer<'_>) -> bool {
+    /// Learns from one answer.
+    fn observe(&mut self, answer: &Answer<'_>) -> Observed {
         let load = Load {
             in_flight: answer.others_in_flight,
             released: self.released,
@@ -450,29 +574,59 @@ impl State {
             .pause
             .as_ref()
             .is_none_or(|pause| release.at >= pause.started);
+        let mut paused = None;
         if refused {
-            self.on_refused(answer.now, retry_after, after_pause);
+            paused = self.on_refused(answer.now, retry_after, after_pause);
         } else if answer.status < 500 && after_pause {
             self.backoff_level = 0;
             if let Some(slow_start) = &mut self.slow_start {
                 slow_start.grow();
             }
         }
-        self.next_release(answer.now, load) < before
+        Observed {
+            earlier: self.next_release(answer.now, load) < before,
+            paused,
+        }
     }
 
-    fn on_refused(&mut self, now: Instant, retry_after: Option<Duration>, after_pause: bool) {
+    /// Pauses on a refusal; returns how long, if a new pause began.
+    fn on_refused(
+        &mut self,
+        now: Instant,
+        retry_after: Option<Duration>,
+        after_pause: bool,
+    ) -> Option<Duration> {
         if !after_pause {
             // In flight when the current pause began: the same storm, already slowed down for.
             if let (Some(pause), Some(wait)) = (&mut self.pause, retry_after) {
                 pause.until = pause.until.max(now + wait);
             }
-            return;
+            return None;
         }
         let wait = retry_after.unwrap_or_else(|| {
             self.backoff_level = self.backoff_level.saturating_add(1);
             backoff_pause(self.backoff_level)
         });
+        self.begin_pause(now, wait);
+        Some(wait)
+    }
+
+    /// A pause another replica began: taken like a refusal with `Retry-After`, unless the current pause
+    /// already lasts about as long (it may be this pacer's own, heard back through the other replicas).
+    fn pause_for(&mut self, now: Instant, wait: Duration) {
+        let until = now + wait;
+        if wait.is_zero()
+            || self
+                .pause
+                .as_ref()
+                .is_some_and(|pause| pause.until + SAME_PAUSE >= until)
+        {
+            return;
+        }
+        self.begin_pause(now, wait);
+    }
+
+    fn begin_pause(&mut self, now: Instant, wait: Duration) {
         self.pause = Some(Pause {
             started: now,
             until: now + wait,
@@ -736,8 +890,8 @@ impl Learned {
     }
 
     /// When the current window's budget is spent: the time it has surely ended.
-    fn blocked_until(&mut self, now: Instant, load: Load) -> Option<Instant> {
-        if self.window.budget(load) != Some(0) {
+    fn blocked_until(&mut self, now: Instant, load: Load, share: f64) -> Option<Instant> {
+        if self.window.budget(load, share) != Some(0) {
             return None;
         }
         let window = &self.window;
@@ -753,13 +907,23 @@ impl Learned {
         Some(end)
     }
 
-    fn spacing(&self, now: Instant, load: Load) -> Duration {
+    fn spacing(&self, now: Instant, load: Load, share: f64) -> Duration {
         let window = &self.window;
-        let steady = self.length.map_or_else(
+        let length = self.length.map_or_else(
             || window.reset_at.saturating_duration_since(window.start.at),
             |b| b.hi,
-        ) / self.limit.max(1);
-        match window.budget(load) {
+        );
+        let steady = if share >= 1.0 {
+            length / self.limit.max(1)
+        } else {
+            length.div_f64((f64::from(self.limit) * share).max(1.0))
+        };
+        if share < 1.0 {
+            // Replicas see a window open at different calls: each keeps an even pace at its share rather than
+            // spending its part of a window as its own view of the window allows.
+            return steady;
+        }
+        match window.budget(load, share) {
             // The last call of the window: what follows waits for the window's end anyway.
             Some(1) => Duration::ZERO,
             Some(left) if left > 1 => {
@@ -797,13 +961,20 @@ impl Window {
     /// Calls we may still release in it; `None` once it has surely ended. Calls Groove counted after the one
     /// that reported the lowest Remaining are all in flight (an answered one would report lower), and so are
     /// all calls released since that answer; without permits only the latter are known.
-    fn budget(&self, load: Load) -> Option<u32> {
+    /// With a `share` below 1 only that part of Remaining is this replica's: the others take theirs.
+    fn budget(&self, load: Load, share: f64) -> Option<u32> {
         if self.ended {
             return None;
         }
         let since =
             u32::try_from(load.released.saturating_sub(self.min_seen_after)).unwrap_or(u32::MAX);
-        Some(self.min_remaining.saturating_sub(load.in_flight.max(since)))
+        let remaining = if share >= 1.0 {
+            self.min_remaining
+        } else {
+            // `as` saturates; the product is below `min_remaining`.
+            (f64::from(self.min_remaining) * share).floor() as u32
+        };
+        Some(remaining.saturating_sub(load.in_flight.max(since)))
     }
 }
 
@@ -1310,6 +1481,9 @@ mod tests {
         change: Option<(Duration, u32, Duration)>,
         /// Groove sends rate-limit headers.
         headers: bool,
+        /// Replicas sharing the account, each with a pacer of share 1/replicas; worker `w` is replica
+        /// `w % replicas`'s. A pause one begins is heard by the others at once.
+        replicas: usize,
     }
 
     impl Scenario {
@@ -1324,6 +1498,7 @@ mod tests {
                 permits: true,
                 change: None,
                 headers: true,
+                replicas: 1,
             }
         }
     }
@@ -1363,7 +1538,14 @@ mod tests {
             count: 0,
             headers: scenario.headers,
         };
-        let mut state = State::new(Duration::ZERO, t0);
+        let replicas = scenario.replicas.max(1);
+        let mut states: Vec<State> = (0..replicas)
+            .map(|_| {
+                let mut state = State::new(Duration::ZERO, t0);
+                state.share = 1.0 / replicas as f64;
+                state
+            })
+            .collect();
         let mut events = BinaryHeap::new();
         let mut seq = 0u64;
         let mut push = |events: &mut BinaryHeap<_>, at: Instant, kind: u8, worker: usize| {
@@ -1375,9 +1557,9 @@ mod tests {
         }
         let (lo, hi) = scenario.latency;
         let latency = |rng: &mut StdRng| lo + (hi - lo).mul_f64(rng.random::<f64>());
-        let mut line = VecDeque::new();
-        let mut in_flight = 0u32;
-        let mut next_wake: Option<Instant> = None;
+        let mut lines = vec![VecDeque::new(); replicas];
+        let mut in_flights = vec![0u32; replicas];
+        let mut next_wakes: Vec<Option<Instant>> = vec![None; replicas];
         let mut calls: Vec<Option<Call>> = vec![None; scenario.workers];
         let mut results = Results {
             ok: 0,
@@ -1395,8 +1577,9 @@ mod tests {
                     (groove.limit, groove.window, groove.started) = (limit, window, None);
                 }
             }
+            let replica = worker % replicas;
             match kind {
-                READY => line.push_back(worker),
+                READY => lines[replica].push_back(worker),
                 ARRIVE => {
                     if let Some((release, _, _)) = calls[worker].take() {
                         let (status, answer) = groove.call(now);
@@ -1405,16 +1588,25 @@ mod tests {
                     }
                 }
                 ANSWER => {
-                    in_flight -= 1;
+                    in_flights[replica] -= 1;
                     if let Some((release, status, answer)) = calls[worker].take() {
-                        state.observe(&Answer {
+                        let observed = states[replica].observe(&Answer {
                             status,
                             headers: &answer,
                             release: Some(release).filter(|_| scenario.permits),
                             now,
                             wall_now: groove.wall(now),
-                            others_in_flight: if scenario.permits { in_flight } else { 0 },
+                            others_in_flight: if scenario.permits {
+                                in_flights[replica]
+                            } else {
+                                0
+                            },
                         });
+                        if let Some(wait) = observed.paused {
+                            for state in &mut states {
+                                state.pause_for(now, wait);
+                            }
+                        }
                         if status == 429 {
                             results.refused += 1;
                         } else {
@@ -1423,26 +1615,30 @@ mod tests {
                         push(&mut events, now, READY, worker);
                     }
                 }
-                _ if next_wake == Some(now) => next_wake = None,
+                _ if next_wakes[replica] == Some(now) => next_wakes[replica] = None,
                 _ => {}
             }
-            while let Some(&worker) = line.front() {
-                match state.try_release(now, if scenario.permits { in_flight } else { 0 }) {
-                    Ok(release) => {
-                        line.pop_front();
-                        in_flight += 1;
-                        results.releases.push(release.at);
-                        calls[worker] = Some((release, 0, Vec::new()));
-                        push(&mut events, now + latency(&mut rng), ARRIVE, worker);
-                    }
-                    Err(wake) => {
-                        // Timers fire on the next millisecond tick, sometimes later.
-                        let at = wake + Duration::from_micros(rng.random_range(0..1500));
-                        if next_wake.is_none_or(|pending| at < pending) {
-                            next_wake = Some(at);
-                            push(&mut events, at, WAKE, worker);
+            for (replica, state) in states.iter_mut().enumerate() {
+                let line = &mut lines[replica];
+                let in_flight = &mut in_flights[replica];
+                while let Some(&worker) = line.front() {
+                    match state.try_release(now, if scenario.permits { *in_flight } else { 0 }) {
+                        Ok(release) => {
+                            line.pop_front();
+                            *in_flight += 1;
+                            results.releases.push(release.at);
+                            calls[worker] = Some((release, 0, Vec::new()));
+                            push(&mut events, now + latency(&mut rng), ARRIVE, worker);
                         }
-                        break;
+                        Err(wake) => {
+                            // Timers fire on the next millisecond tick, sometimes later.
+                            let at = wake + Duration::from_micros(rng.random_range(0..1500));
+                            if next_wakes[replica].is_none_or(|pending| at < pending) {
+                                next_wakes[replica] = Some(at);
+                                push(&mut events, at, WAKE, worker);
+                            }
+                            break;
+                        }
                     }
                 }
             }
@@ -1450,7 +1646,8 @@ mod tests {
         let allowed = f64::from(scenario.limit) / scenario.window.as_secs_f64()
             * scenario.run_for.as_secs_f64();
         results.share_of_allowed = f64::from(results.ok) / allowed;
-        results.learned_length = state
+        results.learned_length = states
+            .swap_remove(0)
             .learned
             .and_then(|learned| learned.length)
             .map(|length| length.hi);
@@ -1539,6 +1736,109 @@ mod tests {
     }
 
     #[test]
+    fn three_replicas_with_a_third_each_share_one_limit() {
+        assert_efficient(&Scenario {
+            replicas: 3,
+            workers: 24,
+            ..Scenario::sandbox(50, SECOND)
+        });
+    }
+
+    #[test]
+    fn three_replicas_spend_one_window_together_only_with_shares() {
+        // Without shares each replica would spend the whole window.
+        let t0 = start();
+        let mut states: Vec<State> = (0..3).map(|_| State::new(Duration::ZERO, t0)).collect();
+        let limits = headers(&[
+            ("X-RateLimit-Limit", "30"),
+            ("X-RateLimit-Remaining", "29"),
+            ("X-RateLimit-Reset", "1700000001"),
+        ]);
+        let in_window = |states: &mut Vec<State>| -> usize {
+            states
+                .iter_mut()
+                .map(|state| {
+                    state.observe(&answer(201, &limits, t0));
+                    release_times(state, t0, 40)
+                        .into_iter()
+                        .filter(|at| *at < t0 + 630 * MS)
+                        .count()
+                })
+                .sum()
+        };
+        assert!(in_window(&mut states) > 29 * 2);
+        let mut shared: Vec<State> = (0..3)
+            .map(|_| {
+                let mut state = State::new(Duration::ZERO, t0);
+                state.share = 1.0 / 3.0;
+                state
+            })
+            .collect();
+        // Each takes at most a third of the 29 left: together no more than the account allows.
+        let together = in_window(&mut shared);
+        assert!((20..=29).contains(&together), "{together}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_of_a_maximum_rate_releases_that_part_of_it() {
+        let pacer = Pacer::new(Some(30.0));
+        pacer.set_share(1.0 / 3.0);
+        let began = Instant::now();
+        for _ in 0..11 {
+            drop(pacer.acquire().await);
+        }
+        // Ten intervals of 100 ms: 10 calls a second, a third of 30.
+        let elapsed = began.elapsed();
+        assert!(
+            (SECOND - CATCH_UP..=SECOND + MS).contains(&elapsed),
+            "{elapsed:?}"
+        );
+        pacer.set_share(1.0);
+        // The first call still waits out the spacing of the old share.
+        drop(pacer.acquire().await);
+        let began = Instant::now();
+        for _ in 0..10 {
+            drop(pacer.acquire().await);
+        }
+        let elapsed = began.elapsed();
+        assert!(
+            (SECOND / 3 - CATCH_UP..=SECOND / 3 + MS).contains(&elapsed),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_heard_from_another_replica_holds_every_call() {
+        let registry = PacerRegistry::new();
+        let pacer = registry.pacer("k1", None);
+        let mut announced = registry.throttles();
+        pacer.pause_until(SystemTime::now() + 2 * SECOND);
+        let began = Instant::now();
+        drop(pacer.acquire().await);
+        let waited = began.elapsed();
+        assert!(
+            waited > SECOND + 900 * MS && waited <= 2 * SECOND,
+            "{waited:?}"
+        );
+        assert!(
+            announced.try_recv().is_err(),
+            "a pause heard is not announced again"
+        );
+        // A refusal of its own is announced for the others.
+        pacer.observe(429, &headers(&[("Retry-After", "3")]));
+        let throttle = announced.try_recv().expect("announced");
+        assert_eq!(throttle.credential_id, "k1");
+        let ahead = throttle
+            .until
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        assert!(ahead > 2 * SECOND && ahead <= 3 * SECOND, "{ahead:?}");
+        // Heard back from the others, it is the same pause.
+        pacer.pause_until(throttle.until);
+        assert!(announced.try_recv().is_err());
+    }
+
+    #[test]
     fn more_callers_than_the_limit_do_not_stampede() {
         let scenario = Scenario {
             workers: 64,
@@ -1599,6 +1899,18 @@ mod tests {
                 ..jittery
             },
         ));
+        for (limit, window_ms) in [(50, 1000), (200, 1000), (10, 250), (20, 2000)] {
+            let base = Scenario::sandbox(limit, Duration::from_millis(window_ms));
+            table.push((
+                format!("{limit}/{window_ms}ms, 3 replicas with a third each"),
+                Scenario {
+                    replicas: 3,
+                    workers: 24,
+                    run_for: (base.window * 60).max(base.run_for),
+                    ..base
+                },
+            ));
+        }
         for (name, scenario) in table {
             let results = simulate(&scenario, 1);
             println!(

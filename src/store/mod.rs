@@ -12,9 +12,12 @@
 //! entries and failed records, [`Store::record_outcomes`]) and to claim records before they are sent
 //! ([`Store::claim_records`]) without a transaction per record.
 
+mod changes;
 mod data_dir;
 mod error;
+mod pacer_members;
 mod page;
+mod postgres_coordination;
 mod records;
 mod secrets;
 mod sqlite;
@@ -26,9 +29,12 @@ use futures::future::BoxFuture;
 use crate::domain::credential::{ApiKey, Credential, Refusal, StoredKey};
 use crate::domain::destination::Destination;
 
+pub use changes::{Change, ChangeFeed, LocalChanges, Subscription};
 pub use data_dir::{DataDirError, DataDirLock, LOCK_FILE};
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
+pub use pacer_members::PacerMembers;
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use postgres_coordination::{PgChangeFeed, PgPacerMembers, PACER_MEMBERS_MIGRATION};
 pub use records::{
     ClaimedRecord, FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, FailedRecordSize,
     LedgerEntry, RecordClaim, RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
