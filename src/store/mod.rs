@@ -12,9 +12,12 @@
 //! entries and failed records, [`Store::record_outcomes`]) and to claim records before they are sent
 //! ([`Store::claim_records`]) without a transaction per record.
 
+#[cfg(test)]
+mod conformance;
 mod data_dir;
 mod error;
 mod page;
+mod postgres;
 mod records;
 mod secrets;
 mod sqlite;
@@ -29,12 +32,16 @@ use crate::domain::destination::Destination;
 pub use data_dir::{DataDirError, DataDirLock, LOCK_FILE};
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use postgres::{redact_database_url, PostgresStore};
 pub use records::{
     ClaimedRecord, FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, FailedRecordSize,
     LedgerEntry, RecordClaim, RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
 };
 pub use secrets::{SecretBox, SECRET_KEY_ENV, SECRET_KEY_FILE};
 pub use sqlite::{SqliteStore, DATABASE_FILE};
+
+/// Ledger entries one retention step deletes: small enough that deliveries waiting behind it barely wait.
+const PRUNE_STEP: u32 = 5_000;
 
 /// At most this many destination ids are reported in [`StoreError::CredentialInUse`].
 pub const MAX_LISTED_DESTINATIONS: usize = 100;
