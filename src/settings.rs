@@ -10,6 +10,10 @@ use url::Url;
 
 use crate::domain::host_policy::{AllowedHost, HostPolicy};
 
+mod database_url;
+
+pub use database_url::DatabaseUrl;
+
 /// groove-destination: delivers streams of records to the Groove helpdesk API.
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -40,6 +44,16 @@ pub struct Settings {
         value_parser = parse_groove_url
     )]
     pub groove_url: Url,
+
+    /// PostgreSQL database shared by all replicas (`postgres://user:password@host:5432/db`, `?sslmode=require`
+    /// for TLS). Unset: the embedded SQLite store in the data dir, for one process.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_DATABASE_URL",
+        hide_env_values = true,
+        value_parser = database_url::DatabaseUrlParser
+    )]
+    pub database_url: Option<DatabaseUrl>,
 
     /// Key that encrypts stored API keys: base64 of 32 bytes. Unset: generated once into
     /// `<data-dir>/secret.key` (mode 0600).
@@ -187,6 +201,7 @@ impl Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             groove_url,
+            database_url: None,
             secret_key: None,
             log: "warn".to_string(),
             log_format: LogFormat::Text,
