@@ -23,6 +23,7 @@ mod secrets;
 mod sqlite;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
@@ -32,7 +33,7 @@ use crate::domain::destination::Destination;
 pub use data_dir::{DataDirError, DataDirLock, LOCK_FILE};
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-pub use postgres::{redact_database_url, PostgresStore};
+pub use postgres::{redact_database_url, PostgresStore, ReplicaOptions};
 pub use records::{
     ClaimedRecord, FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, FailedRecordSize,
     LedgerEntry, RecordClaim, RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
@@ -197,13 +198,24 @@ pub trait Store: Send + Sync {
 
     /// Turns every claim left by a process that stopped without recording the outcome into a failed record
     /// that may have been delivered (failed, `maybe_delivered`, with `error`), in one atomic write, and returns
-    /// how many there were. Only for start-up, before any record is claimed: every claim is taken for an
-    /// orphan.
+    /// how many there were.
+    ///
+    /// A store of one process (SQLite) calls this only at start-up, before any record is claimed: every claim
+    /// is taken for an orphan. A store shared by several processes (PostgreSQL) takes only the claims of
+    /// processes whose lease has run out, never its own, and wants to be called again every
+    /// [`Store::orphan_check_interval`].
     fn fail_orphaned_claims<'a>(
         &'a self,
         error: &'a str,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// How often the engine should settle orphaned claims while it serves: `Some` for a store other processes
+    /// share, where one of them can stop while this one runs; `None` (the default) when orphans can only exist
+    /// at start-up.
+    fn orphan_check_interval(&self) -> Option<Duration> {
+        None
+    }
 
     /// What decides whether each of `record_ids` may be sent: delivered (with its ledger entry), or a failed
     /// record that may have been delivered. Ids with neither are absent, as is everything of a destination that

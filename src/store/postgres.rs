@@ -17,10 +17,12 @@ mod failed_records;
 mod key_check;
 mod ledger;
 mod migrations;
+mod replicas;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::{Client, Pool};
 use futures::future::BoxFuture;
@@ -29,6 +31,7 @@ use tokio_postgres::error::SqlState;
 use self::committer::{Committer, Write};
 pub use self::connection::redact as redact_database_url;
 use self::connection::DatabaseUrl;
+pub use self::replicas::ReplicaOptions;
 use super::error::{Context, StoreError};
 use super::page::{Page, PageRequest};
 use super::records::{
@@ -48,6 +51,11 @@ pub struct PostgresStore {
     committer: Committer,
     /// The URL without its password.
     database: String,
+    /// This process among the replicas: the owner of the claims it writes.
+    replica_id: String,
+    replica_options: ReplicaOptions,
+    /// Renews the replica's lease until the store is dropped.
+    _lease: tokio_util::sync::DropGuard,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -65,7 +73,17 @@ impl PostgresStore {
     /// Refuses, with [`StoreError::SecretKey`], a `secrets` key other than the one the stored credentials were
     /// encrypted with: replicas must all be given the same key. Errors never contain the URL's password.
     pub async fn open(url: &str, secrets: SecretBox) -> Result<PostgresStore, StoreError> {
+        Self::open_with(url, secrets, ReplicaOptions::default()).await
+    }
+
+    /// [`PostgresStore::open`] with a lease other than the default: for tests, which cannot wait for one.
+    pub async fn open_with(
+        url: &str,
+        secrets: SecretBox,
+        replica_options: ReplicaOptions,
+    ) -> Result<PostgresStore, StoreError> {
         let url = DatabaseUrl::parse(url)?;
+        let replica_id = uuid::Uuid::new_v4().to_string();
         let database = url.redacted().to_string();
         let pool = url.pool()?;
         let mut client = connect(&pool).await?;
@@ -73,14 +91,24 @@ impl PostgresStore {
         let tx = client.transaction().await.context(context)?;
         migrations::migrate(&tx).await?;
         key_check::verify_or_record(&tx, &secrets, &database).await?;
+        replicas::register(&tx, &replica_id, replica_options).await?;
         tx.commit().await.context(context)?;
         drop(client);
+        tracing::info!(replica = %replica_id, "registered as a replica");
         Ok(PostgresStore {
-            committer: Committer::spawn(pool.clone()),
+            committer: Committer::spawn(pool.clone(), replica_id.clone()),
+            _lease: replicas::keep_alive(pool.clone(), replica_id.clone(), replica_options),
+            replica_id,
+            replica_options,
             pool,
             secrets: Arc::new(secrets),
             database,
         })
+    }
+
+    /// This process's id among the replicas sharing the database.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
     }
 
     /// The database URL without its password.
@@ -352,7 +380,7 @@ impl Store for PostgresStore {
             let context = || "failing orphaned record claims".to_string();
             let mut client = self.client().await?;
             let tx = client.transaction().await.context(context)?;
-            let failures = claims::take_all_as_failures(&tx, error, now_ms)
+            let failures = claims::take_orphans_as_failures(&tx, &self.replica_id, error, now_ms)
                 .await?
                 .into_iter()
                 .map(failed_records::encode)
@@ -375,6 +403,10 @@ impl Store for PostgresStore {
             tx.commit().await.context(context)?;
             Ok(failures.len() as u64)
         })
+    }
+
+    fn orphan_check_interval(&self) -> Option<Duration> {
+        Some(self.replica_options.lease / 2)
     }
 
     fn record_states<'a>(

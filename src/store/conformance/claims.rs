@@ -55,6 +55,7 @@ pub(super) async fn a_claim_ends_with_its_outcome_or_its_release(h: Harness) {
     assert_eq!(h.count("record_claims", "b").await, 1);
 
     // What is left when the process stops: a4 of a, a1 of b.
+    let store = h.restart().await;
     assert_eq!(store.fail_orphaned_claims(ORPHANED, 99).await.unwrap(), 2);
     assert_eq!(h.count("record_claims", "a").await, 0);
     let kept = store
@@ -95,6 +96,7 @@ pub(super) async fn a_batch_is_one_claim_that_ends_with_its_records(h: Harness) 
         .unwrap();
     assert_eq!(h.count("record_claims", "a").await, 1);
     // The other batch is orphaned: each of its records becomes a failed record of its own.
+    let store = h.restart().await;
     assert_eq!(store.fail_orphaned_claims(ORPHANED, 50).await.unwrap(), 2);
     let kept = store
         .get_failed_records("a", ids(&["c1", "c2", "b1"]))

@@ -20,9 +20,14 @@ use super::records::{
     RecordState,
 };
 use super::secrets::SecretBox;
-use super::{NewCredential, PostgresStore, SqliteStore, Store, PRUNE_STEP};
+use super::{NewCredential, PostgresStore, ReplicaOptions, SqliteStore, Store, PRUNE_STEP};
 use crate::domain::credential::ApiKey;
 use crate::domain::destination::Destination;
+
+const LONG_LEASE: ReplicaOptions = ReplicaOptions {
+    lease: std::time::Duration::from_secs(3600),
+    heartbeat: std::time::Duration::from_secs(3600),
+};
 
 /// A store under test, and what a test needs besides the trait: reopening it, and counting rows.
 pub(in crate::store) struct Harness {
@@ -69,6 +74,26 @@ impl Harness {
         open(&self.backend, &self.key).await
     }
 
+    /// Another store on the same data, as when the process restarts after being killed: what the old store
+    /// left in flight is left by a stopped process (on PostgreSQL, its lease has run out).
+    pub(in crate::store) async fn restart(&self) -> Arc<dyn Store> {
+        if let Backend::Postgres(database) = &self.backend {
+            let (client, connection) =
+                tokio_postgres::connect(database.url(), tokio_postgres::NoTls)
+                    .await
+                    .expect("connecting to the test database");
+            tokio::spawn(connection);
+            client
+                .execute(
+                    "UPDATE replicas SET lease_until = now() - interval '1 second'",
+                    &[],
+                )
+                .await
+                .expect("ending the leases");
+        }
+        self.reopen().await
+    }
+
     /// Rows of `table` that belong to the destination.
     pub(in crate::store) async fn count(&self, table: &str, destination_id: &str) -> i64 {
         let sql = format!("SELECT count(*) FROM {table} WHERE destination_id = $1");
@@ -101,7 +126,8 @@ async fn open(backend: &Backend, key: &str) -> Arc<dyn Store> {
             Arc::new(SqliteStore::open(dir.path(), secrets).expect("open store"))
         }
         Backend::Postgres(database) => Arc::new(
-            PostgresStore::open(database.url(), secrets)
+            // Leases that do not run out while a test runs: tests end them by hand (`Harness::restart`).
+            PostgresStore::open_with(database.url(), secrets, LONG_LEASE)
                 .await
                 .expect("open store"),
         ),

@@ -53,6 +53,7 @@ pub(super) fn encode(claim: RecordClaim) -> Result<EncodedClaim, StoreError> {
 /// once. Claims of a destination that no longer exists are skipped.
 pub(super) async fn insert(
     tx: &Transaction<'_>,
+    owner: &str,
     claims: &[&EncodedClaim],
 ) -> Result<(), StoreError> {
     if claims.is_empty() {
@@ -67,15 +68,16 @@ pub(super) async fn insert(
     let statement = tx
         .prepare_cached(
             "INSERT INTO record_claims
-                 (destination_id, record_id, records, request_method, request_url, claimed_at_ms)
-             SELECT t.* FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::bigint[])
+                 (destination_id, record_id, records, request_method, request_url, claimed_at_ms, owner)
+             SELECT t.*, $7 FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::bigint[])
                  AS t (destination_id, record_id, records, request_method, request_url, claimed_at_ms)
              WHERE EXISTS (SELECT 1 FROM destinations d WHERE d.id = t.destination_id)
              ON CONFLICT (destination_id, record_id) DO UPDATE SET
                  records = excluded.records,
                  request_method = excluded.request_method,
                  request_url = excluded.request_url,
-                 claimed_at_ms = excluded.claimed_at_ms",
+                 claimed_at_ms = excluded.claimed_at_ms,
+                 owner = excluded.owner",
         )
         .await
         .context(|| "preparing to claim records".to_string())?;
@@ -88,6 +90,7 @@ pub(super) async fn insert(
             &methods,
             &urls,
             &times,
+            &owner,
         ],
     )
     .await
@@ -119,17 +122,22 @@ pub(super) async fn end(
     Ok(())
 }
 
-/// Removes every claim and returns its records as failed records that may have been delivered.
-pub(super) async fn take_all_as_failures(
+/// Removes the claims of replicas that stopped (their lease ran out, or the claim predates replica ids), never
+/// those of `own` replica, and returns their records as failed records that may have been delivered.
+pub(super) async fn take_orphans_as_failures(
     tx: &Transaction<'_>,
+    own: &str,
     error: &str,
     now_ms: i64,
 ) -> Result<Vec<FailedRecordEntry>, StoreError> {
     let rows = tx
         .query(
-            "DELETE FROM record_claims
+            "DELETE FROM record_claims c
+             WHERE c.owner IS NULL
+                OR (c.owner <> $1 AND NOT EXISTS (
+                        SELECT 1 FROM replicas r WHERE r.id = c.owner AND r.lease_until >= now()))
              RETURNING destination_id, record_id, records, request_method, request_url, claimed_at_ms",
-            &[],
+            &[&own],
         )
         .await
         .context(|| "removing orphaned record claims".to_string())?;

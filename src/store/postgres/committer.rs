@@ -49,9 +49,10 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub(super) fn spawn(pool: Pool) -> Committer {
+    /// Starts the task; claims it writes are owned by replica `owner`.
+    pub(super) fn spawn(pool: Pool, owner: String) -> Committer {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(pool, receiver));
+        tokio::spawn(run(pool, owner, receiver));
         Committer { queue }
     }
 
@@ -70,7 +71,7 @@ fn stopped() -> StoreError {
     StoreError::internal("writing records", "the database committer has stopped")
 }
 
-async fn run(pool: Pool, mut receiver: mpsc::Receiver<Queued>) {
+async fn run(pool: Pool, owner: String, mut receiver: mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(MAX_WRITES_PER_COMMIT);
     while receiver.recv_many(&mut batch, MAX_WRITES_PER_COMMIT).await > 0 {
         let (writes, replies): (Vec<Write>, Vec<_>) = batch
@@ -78,10 +79,10 @@ async fn run(pool: Pool, mut receiver: mpsc::Receiver<Queued>) {
             .map(|queued| (queued.write, queued.reply))
             .unzip();
         let segments = segments(&writes);
-        let mut result = commit(&pool, &segments).await;
+        let mut result = commit(&pool, &owner, &segments).await;
         for _ in 1..ATTEMPTS {
             match &result {
-                Err(Failure::Retry(_)) => result = commit(&pool, &segments).await,
+                Err(Failure::Retry(_)) => result = commit(&pool, &owner, &segments).await,
                 _ => break,
             }
         }
@@ -241,7 +242,7 @@ enum Failure {
     Fatal(StoreError),
 }
 
-async fn commit(pool: &Pool, segments: &[Segment<'_>]) -> Result<(), Failure> {
+async fn commit(pool: &Pool, owner: &str, segments: &[Segment<'_>]) -> Result<(), Failure> {
     let mut client = pool
         .get()
         .await
@@ -251,7 +252,7 @@ async fn commit(pool: &Pool, segments: &[Segment<'_>]) -> Result<(), Failure> {
         let context = || "writing records".to_string();
         let tx = client.transaction().await.context(context)?;
         for segment in segments {
-            write_segment(&tx, segment).await?;
+            write_segment(&tx, owner, segment).await?;
         }
         tx.commit().await.context(context)
     }
@@ -277,6 +278,7 @@ async fn commit(pool: &Pool, segments: &[Segment<'_>]) -> Result<(), Failure> {
 /// order and do not deadlock.
 async fn write_segment(
     tx: &deadpool_postgres::Transaction<'_>,
+    owner: &str,
     segment: &Segment<'_>,
 ) -> Result<(), StoreError> {
     // Within one call a record may come twice; the last word counts, as with one write after another. The
@@ -306,7 +308,7 @@ async fn write_segment(
         .collect();
     let delivered_records: Vec<&str> = delivered.iter().map(|e| e.record_id.as_str()).collect();
 
-    claims::insert(tx, &claims).await?;
+    claims::insert(tx, owner, &claims).await?;
     ledger::record(tx, &delivered).await?;
     failed_records::resolve(tx, &delivered_destinations, &delivered_records).await?;
     failed_records::upsert(tx, &failed).await?;

@@ -9,8 +9,14 @@ use tokio_postgres::Transaction;
 use crate::store::error::{Context, StoreError};
 
 /// `(version, name, sql)`, in ascending version order: the one list of every migration.
-pub(super) const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "0001_schema", include_str!("migrations/0001_schema.sql"))];
+pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_schema", include_str!("migrations/0001_schema.sql")),
+    (
+        2,
+        "0002_replica_leases",
+        include_str!("migrations/0002_replica_leases.sql"),
+    ),
+];
 
 /// Key of the advisory lock that serializes migrations (and the secret key check) across processes: any fixed
 /// number no other user of the database picks; this one spells "groovemg".

@@ -297,3 +297,105 @@ async fn outcomes_racing_a_destination_delete_are_skipped_not_failed() {
     let ids: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
     assert_eq!(store.record_states("b", ids).await.unwrap().len(), 20);
 }
+
+fn create_claim(record_id: &str) -> RecordClaim {
+    RecordClaim {
+        destination_id: "a".to_string(),
+        records: vec![crate::store::ClaimedRecord {
+            record_id: record_id.to_string(),
+            record_json: b"{}".to_vec(),
+            record_encoding: RecordEncoding::RawJson,
+        }],
+        request_method: "POST".to_string(),
+        request_url: "https://api.groovehq.com/v1/tickets".to_string(),
+        claimed_at_ms: 5,
+    }
+}
+
+const NO_RENEWAL: ReplicaOptions = ReplicaOptions {
+    lease: std::time::Duration::from_secs(3600),
+    heartbeat: std::time::Duration::from_secs(3600),
+};
+
+/// Two replicas: what one has claimed is in flight there, not an orphan for the other, until its lease runs
+/// out; then it becomes an ambiguous failure. A replica never takes its own claims for orphans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_a_live_replica_are_left_to_it_until_its_lease_runs_out() {
+    let database = TestDatabase::create().await;
+    let first = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    assert_ne!(first.replica_id(), second.replica_id());
+    first
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    first
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    first.claim_records(vec![create_claim("r1")]).await.unwrap();
+    second
+        .claim_records(vec![create_claim("r2")])
+        .await
+        .unwrap();
+
+    assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 0);
+    assert_eq!(first.fail_orphaned_claims("stopped", 10).await.unwrap(), 0);
+
+    raw(&database)
+        .await
+        .execute(
+            "UPDATE replicas SET lease_until = now() - interval '1 second' WHERE id = $1",
+            &[&first.replica_id()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 1);
+    let failed = second
+        .get_failed_records("a", vec!["r1".into(), "r2".into()])
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].record_id, "r1");
+    assert!(failed[0].maybe_delivered);
+    assert_eq!(
+        second.record_states("a", vec!["r1".into()]).await.unwrap()["r1"],
+        RecordState::MaybeDelivered
+    );
+}
+
+/// The heartbeat keeps a replica's lease alive while its store lives, and stops with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_keeps_the_lease_until_the_store_is_dropped() {
+    let database = TestDatabase::create().await;
+    let short = ReplicaOptions {
+        lease: std::time::Duration::from_millis(1500),
+        heartbeat: std::time::Duration::from_millis(100),
+    };
+    let first = PostgresStore::open_with(database.url(), secrets(), short)
+        .await
+        .unwrap();
+    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    first
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    first
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    first.claim_records(vec![create_claim("r1")]).await.unwrap();
+    // Longer than the lease: only renewals keep it.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 0);
+
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 1);
+}
