@@ -1,16 +1,17 @@
 //! Persistence behind one trait: credentials (API keys encrypted at rest), destinations, and per destination
 //! the ledger of delivered record ids and the failed records.
 //!
-//! [`Store`] is written so that a PostgreSQL implementation serving several replicas can follow: every write is
-//! atomic on its own, concurrent updates are settled by compare-and-swap on a revision (not by in-process
-//! locks), and listings page by an opaque keyset token. [`SqliteStore`] is the embedded default: one file in the
-//! data directory.
+//! [`Store`] serves one process or several replicas: every write is atomic on its own, concurrent updates are
+//! settled by compare-and-swap on a revision (not by in-process locks), and listings page by an opaque keyset
+//! token. [`SqliteStore`] is the embedded default: one file in the data directory, for one process.
+//! [`PostgresStore`] is the shared one (`--database-url`), for replicas.
 //!
-//! Layout: `sqlite/` holds one query module per table group, migrations are an ordered list
-//! (`sqlite/migrations/NNNN_*.sql`), and all writes go through one writer thread that commits queued writes
-//! together. That group commit is what lets the delivery layer record the outcome of every record (ledger
-//! entries and failed records, [`Store::record_outcomes`]) and to claim records before they are sent
-//! ([`Store::claim_records`]) without a transaction per record.
+//! Layout: `sqlite/` and `postgres/` hold one query module per table group, and migrations as an ordered list
+//! (`*/migrations/NNNN_*.sql`). Both group-commit the per-record writes (SQLite through its one writer thread,
+//! PostgreSQL through one committer task per process): that is what lets the delivery layer record the outcome
+//! of every record (ledger entries and failed records, [`Store::record_outcomes`]) and claim records before
+//! they are sent ([`Store::claim_records`]) without a transaction per record. `conformance/` is the one test
+//! suite both run.
 
 #[cfg(test)]
 mod conformance;
@@ -73,7 +74,7 @@ pub struct CredentialUpdate {
 /// Persistence operations the API and delivery layers need.
 ///
 /// Methods return [`BoxFuture`]s rather than being `async fn` so the trait stays object-safe: the server holds
-/// the store as `Arc<dyn Store>` and picks SQLite or (later) PostgreSQL at startup. Implementations must not
+/// the store as `Arc<dyn Store>` and picks SQLite or PostgreSQL at startup. Implementations must not
 /// block the async runtime.
 ///
 /// A write that has returned `Ok` is durable. Dropping a write's future does not cancel it: it may still be
