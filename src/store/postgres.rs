@@ -420,9 +420,10 @@ impl Store for PostgresStore {
             }
             let client = self.client().await?;
             // Both lookups go out together on the one connection (tokio-postgres pipelines them).
-            let (delivered, maybe_delivered) = futures::try_join!(
+            let (delivered, maybe_delivered, claimed_elsewhere) = futures::try_join!(
                 ledger::lookup(&client, destination_id, &record_ids),
                 failed_records::maybe_delivered(&client, destination_id, &record_ids),
+                claims::claimed_elsewhere(&client, destination_id, &record_ids, &self.replica_id),
             )?;
             let mut states: HashMap<String, RecordState> = delivered
                 .into_iter()
@@ -433,6 +434,12 @@ impl Store for PostgresStore {
                 states
                     .entry(record_id)
                     .or_insert(RecordState::MaybeDelivered);
+            }
+            // A recorded outcome is the stronger fact: a claim is only what is being tried now.
+            for record_id in claimed_elsewhere {
+                states
+                    .entry(record_id)
+                    .or_insert(RecordState::ClaimedElsewhere);
             }
             Ok(states)
         })

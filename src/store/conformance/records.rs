@@ -30,7 +30,7 @@ impl LedgerLookup for Arc<dyn Store> {
                 .into_iter()
                 .filter_map(|(record_id, state)| match state {
                     RecordState::Delivered(entry) => Some((record_id, entry)),
-                    RecordState::MaybeDelivered => None,
+                    RecordState::MaybeDelivered | RecordState::ClaimedElsewhere => None,
                 })
                 .collect())
         })

@@ -65,19 +65,30 @@ pub(super) async fn insert(
     let methods: Vec<&str> = claims.iter().map(|c| c.request_method.as_str()).collect();
     let urls: Vec<&str> = claims.iter().map(|c| c.request_url.as_str()).collect();
     let times: Vec<i64> = claims.iter().map(|c| c.claimed_at_ms).collect();
+    // One JSON array per claim: unnest would flatten an array of arrays.
+    let all_ids: Vec<String> = claims
+        .iter()
+        .map(|c| serde_json::to_string(&c.record_ids))
+        .collect::<Result<_, _>>()
+        .context(|| "encoding claimed record ids".to_string())?;
     let statement = tx
         .prepare_cached(
             "INSERT INTO record_claims
-                 (destination_id, record_id, records, request_method, request_url, claimed_at_ms, owner)
-             SELECT t.*, $7 FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::bigint[])
-                 AS t (destination_id, record_id, records, request_method, request_url, claimed_at_ms)
+                 (destination_id, record_id, records, request_method, request_url, claimed_at_ms, owner,
+                  record_ids)
+             SELECT t.destination_id, t.record_id, t.records, t.request_method, t.request_url, t.claimed_at_ms,
+                 $7, ARRAY(SELECT jsonb_array_elements_text(t.ids::jsonb))
+             FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::bigint[],
+                     $8::text[])
+                 AS t (destination_id, record_id, records, request_method, request_url, claimed_at_ms, ids)
              WHERE EXISTS (SELECT 1 FROM destinations d WHERE d.id = t.destination_id)
              ON CONFLICT (destination_id, record_id) DO UPDATE SET
                  records = excluded.records,
                  request_method = excluded.request_method,
                  request_url = excluded.request_url,
                  claimed_at_ms = excluded.claimed_at_ms,
-                 owner = excluded.owner",
+                 owner = excluded.owner,
+                 record_ids = excluded.record_ids",
         )
         .await
         .context(|| "preparing to claim records".to_string())?;
@@ -91,6 +102,7 @@ pub(super) async fn insert(
             &urls,
             &times,
             &owner,
+            &all_ids,
         ],
     )
     .await
@@ -164,4 +176,31 @@ pub(super) async fn take_orphans_as_failures(
         failures.extend(orphan.into_failures(error, now_ms)?);
     }
     Ok(failures)
+}
+
+/// Those of `record_ids` that a call of another live replica (not `own`) has claimed: in flight there.
+pub(super) async fn claimed_elsewhere(
+    client: &deadpool_postgres::Client,
+    destination_id: &str,
+    record_ids: &[String],
+    own: &str,
+) -> Result<Vec<String>, StoreError> {
+    let context =
+        || format!("looking up record claims of destination destinations/{destination_id}");
+    let statement = client
+        .prepare_cached(
+            "SELECT DISTINCT claimed.id FROM record_claims c, unnest(c.record_ids) AS claimed (id)
+             WHERE c.destination_id = $1 AND c.record_ids && $2::text[] AND claimed.id = ANY($2::text[])
+               AND c.owner <> $3
+               AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = c.owner AND r.lease_until >= now())",
+        )
+        .await
+        .context(context)?;
+    Ok(client
+        .query(&statement, &[&destination_id, &record_ids, &own])
+        .await
+        .context(context)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
 }

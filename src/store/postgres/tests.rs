@@ -345,6 +345,18 @@ async fn claims_of_a_live_replica_are_left_to_it_until_its_lease_runs_out() {
 
     assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 0);
     assert_eq!(first.fail_orphaned_claims("stopped", 10).await.unwrap(), 0);
+    // Each sees the other's claim as in flight elsewhere, and its own as nothing recorded yet.
+    let asked = || vec!["r1".to_string(), "r2".to_string()];
+    let seen_by_second = second.record_states("a", asked()).await.unwrap();
+    assert_eq!(
+        seen_by_second.into_iter().collect::<Vec<_>>(),
+        [("r1".to_string(), RecordState::ClaimedElsewhere)]
+    );
+    let seen_by_first = first.record_states("a", asked()).await.unwrap();
+    assert_eq!(
+        seen_by_first.into_iter().collect::<Vec<_>>(),
+        [("r2".to_string(), RecordState::ClaimedElsewhere)]
+    );
 
     raw(&database)
         .await

@@ -9,3 +9,6 @@ CREATE TABLE replicas (
 
 -- NULL for claims made before processes had ids: those are orphans.
 ALTER TABLE record_claims ADD COLUMN owner TEXT;
+-- Every record of the call, the first included, so another replica can tell that a record is in flight here
+-- (records holds the same ids, in a layout SQL cannot read). NULL for claims from before this column.
+ALTER TABLE record_claims ADD COLUMN record_ids TEXT[];
