@@ -34,7 +34,10 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 
 use crate::settings::Settings;
-use crate::store::{DataDirError, DataDirLock, SecretBox, SqliteStore, Store, StoreError};
+use crate::store::{
+    DataDirError, DataDirLock, PostgresStore, ReplicaOptions, SecretBox, SqliteStore, Store,
+    StoreError,
+};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -91,23 +94,47 @@ pub async fn serve_with_metrics(
     let address = listener.local_addr().unwrap_or(settings.listen);
     let security = auth::set_up(&settings.security_options(), address)?;
     // Held until the server stops: a second process on this data dir is refused before it reads anything.
-    let _data_dir_lock = DataDirLock::acquire(&settings.data_dir)?;
+    // Replicas on PostgreSQL share the database instead, and need no lock.
+    let _data_dir_lock = match settings.database_url {
+        Some(_) => None,
+        None => Some(DataDirLock::acquire(&settings.data_dir)?),
+    };
     let secrets = match &settings.secret_key {
         Some(encoded) => SecretBox::from_encoded(encoded),
         None => SecretBox::load_or_create(&settings.data_dir),
     }
     .map_err(ServeError::SecretKey)?;
-    let store =
-        SqliteStore::open(&settings.data_dir, secrets).map_err(|source| ServeError::Store {
-            path: settings.data_dir.display().to_string(),
-            source,
-        })?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let mut engine_options = settings.engine_options();
+    let store: Arc<dyn Store> = match &settings.database_url {
+        Some(url) => {
+            let store_error = |source| ServeError::Store {
+                path: url.redacted(),
+                source,
+            };
+            let replica = ReplicaOptions {
+                lease: settings.replica_lease,
+                heartbeat: settings.replica_lease / 5,
+            };
+            let store = PostgresStore::open_with(url.expose(), secrets, replica)
+                .await
+                .map_err(store_error)?;
+            // Replicas hear each other's changes and share each credential's rate through the database.
+            engine_options.changes = Arc::new(store.change_feed().map_err(store_error)?);
+            engine_options.pacer_members = Some(Arc::new(store.pacer_members()));
+            engine_options.replica_id = store.replica_id().to_string();
+            Arc::new(store)
+        }
+        None => Arc::new(
+            SqliteStore::open(&settings.data_dir, secrets).map_err(|source| ServeError::Store {
+                path: settings.data_dir.display().to_string(),
+                source,
+            })?,
+        ),
+    };
     let groove = groove::GrooveClient::new(&settings.groove_url)?;
     let metrics = metrics_listener
         .as_ref()
         .map(|_| Arc::new(metrics::Metrics::new()));
-    let mut engine_options = settings.engine_options();
     engine_options.metrics = metrics.clone();
     let engine = delivery::Engine::start(store.clone(), groove, engine_options).await?;
     let state = api::AppState::new(store, engine);
@@ -144,7 +171,8 @@ fn log_serving(settings: &Settings, address: std::net::SocketAddr) {
         auth,
         groove_url = %settings.groove_url,
         data_dir = %settings.data_dir.display(),
-        store = "sqlite",
+        store = if settings.database_url.is_some() { "postgres" } else { "sqlite" },
+        database = settings.database_url.as_ref().map(settings::DatabaseUrl::redacted),
         metrics_listen = settings.metrics_listen.map(|address| address.to_string()),
         otlp_endpoint = settings.otlp_endpoint.as_ref().map(url::Url::as_str),
         version = telemetry::VERSION,

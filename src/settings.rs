@@ -10,6 +10,10 @@ use url::Url;
 
 use crate::domain::host_policy::{AllowedHost, HostPolicy};
 
+mod database_url;
+
+pub use database_url::DatabaseUrl;
+
 /// groove-destination: delivers streams of records to the Groove helpdesk API.
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -40,6 +44,27 @@ pub struct Settings {
         value_parser = parse_groove_url
     )]
     pub groove_url: Url,
+
+    /// PostgreSQL database shared by all replicas (`postgres://user:password@host:5432/db`, `?sslmode=require`
+    /// for TLS). Unset: the embedded SQLite store in the data dir, for one process.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_DATABASE_URL",
+        hide_env_values = true,
+        value_parser = database_url::DatabaseUrlParser
+    )]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// With `--database-url`: how long a replica's claims outlive it. A replica renews its lease five times per
+    /// lease; the records a stopped replica was sending are answered as maybe delivered (creates) about this
+    /// long after it stopped, and until then a replay through another replica waits for them.
+    #[arg(
+        long,
+        env = "GROOVE_DESTINATION_REPLICA_LEASE",
+        default_value = "10s",
+        value_parser = parse_positive_duration
+    )]
+    pub replica_lease: Duration,
 
     /// Key that encrypts stored API keys: base64 of 32 bytes. Unset: generated once into
     /// `<data-dir>/secret.key` (mode 0600).
@@ -187,6 +212,8 @@ impl Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             groove_url,
+            database_url: None,
+            replica_lease: Duration::from_secs(10),
             secret_key: None,
             log: "warn".to_string(),
             log_format: LogFormat::Text,

@@ -250,6 +250,9 @@ impl Engine {
                 changes: options.changes.clone(),
             }));
         }
+        if let Some(every) = store.orphan_check_interval() {
+            tokio::spawn(settle_orphans(Arc::downgrade(&store), every));
+        }
         Ok(Engine {
             keys,
             store,
@@ -533,6 +536,29 @@ impl Engine {
             replays: Replays::Refuse,
             changes,
         })
+    }
+}
+
+/// Settles, every `every`, the claims of other processes sharing the store that stopped while sending; ends
+/// with the store.
+async fn settle_orphans(store: std::sync::Weak<dyn Store>, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and start-up has just settled them.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        match store.fail_orphaned_claims(ORPHANED_CLAIM, now_ms()).await {
+            Ok(0) => {}
+            Ok(records) => tracing::warn!(
+                records,
+                "records left in flight by a stopped replica are kept as failed records that may have been delivered"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot settle the records stopped replicas left in flight"),
+        }
     }
 }
 

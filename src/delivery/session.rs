@@ -38,6 +38,8 @@ use crate::store::{Change, RecordState, Store, StoreError, Subscription};
 
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 256;
+/// How often a record another replica is sending is looked up again.
+const CLAIMED_ELSEWHERE_RECHECK: Duration = Duration::from_millis(200);
 /// Records of one stream waiting for another delivery of their id; beyond it the stream is not read until
 /// some of them are answered, so memory stays bounded.
 const MAX_WAITING: usize = 1024;
@@ -346,8 +348,10 @@ impl Intake<'_> {
         };
         let mut fresh = Vec::with_capacity(taken.len());
         let mut answers = Vec::new();
+        let mut elsewhere = Vec::new();
         for record in taken {
             match states.get(&record.id) {
+                Some(RecordState::ClaimedElsewhere) => elsewhere.push(record),
                 Some(RecordState::Delivered(entry)) => {
                     let original = GrooveAnswer {
                         status: entry.http_status,
@@ -396,6 +400,18 @@ impl Intake<'_> {
             .flat_map(|answer| answer.record_ids.iter().cloned())
             .collect();
         session.shared.in_flight.release(destination_id, &answered);
+        // Another replica is sending these: let them go here too, and ask the store again in a moment, as a
+        // record in flight in this process is waited for.
+        if !elsewhere.is_empty() {
+            let ids: Vec<String> = elsewhere.iter().map(|record| record.id.clone()).collect();
+            session.shared.in_flight.release(destination_id, &ids);
+            for record in elsewhere {
+                self.waiting.push(Box::pin(async move {
+                    tokio::time::sleep(CLAIMED_ELSEWHERE_RECHECK).await;
+                    record
+                }));
+            }
+        }
         for answer in answers {
             self.reports.answer(answer).await;
         }

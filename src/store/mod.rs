@@ -1,28 +1,32 @@
 //! Persistence behind one trait: credentials (API keys encrypted at rest), destinations, and per destination
 //! the ledger of delivered record ids and the failed records.
 //!
-//! [`Store`] is written so that a PostgreSQL implementation serving several replicas can follow: every write is
-//! atomic on its own, concurrent updates are settled by compare-and-swap on a revision (not by in-process
-//! locks), and listings page by an opaque keyset token. [`SqliteStore`] is the embedded default: one file in the
-//! data directory.
+//! [`Store`] serves one process or several replicas: every write is atomic on its own, concurrent updates are
+//! settled by compare-and-swap on a revision (not by in-process locks), and listings page by an opaque keyset
+//! token. [`SqliteStore`] is the embedded default: one file in the data directory, for one process.
+//! [`PostgresStore`] is the shared one (`--database-url`), for replicas.
 //!
-//! Layout: `sqlite/` holds one query module per table group, migrations are an ordered list
-//! (`sqlite/migrations/NNNN_*.sql`), and all writes go through one writer thread that commits queued writes
-//! together. That group commit is what lets the delivery layer record the outcome of every record (ledger
-//! entries and failed records, [`Store::record_outcomes`]) and to claim records before they are sent
-//! ([`Store::claim_records`]) without a transaction per record.
+//! Layout: `sqlite/` and `postgres/` hold one query module per table group, and migrations as an ordered list
+//! (`*/migrations/NNNN_*.sql`). Both group-commit the per-record writes (SQLite through its one writer thread,
+//! PostgreSQL through one committer task per process): that is what lets the delivery layer record the outcome
+//! of every record (ledger entries and failed records, [`Store::record_outcomes`]) and claim records before
+//! they are sent ([`Store::claim_records`]) without a transaction per record. `conformance/` is the one test
+//! suite both run.
 
 mod changes;
+#[cfg(test)]
+mod conformance;
 mod data_dir;
 mod error;
 mod pacer_members;
 mod page;
-mod postgres_coordination;
+mod postgres;
 mod records;
 mod secrets;
 mod sqlite;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
@@ -34,13 +38,18 @@ pub use data_dir::{DataDirError, DataDirLock, LOCK_FILE};
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
 pub use pacer_members::PacerMembers;
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-pub use postgres_coordination::{PgChangeFeed, PgPacerMembers, PACER_MEMBERS_MIGRATION};
+pub use postgres::{
+    redact_database_url, PgChangeFeed, PgPacerMembers, PostgresStore, ReplicaOptions,
+};
 pub use records::{
     ClaimedRecord, FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, FailedRecordSize,
     LedgerEntry, RecordClaim, RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,
 };
 pub use secrets::{SecretBox, SECRET_KEY_ENV, SECRET_KEY_FILE};
 pub use sqlite::{SqliteStore, DATABASE_FILE};
+
+/// Ledger entries one retention step deletes: small enough that deliveries waiting behind it barely wait.
+const PRUNE_STEP: u32 = 5_000;
 
 /// At most this many destination ids are reported in [`StoreError::CredentialInUse`].
 pub const MAX_LISTED_DESTINATIONS: usize = 100;
@@ -71,7 +80,7 @@ pub struct CredentialUpdate {
 /// Persistence operations the API and delivery layers need.
 ///
 /// Methods return [`BoxFuture`]s rather than being `async fn` so the trait stays object-safe: the server holds
-/// the store as `Arc<dyn Store>` and picks SQLite or (later) PostgreSQL at startup. Implementations must not
+/// the store as `Arc<dyn Store>` and picks SQLite or PostgreSQL at startup. Implementations must not
 /// block the async runtime.
 ///
 /// A write that has returned `Ok` is durable. Dropping a write's future does not cancel it: it may still be
@@ -196,13 +205,24 @@ pub trait Store: Send + Sync {
 
     /// Turns every claim left by a process that stopped without recording the outcome into a failed record
     /// that may have been delivered (failed, `maybe_delivered`, with `error`), in one atomic write, and returns
-    /// how many there were. Only for start-up, before any record is claimed: every claim is taken for an
-    /// orphan.
+    /// how many there were.
+    ///
+    /// A store of one process (SQLite) calls this only at start-up, before any record is claimed: every claim
+    /// is taken for an orphan. A store shared by several processes (PostgreSQL) takes only the claims of
+    /// processes whose lease has run out, never its own, and wants to be called again every
+    /// [`Store::orphan_check_interval`].
     fn fail_orphaned_claims<'a>(
         &'a self,
         error: &'a str,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// How often the engine should settle orphaned claims while it serves: `Some` for a store other processes
+    /// share, where one of them can stop while this one runs; `None` (the default) when orphans can only exist
+    /// at start-up.
+    fn orphan_check_interval(&self) -> Option<Duration> {
+        None
+    }
 
     /// What decides whether each of `record_ids` may be sent: delivered (with its ledger entry), or a failed
     /// record that may have been delivered. Ids with neither are absent, as is everything of a destination that

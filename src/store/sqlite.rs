@@ -6,25 +6,21 @@
 //! Likewise, record outcomes are checked and encoded before they are queued, so the writer thread, which every
 //! write waits on, only runs SQL.
 
-mod claims;
+pub(super) mod claims;
 mod connection;
-mod credentials;
+pub(super) mod credentials;
 mod destinations;
 mod failed_records;
-mod key_check;
+pub(super) mod key_check;
 mod ledger;
 mod migrations;
 mod per_record;
 mod readers;
-mod stored;
+pub(super) mod stored;
 mod writer;
 
 #[cfg(test)]
-mod claim_tests;
-#[cfg(test)]
 mod compat_tests;
-#[cfg(test)]
-mod record_tests;
 #[cfg(test)]
 mod tests;
 
@@ -46,15 +42,12 @@ use super::records::{
     RecordClaim, RecordState, MAX_FAILED_RECORD_IDS,
 };
 use super::secrets::SecretBox;
-use super::{CredentialUpdate, NewCredential, Store};
+use super::{CredentialUpdate, NewCredential, Store, PRUNE_STEP};
 use crate::domain::credential::{ApiKey, Credential, Refusal, StoredKey};
 use crate::domain::destination::Destination;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "groove-destination.db";
-
-/// Ledger entries one retention step deletes: small enough that deliveries queued behind it barely wait.
-const PRUNE_STEP: u32 = 5_000;
 
 /// [`Store`] on a local SQLite file. Cheap to share behind an `Arc`; one instance per data directory.
 pub struct SqliteStore {

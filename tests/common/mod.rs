@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use groove_destination::proto::credential_service_client::CredentialServiceClient;
 use groove_destination::proto::delivery_service_client::DeliveryServiceClient;
 use groove_destination::proto::destination_service_client::DestinationServiceClient;
-use groove_destination::settings::Settings;
+use groove_destination::settings::{DatabaseUrl, Settings};
 use groove_sandbox::{self as sandbox, SandboxConfig, SandboxHandle};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -152,6 +152,22 @@ impl TestServer {
         );
         adjust(&mut settings);
         TestServer::start_with_settings(settings).await
+    }
+
+    /// [`TestServer::start`] on a PostgreSQL database (`postgres://…`) instead of the SQLite store, with the
+    /// secret key given rather than read from the data dir, as replicas sharing a database are set up.
+    pub async fn start_on_database(
+        data_dir: &Path,
+        groove_url: &str,
+        database_url: &str,
+        secret_key: &str,
+    ) -> TestServer {
+        Self::start_with(data_dir, groove_url, |settings| {
+            settings.database_url =
+                Some(DatabaseUrl::parse(database_url).expect("a postgres:// url"));
+            settings.secret_key = Some(secret_key.to_string());
+        })
+        .await
     }
 
     /// A server with these settings, on an ephemeral loopback port.

@@ -155,12 +155,14 @@ pub(super) fn take_all_as_failures(
     Ok(failures)
 }
 
-struct OrphanRow {
-    destination_id: String,
-    record_id: String,
-    records: Vec<u8>,
-    request_method: String,
-    request_url: String,
+/// A claim row as read back when its process is gone; shared with the PostgreSQL store, which keeps claims in
+/// the same layout.
+pub(in crate::store) struct OrphanRow {
+    pub(in crate::store) destination_id: String,
+    pub(in crate::store) record_id: String,
+    pub(in crate::store) records: Vec<u8>,
+    pub(in crate::store) request_method: String,
+    pub(in crate::store) request_url: String,
 }
 
 impl OrphanRow {
@@ -174,7 +176,12 @@ impl OrphanRow {
         })
     }
 
-    fn into_failures(self, error: &str, now_ms: i64) -> Result<Vec<FailedRecordEntry>, StoreError> {
+    /// Its records as failed records that may have been delivered.
+    pub(in crate::store) fn into_failures(
+        self,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<Vec<FailedRecordEntry>, StoreError> {
         let records = decode_records(&self.records).ok_or_else(|| {
             StoreError::corrupt(
                 format!(
@@ -213,7 +220,7 @@ impl OrphanRow {
 }
 
 /// Each record as a little-endian u32 id length, the id, an encoding byte, a u32 JSON length and the JSON.
-fn encode_records(records: &[ClaimedRecord]) -> Vec<u8> {
+pub(in crate::store) fn encode_records(records: &[ClaimedRecord]) -> Vec<u8> {
     let size = records
         .iter()
         .map(|record| 9 + record.record_id.len() + record.record_json.len())

@@ -12,7 +12,7 @@ const COLUMNS: &str =
      refuse_status, refuse_time_ms, refuse_detail";
 
 /// Associated data binding a sealed API key to its row: a ciphertext copied to another id will not open.
-pub(super) fn key_binding(id: &str) -> Vec<u8> {
+pub(in crate::store) fn key_binding(id: &str) -> Vec<u8> {
     format!("credentials/{id}").into_bytes()
 }
 

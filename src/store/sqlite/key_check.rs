@@ -9,10 +9,10 @@ use super::credentials;
 use crate::store::error::{Context, StoreError};
 use crate::store::secrets::{SecretBox, SECRET_KEY_ENV, SECRET_KEY_FILE};
 
-const META_KEY: &str = "secret_key_check";
+pub(in crate::store) const META_KEY: &str = "secret_key_check";
 /// Distinct from any credential's associated data (`credentials/{id}`), so neither can stand in for the other.
-const BINDING: &[u8] = b"store_meta/secret_key_check";
-const PLAINTEXT: &[u8] = b"groove-destination secret key check v1";
+pub(in crate::store) const BINDING: &[u8] = b"store_meta/secret_key_check";
+pub(in crate::store) const PLAINTEXT: &[u8] = b"groove-destination secret key check v1";
 
 /// Accepts `secrets` if it opens the stored check value. A key that does not is refused while credentials
 /// exist; with none stored there is nothing to lose, so the new key is adopted.

@@ -14,11 +14,11 @@ use crate::domain::destination::{
 };
 
 /// The format this build writes, and the newest it reads.
-pub(in crate::store::sqlite) const CONFIG_FORMAT: u32 = 1;
+pub(in crate::store) const CONFIG_FORMAT: u32 = 1;
 
 /// Why a stored configuration cannot be read.
 #[derive(Debug, thiserror::Error)]
-pub(in crate::store::sqlite) enum ConfigFormatError {
+pub(in crate::store) enum ConfigFormatError {
     #[error("format {found} was written by a newer release; this one reads up to {CONFIG_FORMAT}")]
     Newer { found: u32 },
     #[error("format {found} is not a known format")]
@@ -28,12 +28,12 @@ pub(in crate::store::sqlite) enum ConfigFormatError {
 }
 
 /// The JSON text of `config`, in format [`CONFIG_FORMAT`].
-pub(in crate::store::sqlite) fn encode(config: &DestinationConfig) -> serde_json::Result<String> {
+pub(in crate::store) fn encode(config: &DestinationConfig) -> serde_json::Result<String> {
     serde_json::to_string(&StoredConfig::from(config))
 }
 
 /// The configuration in `json`, written by this release or an earlier one.
-pub(in crate::store::sqlite) fn decode(json: &str) -> Result<DestinationConfig, ConfigFormatError> {
+pub(in crate::store) fn decode(json: &str) -> Result<DestinationConfig, ConfigFormatError> {
     // The version first, on its own: a newer format may not parse as this one.
     let FormatOnly { format } = serde_json::from_str(json)?;
     match format {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 struct StoredHeader(String, String);
 
 /// The JSON text of `headers`.
-pub(in crate::store::sqlite) fn encode(headers: &[(String, String)]) -> serde_json::Result<String> {
+pub(in crate::store) fn encode(headers: &[(String, String)]) -> serde_json::Result<String> {
     let stored: Vec<StoredHeader> = headers
         .iter()
         .map(|(name, value)| StoredHeader(name.clone(), value.clone()))
@@ -17,7 +17,7 @@ pub(in crate::store::sqlite) fn encode(headers: &[(String, String)]) -> serde_js
 }
 
 /// The headers in `json`, as written by [`encode`].
-pub(in crate::store::sqlite) fn decode(json: &str) -> serde_json::Result<Vec<(String, String)>> {
+pub(in crate::store) fn decode(json: &str) -> serde_json::Result<Vec<(String, String)>> {
     let stored: Vec<StoredHeader> = serde_json::from_str(json)?;
     Ok(stored
         .into_iter()

@@ -17,5 +17,5 @@
 //! Header lists ([`headers`]) are a plain JSON array of `[name, value]` pairs with nothing to version. Record
 //! claims are a binary layout, described with their table in migration 0003.
 
-pub(super) mod config;
-pub(super) mod headers;
+pub(in crate::store) mod config;
+pub(in crate::store) mod headers;

@@ -1,10 +1,9 @@
 //! The delivery ledger and failed records, through the `Store` trait.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::tests::{destination, new_credential, open, raw};
+use super::crud::{destination, new_credential};
 use super::*;
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
@@ -31,7 +30,7 @@ impl LedgerLookup for Arc<dyn Store> {
                 .into_iter()
                 .filter_map(|(record_id, state)| match state {
                     RecordState::Delivered(entry) => Some((record_id, entry)),
-                    RecordState::MaybeDelivered => None,
+                    RecordState::MaybeDelivered | RecordState::ClaimedElsewhere => None,
                 })
                 .collect())
         })
@@ -39,8 +38,8 @@ impl LedgerLookup for Arc<dyn Store> {
 }
 
 /// A store with credential `main` and destinations `a` and `b`.
-pub(super) async fn store_with_destinations(dir: &Path) -> Arc<dyn Store> {
-    let store = open(dir);
+pub(in crate::store) async fn store_with_destinations(h: &Harness) -> Arc<dyn Store> {
+    let store = h.store();
     store
         .create_credential(new_credential("main"))
         .await
@@ -54,7 +53,7 @@ pub(super) async fn store_with_destinations(dir: &Path) -> Arc<dyn Store> {
     store
 }
 
-pub(super) fn delivered(
+pub(in crate::store) fn delivered(
     destination_id: &str,
     record_id: &str,
     delivered_at_ms: i64,
@@ -69,7 +68,11 @@ pub(super) fn delivered(
     }
 }
 
-pub(super) fn failed(destination_id: &str, record_id: &str, at_ms: i64) -> FailedRecordEntry {
+pub(in crate::store) fn failed(
+    destination_id: &str,
+    record_id: &str,
+    at_ms: i64,
+) -> FailedRecordEntry {
     FailedRecordEntry {
         destination_id: destination_id.to_string(),
         record_id: record_id.to_string(),
@@ -88,18 +91,8 @@ pub(super) fn failed(destination_id: &str, record_id: &str, at_ms: i64) -> Faile
     }
 }
 
-pub(super) fn ids(ids: &[&str]) -> Vec<String> {
+pub(in crate::store) fn ids(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|id| id.to_string()).collect()
-}
-
-pub(super) fn count(dir: &Path, table: &str, destination_id: &str) -> i64 {
-    raw(dir)
-        .query_row(
-            &format!("SELECT count(*) FROM {table} WHERE destination_id = ?1"),
-            [destination_id],
-            |row| row.get(0),
-        )
-        .unwrap()
 }
 
 /// Ids of the destination's oldest failed records, as "retry all" finds them.
@@ -133,10 +126,8 @@ async fn all_failed_ids(store: &dyn Store, destination_id: &str, page_size: u32)
     seen
 }
 
-#[tokio::test]
-async fn a_recorded_delivery_is_found_as_a_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn a_recorded_delivery_is_found_as_a_duplicate(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let mut long = delivered("a", "r2", 1_001);
     long.response_body = vec![b'x'; LEDGER_BODY_CAP + 500];
     store
@@ -165,10 +156,8 @@ async fn a_recorded_delivery_is_found_as_a_duplicate() {
     assert!(store.ledger_lookup("a", vec![]).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn lookups_of_more_ids_than_one_statement_binds_find_them_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn lookups_of_more_ids_than_one_statement_binds_find_them_all(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let entries: Vec<LedgerEntry> = (0..1500)
         .map(|i| delivered("a", &format!("r{i:04}"), i))
         .collect();
@@ -183,10 +172,8 @@ async fn lookups_of_more_ids_than_one_statement_binds_find_them_all() {
     assert_eq!(found["r1499"].delivered_at_ms, 1499);
 }
 
-#[tokio::test]
-async fn recording_again_replaces_the_ledger_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn recording_again_replaces_the_ledger_entry(h: Harness) {
+    let store = store_with_destinations(&h).await;
     store
         .record_outcomes(vec![delivered("a", "r1", 1_000)], vec![])
         .await
@@ -201,10 +188,8 @@ async fn recording_again_replaces_the_ledger_entry() {
     assert_eq!(found["r1"], again);
 }
 
-#[tokio::test]
-async fn prune_removes_entries_older_than_the_cutoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn prune_removes_entries_older_than_the_cutoff(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let entries = (0..10)
         .flat_map(|i| {
             [
@@ -233,10 +218,8 @@ async fn prune_removes_entries_older_than_the_cutoff() {
     assert_eq!(store.ledger_prune(i64::MIN, u64::MAX).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn prune_keeps_the_most_recent_entries_of_each_destination() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn prune_keeps_the_most_recent_entries_of_each_destination(h: Harness) {
+    let store = store_with_destinations(&h).await;
     // Entries of `a` come in pairs delivered in the same millisecond: the record id breaks the tie.
     let mut entries: Vec<LedgerEntry> = (0..20)
         .map(|i| delivered("a", &format!("r{i:02}"), i / 2))
@@ -255,19 +238,17 @@ async fn prune_keeps_the_most_recent_entries_of_each_destination() {
         .collect();
     kept.sort();
     assert_eq!(kept, ids(&["r15", "r16", "r17", "r18", "r19"]));
-    assert_eq!(count(dir.path(), "delivered_records", "b"), 3);
+    assert_eq!(h.count("delivered_records", "b").await, 3);
 
     // Both rules at once: an entry goes if either says so. For `a` the count rule reaches further (r15-r17),
     // for `b` the age rule (all of it).
     assert_eq!(store.ledger_prune(8, 2).await.unwrap(), 6);
-    assert_eq!(count(dir.path(), "delivered_records", "a"), 2);
-    assert_eq!(count(dir.path(), "delivered_records", "b"), 0);
+    assert_eq!(h.count("delivered_records", "a").await, 2);
+    assert_eq!(h.count("delivered_records", "b").await, 0);
 }
 
-#[tokio::test]
-async fn prune_works_through_large_ledgers_in_steps() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn prune_works_through_large_ledgers_in_steps(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let total = PRUNE_STEP as i64 * 2 + 7;
     let entries = (0..total)
         .map(|i| delivered("a", &format!("r{i}"), i))
@@ -275,13 +256,11 @@ async fn prune_works_through_large_ledgers_in_steps() {
     store.record_outcomes(entries, vec![]).await.unwrap();
     let removed = store.ledger_prune(i64::MIN, 0).await.unwrap();
     assert_eq!(removed, total as u64);
-    assert_eq!(count(dir.path(), "delivered_records", "a"), 0);
+    assert_eq!(h.count("delivered_records", "a").await, 0);
 }
 
-#[tokio::test]
-async fn deleting_a_destination_deletes_its_ledger_and_failed_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn deleting_a_destination_deletes_its_ledger_and_failed_records(h: Harness) {
+    let store = store_with_destinations(&h).await;
     for destination_id in ["a", "b"] {
         store
             .record_outcomes(
@@ -294,8 +273,8 @@ async fn deleting_a_destination_deletes_its_ledger_and_failed_records() {
     store.delete_destination("a", None).await.unwrap();
 
     for table in ["delivered_records", "failed_records"] {
-        assert_eq!(count(dir.path(), table, "a"), 0, "{table}");
-        assert_eq!(count(dir.path(), table, "b"), 1, "{table}");
+        assert_eq!(h.count(table, "a").await, 0, "{table}");
+        assert_eq!(h.count(table, "b").await, 1, "{table}");
     }
     // A destination deleted while its records were in flight: their outcomes have nowhere to go, and must not
     // take the outcomes of other destinations in the same batch down with them.
@@ -307,8 +286,8 @@ async fn deleting_a_destination_deletes_its_ledger_and_failed_records() {
         .await
         .unwrap();
     for table in ["delivered_records", "failed_records"] {
-        assert_eq!(count(dir.path(), table, "a"), 0, "{table}");
-        assert_eq!(count(dir.path(), table, "b"), 2, "{table}");
+        assert_eq!(h.count(table, "a").await, 0, "{table}");
+        assert_eq!(h.count(table, "b").await, 2, "{table}");
     }
     assert!(matches!(
         store
@@ -329,10 +308,8 @@ async fn deleting_a_destination_deletes_its_ledger_and_failed_records() {
     ));
 }
 
-#[tokio::test]
-async fn failing_again_adds_attempts_and_keeps_the_first_failure_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn failing_again_adds_attempts_and_keeps_the_first_failure_time(h: Harness) {
+    let store = store_with_destinations(&h).await;
     store
         .record_outcomes(vec![], vec![failed("a", "r1", 1_000)])
         .await
@@ -369,10 +346,8 @@ async fn failing_again_adds_attempts_and_keeps_the_first_failure_time() {
     assert_eq!(stored, [expected]);
 }
 
-#[tokio::test]
-async fn attempts_saturate_instead_of_overflowing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn attempts_saturate_instead_of_overflowing(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let many = FailedRecordEntry {
         attempts: u32::MAX - 1,
         ..failed("a", "r1", 1)
@@ -387,10 +362,8 @@ async fn attempts_saturate_instead_of_overflowing() {
     assert_eq!(stored[0].attempts, u32::MAX);
 }
 
-#[tokio::test]
-async fn only_rejected_and_failed_records_are_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn only_rejected_and_failed_records_are_kept(h: Harness) {
+    let store = store_with_destinations(&h).await;
     for outcome in [Outcome::Delivered, Outcome::Invalid, Outcome::Duplicate] {
         let entry = FailedRecordEntry {
             outcome,
@@ -405,13 +378,13 @@ async fn only_rejected_and_failed_records_are_kept() {
             "{err}"
         );
     }
-    assert_eq!(count(dir.path(), "failed_records", "a"), 0);
+    assert_eq!(h.count("failed_records", "a").await, 0);
 }
 
-#[tokio::test]
-async fn deliveries_of_several_destinations_in_one_group_resolve_only_their_own_failures() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn deliveries_of_several_destinations_in_one_group_resolve_only_their_own_failures(
+    h: Harness,
+) {
+    let store = store_with_destinations(&h).await;
     store
         .record_outcomes(vec![], vec![failed("b", "r1", 1), failed("b", "r2", 1)])
         .await
@@ -440,10 +413,8 @@ async fn deliveries_of_several_destinations_in_one_group_resolve_only_their_own_
     );
 }
 
-#[tokio::test]
-async fn delivering_a_failed_record_resolves_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn delivering_a_failed_record_resolves_it(h: Harness) {
+    let store = store_with_destinations(&h).await;
     store
         .record_outcomes(
             vec![],
@@ -473,10 +444,8 @@ async fn delivering_a_failed_record_resolves_it() {
         .contains_key("r1"));
 }
 
-#[tokio::test]
-async fn failed_records_page_oldest_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn failed_records_page_oldest_first(h: Harness) {
+    let store = store_with_destinations(&h).await;
     // Recorded out of order; "c" and "d" failed in the same millisecond, so the record id orders them.
     let times = [
         ("e", 500),
@@ -562,10 +531,8 @@ async fn failed_records_page_oldest_first() {
     }
 }
 
-#[tokio::test]
-async fn failed_records_are_fetched_by_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn failed_records_are_fetched_by_id(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let entries = (0..600)
         .map(|i| failed("a", &format!("r{i:03}"), 600 - i))
         .collect();
@@ -593,12 +560,10 @@ async fn failed_records_are_fetched_by_id() {
 
 /// Many concurrent calls, as delivery workers make them: the writer folds them into few commits. Correctness
 /// only; `ledger_throughput` measures.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_hundred_thousand_entries_in_a_hundred_calls() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn a_hundred_thousand_entries_in_a_hundred_calls(h: Harness) {
+    let store = store_with_destinations(&h).await;
     record_concurrently(&store, 100, 1000).await;
-    assert_eq!(count(dir.path(), "delivered_records", "a"), 100_000);
+    assert_eq!(h.count("delivered_records", "a").await, 100_000);
 }
 
 async fn record_concurrently(store: &Arc<dyn Store>, calls: usize, per_call: usize) {
@@ -617,11 +582,8 @@ async fn record_concurrently(store: &Arc<dyn Store>, calls: usize, per_call: usi
 }
 
 /// Prints ledger write and lookup rates: `cargo test --release --lib ledger_throughput -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a measurement, not a check"]
-async fn ledger_throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn ledger_throughput(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let (calls, per_call) = (1000, 100);
     let started = Instant::now();
     record_concurrently(&store, calls, per_call).await;
@@ -645,10 +607,8 @@ async fn ledger_throughput() {
     );
 }
 
-#[tokio::test]
-async fn failed_record_pages_end_at_their_byte_bound_and_go_on_from_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn failed_record_pages_end_at_their_byte_bound_and_go_on_from_there(h: Harness) {
+    let store = store_with_destinations(&h).await;
     // Sizes in KiB, oldest first; "big" alone is over the bound.
     let kib = [3, 3, 3, 12, 1, 1, 1, 1, 5];
     let names = ["a", "b", "c", "big", "d", "e", "f", "g", "h"];

@@ -1,6 +1,6 @@
 //! Claims, record states and the failed-record controls, through the `Store` trait.
 
-use super::record_tests::{count, delivered, failed, ids, store_with_destinations};
+use super::records::{delivered, failed, ids, store_with_destinations};
 use super::*;
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
@@ -31,16 +31,14 @@ fn claim(destination_id: &str, record_id: &str) -> RecordClaim {
 
 const ORPHANED: &str = "the server stopped while sending";
 
-#[tokio::test]
-async fn a_claim_ends_with_its_outcome_or_its_release() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn a_claim_ends_with_its_outcome_or_its_release(h: Harness) {
+    let store = store_with_destinations(&h).await;
     store
         .claim_records(["a1", "a2", "a3", "a4"].map(|id| claim("a", id)).to_vec())
         .await
         .unwrap();
     store.claim_records(vec![claim("b", "a1")]).await.unwrap();
-    assert_eq!(count(dir.path(), "record_claims", "a"), 4);
+    assert_eq!(h.count("record_claims", "a").await, 4);
     store
         .record_outcomes(vec![delivered("a", "a1", 10)], vec![failed("a", "a2", 10)])
         .await
@@ -52,13 +50,14 @@ async fn a_claim_ends_with_its_outcome_or_its_release() {
         ])
         .await
         .unwrap();
-    assert_eq!(count(dir.path(), "record_claims", "a"), 1);
+    assert_eq!(h.count("record_claims", "a").await, 1);
     // The same record id of another destination is another claim.
-    assert_eq!(count(dir.path(), "record_claims", "b"), 1);
+    assert_eq!(h.count("record_claims", "b").await, 1);
 
     // What is left when the process stops: a4 of a, a1 of b.
+    let store = h.restart().await;
     assert_eq!(store.fail_orphaned_claims(ORPHANED, 99).await.unwrap(), 2);
-    assert_eq!(count(dir.path(), "record_claims", "a"), 0);
+    assert_eq!(h.count("record_claims", "a").await, 0);
     let kept = store
         .get_failed_records("a", ids(&["a4"]))
         .await
@@ -78,10 +77,8 @@ async fn a_claim_ends_with_its_outcome_or_its_release() {
     assert_eq!(store.fail_orphaned_claims(ORPHANED, 100).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_batch_is_one_claim_that_ends_with_its_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn a_batch_is_one_claim_that_ends_with_its_records(h: Harness) {
+    let store = store_with_destinations(&h).await;
     store
         .claim_records(vec![
             claim_of("a", &["b1", "b2", "b3"]),
@@ -89,7 +86,7 @@ async fn a_batch_is_one_claim_that_ends_with_its_records() {
         ])
         .await
         .unwrap();
-    assert_eq!(count(dir.path(), "record_claims", "a"), 2);
+    assert_eq!(h.count("record_claims", "a").await, 2);
     store
         .record_outcomes(
             ["b1", "b2", "b3"].map(|id| delivered("a", id, 10)).to_vec(),
@@ -97,8 +94,9 @@ async fn a_batch_is_one_claim_that_ends_with_its_records() {
         )
         .await
         .unwrap();
-    assert_eq!(count(dir.path(), "record_claims", "a"), 1);
+    assert_eq!(h.count("record_claims", "a").await, 1);
     // The other batch is orphaned: each of its records becomes a failed record of its own.
+    let store = h.restart().await;
     assert_eq!(store.fail_orphaned_claims(ORPHANED, 50).await.unwrap(), 2);
     let kept = store
         .get_failed_records("a", ids(&["c1", "c2", "b1"]))
@@ -110,10 +108,8 @@ async fn a_batch_is_one_claim_that_ends_with_its_records() {
     assert!(kept.iter().all(|entry| entry.maybe_delivered));
 }
 
-#[tokio::test]
-async fn record_states_tell_delivered_from_maybe_delivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn record_states_tell_delivered_from_maybe_delivered(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let mut ambiguous = failed("a", "maybe", 10);
     ambiguous.maybe_delivered = true;
     store
@@ -138,10 +134,8 @@ async fn record_states_tell_delivered_from_maybe_delivered() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn maybe_delivered_stays_set_until_the_record_is_delivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn maybe_delivered_stays_set_until_the_record_is_delivered(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let mut ambiguous = failed("a", "r", 10);
     ambiguous.maybe_delivered = true;
     store
@@ -174,10 +168,8 @@ async fn maybe_delivered_stays_set_until_the_record_is_delivered() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn failed_records_are_listed_by_outcome_and_ambiguity_and_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn failed_records_are_listed_by_outcome_and_ambiguity_and_deleted(h: Harness) {
+    let store = store_with_destinations(&h).await;
     let mut rejected = failed("a", "rejected", 1);
     rejected.outcome = Outcome::Rejected;
     let mut ambiguous = failed("a", "maybe", 2);
@@ -251,8 +243,8 @@ async fn failed_records_are_listed_by_outcome_and_ambiguity_and_deleted() {
             .unwrap(),
         2
     );
-    assert_eq!(count(dir.path(), "failed_records", "a"), 0);
-    assert_eq!(count(dir.path(), "failed_records", "b"), 1);
+    assert_eq!(h.count("failed_records", "a").await, 0);
+    assert_eq!(h.count("failed_records", "b").await, 1);
     assert!(matches!(
         store
             .delete_failed_records("ghost", FailedRecordSelection::All)
@@ -261,14 +253,12 @@ async fn failed_records_are_listed_by_outcome_and_ambiguity_and_deleted() {
     ));
 }
 
-#[tokio::test]
-async fn claims_of_a_deleted_destination_go_with_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_destinations(dir.path()).await;
+pub(super) async fn claims_of_a_deleted_destination_go_with_it(h: Harness) {
+    let store = store_with_destinations(&h).await;
     store.claim_records(vec![claim("a", "r")]).await.unwrap();
     store.delete_destination("a", None).await.unwrap();
     // Claiming for a destination deleted meanwhile is skipped rather than an error.
     store.claim_records(vec![claim("a", "late")]).await.unwrap();
-    assert_eq!(count(dir.path(), "record_claims", "a"), 0);
+    assert_eq!(h.count("record_claims", "a").await, 0);
     assert_eq!(store.fail_orphaned_claims(ORPHANED, 1).await.unwrap(), 0);
 }

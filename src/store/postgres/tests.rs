@@ -1,0 +1,413 @@
+//! What only the PostgreSQL store has: migrations shared by replicas starting together, the secret key check
+//! across replicas, and group commits that keep each call's order. The `Store` behaviour itself is tested in
+//! `store::conformance`, on both backends.
+
+use std::sync::Arc;
+
+use test_postgres::TestDatabase;
+
+use super::*;
+use crate::domain::outcome::Outcome;
+use crate::domain::record::RecordEncoding;
+use crate::store::conformance::crud::{destination, new_credential, KEY};
+
+const SECRET: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn secrets() -> SecretBox {
+    SecretBox::from_encoded(SECRET).unwrap()
+}
+
+async fn raw(database: &TestDatabase) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(database.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_once() {
+    let database = TestDatabase::create().await;
+    let opening: Vec<_> = (0..4)
+        .map(|_| {
+            let url = database.url().to_string();
+            tokio::spawn(async move { PostgresStore::open(&url, secrets()).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for store in opening {
+        stores.push(store.await.unwrap().expect("every replica opens"));
+    }
+    let applied: Vec<(i32, String)> = raw(&database)
+        .await
+        .query(
+            "SELECT version, name FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let expected: Vec<(i32, String)> = migrations::MIGRATIONS
+        .iter()
+        .map(|(version, name, _)| (*version, name.to_string()))
+        .collect();
+    assert_eq!(applied, expected);
+
+    // What one replica writes, another reads.
+    stores[0]
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stores[3].credential_api_key("main").await.unwrap().expose(),
+        format!("{KEY}-main")
+    );
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_build_is_refused() {
+    let database = TestDatabase::create().await;
+    drop(
+        PostgresStore::open(database.url(), secrets())
+            .await
+            .unwrap(),
+    );
+    raw(&database)
+        .await
+        .execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (9999, '9999_future')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = PostgresStore::open(database.url(), secrets())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("newer build"), "{err}");
+}
+
+#[tokio::test]
+async fn a_replica_with_another_secret_key_is_refused_even_before_credentials_exist() {
+    let database = TestDatabase::create().await;
+    let first = PostgresStore::open(database.url(), secrets())
+        .await
+        .unwrap();
+    let err = PostgresStore::open(database.url(), SecretBox::generate().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::SecretKey { .. }), "{err:?}");
+    assert!(err.to_string().contains("every replica"), "{err}");
+    // The same key is welcome, however many replicas have it.
+    first
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    let second = PostgresStore::open(database.url(), secrets())
+        .await
+        .unwrap();
+    assert_eq!(
+        second.credential_api_key("main").await.unwrap().expose(),
+        format!("{KEY}-main")
+    );
+}
+
+#[tokio::test]
+async fn api_keys_are_sealed_before_they_reach_the_database() {
+    let database = TestDatabase::create().await;
+    let store = PostgresStore::open(database.url(), secrets())
+        .await
+        .unwrap();
+    store
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    let sealed: Vec<u8> = raw(&database)
+        .await
+        .query_one(
+            "SELECT api_key_sealed FROM credentials WHERE id = 'main'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let key = format!("{KEY}-main");
+    assert!(!sealed
+        .windows(key.len())
+        .any(|window| window == key.as_bytes()));
+    // A ciphertext moved to another row does not open there.
+    let client = raw(&database).await;
+    client
+        .execute(
+            "INSERT INTO credentials (id, display_name, api_key_hint, api_key_sealed, create_time_ms,
+                 update_time_ms)
+             VALUES ('copy', 'copy', '****', $1, 0, 0)",
+            &[&sealed],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.credential_api_key("copy").await,
+        Err(StoreError::Decrypt { .. })
+    ));
+}
+
+fn failure(record_id: &str, attempts: u32, maybe_delivered: bool) -> FailedRecordEntry {
+    FailedRecordEntry {
+        destination_id: "a".to_string(),
+        record_id: record_id.to_string(),
+        record_json: b"{}".to_vec(),
+        outcome: Outcome::Failed,
+        request: None,
+        http_status: 503,
+        response_headers: Vec::new(),
+        response_body: Vec::new(),
+        error: "unavailable".to_string(),
+        maybe_delivered,
+        record_encoding: RecordEncoding::Struct,
+        attempts,
+        first_failure_ms: 10,
+        last_failure_ms: 10,
+    }
+}
+
+fn delivery(record_id: &str, status: u16) -> LedgerEntry {
+    LedgerEntry {
+        destination_id: "a".to_string(),
+        record_id: record_id.to_string(),
+        http_status: status,
+        response_body: Vec::new(),
+        attempts: 1,
+        delivered_at_ms: 20,
+    }
+}
+
+/// Calls queued together share a commit, yet end as if each had its own transaction, in the order they were
+/// made: a record failing in several calls adds their attempts up, one failing and then delivered is only
+/// delivered, and a record named twice in one call is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commits_keep_the_order_of_calls() {
+    let database = TestDatabase::create().await;
+    let store = Arc::new(
+        PostgresStore::open(database.url(), secrets())
+            .await
+            .unwrap(),
+    );
+    store
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    store
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    // Many calls at once, so that they queue behind each other's commits.
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .record_outcomes(vec![], vec![failure("f", 1, i == 7)])
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    store
+        .record_outcomes(vec![], vec![failure("g", 2, false), failure("g", 3, false)])
+        .await
+        .unwrap();
+    let (fail_then_deliver, deliver_twice) = tokio::join!(
+        async {
+            store
+                .record_outcomes(vec![], vec![failure("d", 1, true)])
+                .await
+                .unwrap();
+            store
+                .record_outcomes(vec![delivery("d", 201)], vec![])
+                .await
+        },
+        store.record_outcomes(vec![delivery("e", 500), delivery("e", 201)], vec![]),
+    );
+    fail_then_deliver.unwrap();
+    deliver_twice.unwrap();
+
+    let failed = store
+        .get_failed_records("a", vec!["f".into(), "g".into(), "d".into()])
+        .await
+        .unwrap();
+    let attempts: Vec<(&str, u32, bool)> = failed
+        .iter()
+        .map(|entry| {
+            (
+                entry.record_id.as_str(),
+                entry.attempts,
+                entry.maybe_delivered,
+            )
+        })
+        .collect();
+    assert_eq!(attempts, [("f", 50, true), ("g", 5, false)]);
+    let states = store
+        .record_states("a", vec!["d".into(), "e".into()])
+        .await
+        .unwrap();
+    assert!(matches!(&states["d"], RecordState::Delivered(entry) if entry.http_status == 201));
+    assert!(matches!(&states["e"], RecordState::Delivered(entry) if entry.http_status == 201));
+}
+
+/// A destination deleted while its records were in flight: their outcomes are skipped, the others' stored,
+/// also when the delete lands between the check that skips rows and the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_racing_a_destination_delete_are_skipped_not_failed() {
+    let database = TestDatabase::create().await;
+    let store = Arc::new(
+        PostgresStore::open(database.url(), secrets())
+            .await
+            .unwrap(),
+    );
+    store
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    for id in ["a", "b"] {
+        store
+            .create_destination(destination(id, "main"))
+            .await
+            .unwrap();
+    }
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut in_b = delivery(&format!("r{i}"), 201);
+                in_b.destination_id = "b".to_string();
+                store
+                    .record_outcomes(vec![delivery(&format!("r{i}"), 201), in_b], vec![])
+                    .await
+            })
+        })
+        .collect();
+    store.delete_destination("a", None).await.unwrap();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    let ids: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    assert_eq!(store.record_states("b", ids).await.unwrap().len(), 20);
+}
+
+fn create_claim(record_id: &str) -> RecordClaim {
+    RecordClaim {
+        destination_id: "a".to_string(),
+        records: vec![crate::store::ClaimedRecord {
+            record_id: record_id.to_string(),
+            record_json: b"{}".to_vec(),
+            record_encoding: RecordEncoding::RawJson,
+        }],
+        request_method: "POST".to_string(),
+        request_url: "https://api.groovehq.com/v1/tickets".to_string(),
+        claimed_at_ms: 5,
+    }
+}
+
+const NO_RENEWAL: ReplicaOptions = ReplicaOptions {
+    lease: std::time::Duration::from_secs(3600),
+    heartbeat: std::time::Duration::from_secs(3600),
+};
+
+/// Two replicas: what one has claimed is in flight there, not an orphan for the other, until its lease runs
+/// out; then it becomes an ambiguous failure. A replica never takes its own claims for orphans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_a_live_replica_are_left_to_it_until_its_lease_runs_out() {
+    let database = TestDatabase::create().await;
+    let first = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    assert_ne!(first.replica_id(), second.replica_id());
+    first
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    first
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    first.claim_records(vec![create_claim("r1")]).await.unwrap();
+    second
+        .claim_records(vec![create_claim("r2")])
+        .await
+        .unwrap();
+
+    assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 0);
+    assert_eq!(first.fail_orphaned_claims("stopped", 10).await.unwrap(), 0);
+    // Each sees the other's claim as in flight elsewhere, and its own as nothing recorded yet.
+    let asked = || vec!["r1".to_string(), "r2".to_string()];
+    let seen_by_second = second.record_states("a", asked()).await.unwrap();
+    assert_eq!(
+        seen_by_second.into_iter().collect::<Vec<_>>(),
+        [("r1".to_string(), RecordState::ClaimedElsewhere)]
+    );
+    let seen_by_first = first.record_states("a", asked()).await.unwrap();
+    assert_eq!(
+        seen_by_first.into_iter().collect::<Vec<_>>(),
+        [("r2".to_string(), RecordState::ClaimedElsewhere)]
+    );
+
+    raw(&database)
+        .await
+        .execute(
+            "UPDATE replicas SET lease_until = now() - interval '1 second' WHERE id = $1",
+            &[&first.replica_id()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 1);
+    let failed = second
+        .get_failed_records("a", vec!["r1".into(), "r2".into()])
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].record_id, "r1");
+    assert!(failed[0].maybe_delivered);
+    assert_eq!(
+        second.record_states("a", vec!["r1".into()]).await.unwrap()["r1"],
+        RecordState::MaybeDelivered
+    );
+}
+
+/// The heartbeat keeps a replica's lease alive while its store lives, and stops with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_keeps_the_lease_until_the_store_is_dropped() {
+    let database = TestDatabase::create().await;
+    let short = ReplicaOptions {
+        lease: std::time::Duration::from_millis(1500),
+        heartbeat: std::time::Duration::from_millis(100),
+    };
+    let first = PostgresStore::open_with(database.url(), secrets(), short)
+        .await
+        .unwrap();
+    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    first
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    first
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    first.claim_records(vec![create_claim("r1")]).await.unwrap();
+    // Longer than the lease: only renewals keep it.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 0);
+
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 1);
+}
