@@ -23,7 +23,9 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use thiserror::Error;
 use tracing::dispatcher::WeakDispatch;
+use tracing::level_filters::LevelFilter;
 use tracing::{span, Dispatch, Event, Level, Metadata, Subscriber};
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -38,6 +40,10 @@ pub const SERVICE_NAME: &str = "groove-destination";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The spans traced are this crate's (its calls, streams and Groove calls), not those of the libraries under it.
 const TRACED_TARGET: &str = "groove_destination";
+/// The target of the spans that exist only to be exported: one per Groove call. They are traced only with an
+/// OTLP endpoint, and never listed in log lines (a line written during a Groove call has its stream's span), so
+/// that without an endpoint they cost nothing per record.
+pub const EXPORTED_ONLY_TARGET: &str = "groove_destination::exported";
 /// How long shutdown waits for the last spans to reach the collector.
 const FLUSH_WITHIN: Duration = Duration::from_secs(5);
 
@@ -85,8 +91,13 @@ fn subscriber(settings: &Settings, provider: &SdkTracerProvider) -> Dispatch {
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_context_activation(false)
-        .with_filter(Targets::new().with_target(TRACED_TARGET, Level::INFO));
-    let filter = || tracing_subscriber::EnvFilter::new(&settings.log);
+        .with_filter(traced(settings.otlp_endpoint.is_some()));
+    let filter = || {
+        let not_exported_only = Targets::new()
+            .with_default(Level::TRACE)
+            .with_target(EXPORTED_ONLY_TARGET, LevelFilter::OFF);
+        tracing_subscriber::EnvFilter::new(&settings.log).and(not_exported_only)
+    };
     let registry = tracing_subscriber::registry().with(WithoutEnterExit(otel));
     let ids = SpanIds::default();
     let dispatch = match settings.log_format {
@@ -97,6 +108,16 @@ fn subscriber(settings: &Settings, provider: &SdkTracerProvider) -> Dispatch {
     };
     ids.set(&dispatch);
     dispatch
+}
+
+/// The spans the tracer sees: the service's, and those it has only for export when they are exported.
+fn traced(exported: bool) -> Targets {
+    let traced = Targets::new().with_target(TRACED_TARGET, Level::INFO);
+    if exported {
+        traced
+    } else {
+        traced.with_target(EXPORTED_ONLY_TARGET, LevelFilter::OFF)
+    }
 }
 
 /// A tracer provider that exports to `endpoint` in batches, or one that exports nothing.
@@ -359,6 +380,32 @@ mod tests {
                     in_library, in_work,
                     "{log} {format:?}: a library's span is not traced"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn spans_for_export_only_exist_only_when_exported() {
+        let provider = tracer_provider(None).unwrap();
+        for (endpoint, exists) in [(None, false), (Some("http://127.0.0.1:4317"), true)] {
+            for log in ["info", "trace"] {
+                let mut settings = settings(log, LogFormat::Json);
+                settings.otlp_endpoint = endpoint.map(|url| Url::parse(url).unwrap());
+                let dispatch = subscriber(&settings, &provider);
+                let ids = SpanIds::default();
+                ids.set(&dispatch);
+                tracing::dispatcher::with_default(&dispatch, || {
+                    let stream = tracing::info_span!("record stream");
+                    let _stream = stream.enter();
+                    let call = tracing::info_span!(target: EXPORTED_ONLY_TARGET, "groove call");
+                    assert_eq!(!call.is_disabled(), exists, "{endpoint:?} {log}");
+                    let _call = call.enter();
+                    // A line written during the call has the call's ids, or else the stream's.
+                    let stream_ids = ids.of_span(stream.id().as_ref());
+                    let call_ids = ids.of_span(None);
+                    assert!(call_ids.is_some(), "{endpoint:?} {log}");
+                    assert_eq!(call_ids != stream_ids, exists, "{endpoint:?} {log}");
+                });
             }
         }
     }
