@@ -65,6 +65,7 @@ pub async fn deliver(
     let mut last_sent = true;
     for (index, call) in unit.calls.iter().enumerate() {
         let span = tracing::info_span!(
+            target: crate::telemetry::EXPORTED_ONLY_TARGET,
             "groove call",
             otel.name = call.method.as_str(),
             otel.kind = "client",

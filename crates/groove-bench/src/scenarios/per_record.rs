@@ -213,6 +213,9 @@ pub async fn run(env: &Env<'_>, levels: &[u32], report: &mut Report) -> BenchRes
             budget.explain(),
         );
         report.headline.set_per_record_ratio(level, ratio);
+        report
+            .headline
+            .set_per_record_service_cpu(level, budget.service);
     }
     Ok(())
 }
