@@ -105,8 +105,9 @@ pub enum RecordState {
     Delivered(LedgerEntry),
     /// A failed record an attempt of which may have reached Groove: only an explicit retry sends it again.
     MaybeDelivered,
-    /// Being sent right now by another live process sharing the store: neither send nor answer it here until
-    /// that ends, then ask again. Only a store shared by several processes reports it.
+    /// Claimed by another process sharing the store: being sent there, or left by a process that stopped and
+    /// not yet settled as a failed record. Neither send nor answer it here until that ends, then ask again.
+    /// Only a store shared by several processes reports it.
     ClaimedElsewhere,
 }
 

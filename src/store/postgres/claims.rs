@@ -178,7 +178,9 @@ pub(super) async fn take_orphans_as_failures(
     Ok(failures)
 }
 
-/// Those of `record_ids` that a call of another live replica (not `own`) has claimed: in flight there.
+/// Those of `record_ids` that a call of another replica (not `own`) has claimed: in flight there, or left by a
+/// replica that stopped and not yet settled as a failed record. Both must wait: a stopped replica's claim is
+/// only known not to have been delivered once it is settled, so a lease that ran out is not a reason to send.
 pub(super) async fn claimed_elsewhere(
     client: &deadpool_postgres::Client,
     destination_id: &str,
@@ -191,8 +193,7 @@ pub(super) async fn claimed_elsewhere(
         .prepare_cached(
             "SELECT DISTINCT claimed.id FROM record_claims c, unnest(c.record_ids) AS claimed (id)
              WHERE c.destination_id = $1 AND c.record_ids && $2::text[] AND claimed.id = ANY($2::text[])
-               AND c.owner <> $3
-               AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = c.owner AND r.lease_until >= now())",
+               AND (c.owner IS NULL OR c.owner <> $3)",
         )
         .await
         .context(context)?;

@@ -366,6 +366,11 @@ async fn claims_of_a_live_replica_are_left_to_it_until_its_lease_runs_out() {
         )
         .await
         .unwrap();
+    // Lapsed but not yet settled: still not to be sent, or the other replica could send it a second time.
+    assert_eq!(
+        second.record_states("a", vec!["r1".into()]).await.unwrap()["r1"],
+        RecordState::ClaimedElsewhere
+    );
     assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 1);
     let failed = second
         .get_failed_records("a", vec!["r1".into(), "r2".into()])
