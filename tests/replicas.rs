@@ -1,0 +1,290 @@
+//! Several replicas (separate processes) on one PostgreSQL database, delivering to one sandbox: what running
+//! more than one instance promises. A record reaches Groove once whichever replica it is sent through, a
+//! replica killed mid-stream leaves nothing lost and nothing sent twice (except records answered as maybe
+//! delivered), and a pause on one replica stops streams on the others.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::child::{ChildOptions, ChildServer};
+use common::flows::{self, active_destination, credential, raw, send, template};
+use common::{start_sandbox, GrpcServer};
+use groove_destination::proto::{self, Outcome};
+use groove_sandbox::{Faults, SandboxHandle};
+use serde_json::{json, Value};
+use test_postgres::TestDatabase;
+use tonic::Code;
+
+/// How long a replica's claims outlive it: short, so the kill test does not wait long for them.
+const LEASE: &str = "2s";
+
+/// Replicas of one service on one fresh database, each with its own work dir (logs; no data of its own).
+struct Replicas {
+    servers: Vec<ChildServer>,
+    _dirs: Vec<tempfile::TempDir>,
+    _database: TestDatabase,
+}
+
+impl Replicas {
+    async fn start(count: usize, sandbox: &SandboxHandle) -> Replicas {
+        let database = TestDatabase::create().await;
+        let mut servers = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..count {
+            let dir = tempfile::tempdir().unwrap();
+            let options = ChildOptions {
+                args: vec![
+                    "--database-url".into(),
+                    database.url().into(),
+                    "--replica-lease".into(),
+                    LEASE.into(),
+                ],
+                ..ChildOptions::default()
+            };
+            servers.push(ChildServer::start_with(dir.path(), &sandbox.base_url(), options).await);
+            dirs.push(dir);
+        }
+        Replicas {
+            servers,
+            _dirs: dirs,
+            _database: database,
+        }
+    }
+
+    fn get(&self, index: usize) -> &ChildServer {
+        &self.servers[index]
+    }
+
+    async fn stop(mut self) {
+        for server in &mut self.servers {
+            if server.pid().is_some() {
+                let status = server.stop().await;
+                assert!(status.success(), "{status}\n{}", server.log_tail());
+            }
+        }
+    }
+}
+
+/// A ticket whose body names its record, so the sandbox's tickets can be counted per record.
+fn ticket(record_id: &str) -> Value {
+    json!({"body": format!("[{record_id}] help"), "from": "customer@example.com", "to": "support@sandbox.example.com"})
+}
+
+fn records(ids: &[String]) -> Vec<proto::Record> {
+    ids.iter().map(|id| raw(id, ticket(id))).collect()
+}
+
+fn ids(prefix: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|index| format!("{prefix}-{index:04}"))
+        .collect()
+}
+
+/// Tickets in the sandbox per record id (from the `[id] help` body of the tickets made from [`ticket`]).
+fn tickets_per_record(sandbox: &SandboxHandle) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for ticket in sandbox.snapshot()["tickets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let text = ticket.to_string();
+        if let Some(end) = text.find("] help") {
+            if let Some(start) = text[..end].rfind('[') {
+                *counts.entry(text[start + 1..end].to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn tickets_config(concurrency: u32) -> proto::DestinationConfig {
+    proto::DestinationConfig {
+        delivery: Some(proto::DeliveryOptions {
+            concurrency,
+            ..Default::default()
+        }),
+        ..template("create_ticket", &[])
+    }
+}
+
+#[tokio::test]
+async fn what_one_replica_creates_the_others_read() {
+    let sandbox = start_sandbox().await;
+    let replicas = Replicas::start(3, &sandbox).await;
+    credential(replicas.get(0), "main").await;
+    let name = active_destination(replicas.get(0), "tickets", tickets_config(4)).await;
+
+    for index in 1..3 {
+        let read = replicas
+            .get(index)
+            .destinations()
+            .await
+            .get_destination(proto::GetDestinationRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .destination
+            .unwrap();
+        assert_eq!(read.name, name);
+        assert_eq!(read.state(), proto::destination::State::Active);
+        let credentials = replicas
+            .get(index)
+            .credentials()
+            .await
+            .list_credentials(proto::ListCredentialsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .credentials;
+        assert_eq!(credentials.len(), 1, "{credentials:?}");
+    }
+    replicas.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_through_another_replica_answers_duplicates_and_creates_nothing() {
+    let sandbox = start_sandbox().await;
+    let replicas = Replicas::start(3, &sandbox).await;
+    credential(replicas.get(0), "main").await;
+    let name = active_destination(replicas.get(0), "tickets", tickets_config(8)).await;
+    let all = ids("r", 120);
+
+    let first = send(replicas.get(0), &name, vec![records(&all)])
+        .await
+        .unwrap();
+    assert_eq!(first.summary.unwrap().delivered, 120);
+    for replica in 1..3 {
+        let replay = send(replicas.get(replica), &name, vec![records(&all)])
+            .await
+            .unwrap();
+        let summary = replay.summary.unwrap();
+        assert_eq!(summary.duplicate, 120, "replica {replica}: {summary:?}");
+        assert_eq!(summary.calls, 0, "replica {replica}: {summary:?}");
+    }
+    let tickets = tickets_per_record(&sandbox);
+    assert_eq!(tickets.len(), 120);
+    assert!(tickets.values().all(|count| *count == 1), "{tickets:?}");
+    replicas.stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_stream_loses_nothing_and_creates_nothing_twice() {
+    let sandbox = start_sandbox().await;
+    let mut replicas = Replicas::start(2, &sandbox).await;
+    credential(replicas.get(0), "main").await;
+    let name = active_destination(replicas.get(0), "tickets", tickets_config(8)).await;
+    // Slow enough that the kill lands with calls on the wire.
+    sandbox.set_faults(Faults {
+        latency: Duration::from_millis(150),
+        ..Faults::default()
+    });
+    let all = ids("k", 200);
+
+    let (requests, mut stream) = flows::open(replicas.get(0), &name).await;
+    requests.send(flows::batch(records(&all))).await.unwrap();
+    let before_kill = flows::next_results(&mut stream, 24).await;
+    let killed = replicas.servers[0].kill_9();
+    assert!(!killed.success(), "{killed}");
+    drop(requests);
+    let delivered_before: Vec<String> = before_kill
+        .iter()
+        .filter(|result| result.outcome() == Outcome::Delivered)
+        .flat_map(|result| result.record_ids.clone())
+        .collect();
+    assert!(!delivered_before.is_empty());
+
+    let resent = send(replicas.get(1), &name, vec![records(&all)])
+        .await
+        .unwrap();
+    let summary = resent.summary.unwrap();
+    assert_eq!(summary.unanswered, 0, "{summary:?}");
+    let tickets = tickets_per_record(&sandbox);
+    let mut maybe_delivered = 0;
+    for id in &all {
+        let result = resent.of(id);
+        let created = tickets.get(id).copied().unwrap_or(0);
+        match result.outcome() {
+            Outcome::Delivered | Outcome::Duplicate => {
+                assert_eq!(created, 1, "{id} answered {:?}", result.outcome())
+            }
+            Outcome::Failed => {
+                maybe_delivered += 1;
+                assert!(created <= 1, "{id} created {created} times");
+                assert!(
+                    result.error.contains("may have"),
+                    "{id} failed without being ambiguous: {}",
+                    result.error
+                );
+            }
+            other => panic!("{id} answered {other:?}: {result:?}"),
+        }
+    }
+    // A result streams back while its outcome is being committed; a record whose commit the kill cut off is
+    // settled as maybe delivered (its claim outlived the replica), never sent again.
+    for id in &delivered_before {
+        let outcome = resent.of(id).outcome();
+        assert!(
+            matches!(outcome, Outcome::Duplicate | Outcome::Failed),
+            "{id} was delivered before the kill and is now {outcome:?}"
+        );
+    }
+    assert!(maybe_delivered > 0, "the kill left nothing in flight");
+    let failed = replicas
+        .get(1)
+        .delivery()
+        .await
+        .list_failed_records(proto::ListFailedRecordsRequest {
+            destination: name.clone(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .failed_records;
+    assert_eq!(failed.len(), maybe_delivered);
+    assert!(failed.iter().all(|record| record.maybe_delivered));
+    replicas.servers.remove(0);
+    replicas.stop().await;
+}
+
+#[tokio::test]
+async fn pausing_on_one_replica_stops_a_stream_on_another_within_a_second() {
+    let sandbox = start_sandbox().await;
+    let replicas = Replicas::start(2, &sandbox).await;
+    credential(replicas.get(0), "main").await;
+    let name = active_destination(replicas.get(0), "tickets", tickets_config(1)).await;
+    sandbox.set_faults(Faults {
+        latency: Duration::from_millis(50),
+        ..Faults::default()
+    });
+    let all = ids("p", 200);
+    let (requests, mut stream) = flows::open(replicas.get(1), &name).await;
+    requests.send(flows::batch(records(&all))).await.unwrap();
+    flows::next_results(&mut stream, 1).await;
+
+    replicas
+        .get(0)
+        .destinations()
+        .await
+        .pause_destination(proto::PauseDestinationRequest { name: name.clone() })
+        .await
+        .unwrap();
+    let paused_at = Instant::now();
+    let (answered, ended) = flows::drain_to_end(&mut stream).await;
+    let stopped_after = paused_at.elapsed();
+    let status = ended.expect_err("the stream ends with a status, not OK");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("paused"), "{}", status.message());
+    assert!(
+        stopped_after < Duration::from_secs(1),
+        "the stream on the other replica stopped {stopped_after:?} after the pause"
+    );
+    let summary = answered.summary.unwrap();
+    assert!(summary.unanswered > 0, "{summary:?}");
+    drop(requests);
+    replicas.stop().await;
+}
