@@ -206,6 +206,62 @@ async fn records_sent_through_two_replicas_at_once_are_created_once() {
     replicas.stop().await;
 }
 
+/// Updates may be repeated, but replicas still do not send one at the same time: each record's call is made
+/// once, and the other replica answers it as a duplicate.
+#[tokio::test]
+async fn updates_sent_through_two_replicas_at_once_are_sent_once() {
+    let sandbox = start_sandbox().await;
+    let replicas = Replicas::start(2, &sandbox).await;
+    credential(replicas.get(0), "main").await;
+    let tickets = active_destination(replicas.get(0), "tickets", tickets_config(1)).await;
+    send(replicas.get(0), &tickets, vec![records(&ids("new", 1))])
+        .await
+        .unwrap();
+    let number = sandbox.snapshot()["tickets"][0]["number"].clone();
+    let states = active_destination(
+        replicas.get(0),
+        "states",
+        proto::DestinationConfig {
+            delivery: Some(proto::DeliveryOptions {
+                concurrency: 4,
+                ..Default::default()
+            }),
+            ..template("update_ticket_state", &[("ticket_number", "{number}")])
+        },
+    )
+    .await;
+    sandbox.set_faults(Faults {
+        latency: Duration::from_millis(20),
+        ..Faults::default()
+    });
+    sandbox.clear_requests();
+    let all = ids("s", 40);
+    let updates: Vec<proto::Record> = all
+        .iter()
+        .map(|id| raw(id, json!({"number": number, "state": "pending"})))
+        .collect();
+
+    let (first, second) = tokio::join!(
+        send(replicas.get(0), &states, vec![updates.clone()]),
+        send(replicas.get(1), &states, vec![updates]),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    for id in &all {
+        let mut outcomes = [first.of(id).outcome(), second.of(id).outcome()];
+        outcomes.sort_by_key(|outcome| *outcome as i32);
+        let mut expected = [Outcome::Delivered, Outcome::Duplicate];
+        expected.sort_by_key(|outcome| *outcome as i32);
+        assert_eq!(outcomes, expected, "{id}");
+    }
+    let puts = sandbox
+        .requests()
+        .iter()
+        .filter(|request| request.method == "PUT")
+        .count();
+    assert_eq!(puts, all.len());
+    replicas.stop().await;
+}
+
 #[tokio::test]
 async fn a_replica_killed_mid_stream_loses_nothing_and_creates_nothing_twice() {
     let sandbox = start_sandbox().await;
