@@ -200,8 +200,8 @@ pub trait Store: Send + Sync {
     /// Records how a batch of records ended, as one atomic write: `delivered` entries enter the ledger
     /// (replacing an entry with the same destination and record id) and stop being failed records; `failed`
     /// entries become failed records, or update the stored ones (attempts add up, the first failure time
-    /// stays, `maybe_delivered` stays set once set, the rest is replaced). The claims of every record named end
-    /// in the same write.
+    /// stays, `maybe_delivered` stays set once set, the rest is replaced). This process's claims on every record
+    /// named end in the same write.
     ///
     /// Meant to be called once per batch of results rather than per record, and a batch may mix destinations:
     /// calls queued together share one commit. Ledger response bodies are cut to [`LEDGER_BODY_CAP`] bytes.
@@ -215,8 +215,9 @@ pub trait Store: Send + Sync {
         failed: Vec<FailedRecordEntry>,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Ends the claims on records that were released without being sent (their stream stopped first), as
-    /// `(destination id, record id)` pairs. Pairs without a claim are ignored.
+    /// Ends this process's claims on records that were released without being sent (their stream stopped
+    /// first), as `(destination id, record id)` pairs. Pairs without such a claim are ignored: another
+    /// process's claim on the record stays, as it is still sending it.
     fn release_claims(
         &self,
         records: Vec<(String, String)>,
