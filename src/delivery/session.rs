@@ -158,7 +158,7 @@ impl Session {
         );
         let dispatcher =
             Dispatcher::start(self.context.clone(), reports.clone(), stop.token.clone());
-        let (claimer, handed, sending) = Claimer::start(
+        let (claimer, mut handed, sending) = Claimer::start(
             self.shared.store.clone(),
             self.destination.id.clone(),
             self.name.clone(),
@@ -173,14 +173,13 @@ impl Session {
             stop: &stop,
             planner: Planner::new(self.renderer.clone(), &self.destination.config.batching),
             waiting: FuturesUnordered::new(),
-            handed,
+            handed: &mut handed,
             unsettled: 0,
             received: 0,
         };
         let unreadable = intake.read(input).await;
         let received = intake.received;
         intake.flush_batcher().await;
-        let mut handed = std::mem::replace(&mut intake.handed, mpsc::unbounded_channel().1);
         // Dropping the intake ends the claim stage's input (records still waiting for another delivery of
         // their id are forgotten with it: unanswered); the stage then lets the workers finish.
         drop(intake);
@@ -220,7 +219,7 @@ struct Intake<'a> {
     /// Records whose id another delivery holds, each resolving once it is let go.
     waiting: FuturesUnordered<BoxFuture<'static, Candidate>>,
     /// What the claim stage did with the groups sent to it, and those refused by the store.
-    handed: mpsc::UnboundedReceiver<Handed>,
+    handed: &'a mut mpsc::UnboundedReceiver<Handed>,
     /// Groups sent to the claim stage that it has not handed on yet: their units may still come back.
     unsettled: usize,
     received: u64,
