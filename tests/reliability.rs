@@ -366,6 +366,7 @@ async fn claims_left_by_a_stopped_process_become_failures_that_may_have_been_del
                 request_method: "POST".into(),
                 request_url: format!("{}/tickets", sandbox.base_url()),
                 claimed_at_ms: 1,
+                repeatable: false,
             }])
             .await
             .unwrap();

@@ -1,5 +1,6 @@
 //! Several replicas (separate processes) on one PostgreSQL database, delivering to one sandbox: what running
-//! more than one instance promises. A record reaches Groove once whichever replica it is sent through, a
+//! more than one instance promises. A record reaches Groove once whichever replica it is sent through, even
+//! through two at the same moment, a
 //! replica killed mid-stream leaves nothing lost and nothing sent twice (except records answered as maybe
 //! delivered), and a pause on one replica stops streams on the others.
 
@@ -167,6 +168,97 @@ async fn a_replay_through_another_replica_answers_duplicates_and_creates_nothing
     let tickets = tickets_per_record(&sandbox);
     assert_eq!(tickets.len(), 120);
     assert!(tickets.values().all(|count| *count == 1), "{tickets:?}");
+    replicas.stop().await;
+}
+
+#[tokio::test]
+async fn records_sent_through_two_replicas_at_once_are_created_once() {
+    let sandbox = start_sandbox().await;
+    let replicas = Replicas::start(2, &sandbox).await;
+    credential(replicas.get(0), "main").await;
+    let name = active_destination(replicas.get(0), "tickets", tickets_config(4)).await;
+    // Slow enough that both replicas look the records up before either has an outcome.
+    sandbox.set_faults(Faults {
+        latency: Duration::from_millis(20),
+        ..Faults::default()
+    });
+    let all = ids("t", 60);
+
+    let (first, second) = tokio::join!(
+        send(replicas.get(0), &name, vec![records(&all)]),
+        send(replicas.get(1), &name, vec![records(&all)]),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    for answered in [&first, &second] {
+        let summary = answered.summary.unwrap();
+        assert_eq!(summary.unanswered, 0, "{summary:?}");
+    }
+    for id in &all {
+        let mut outcomes = [first.of(id).outcome(), second.of(id).outcome()];
+        outcomes.sort_by_key(|outcome| *outcome as i32);
+        let mut expected = [Outcome::Delivered, Outcome::Duplicate];
+        expected.sort_by_key(|outcome| *outcome as i32);
+        assert_eq!(outcomes, expected, "{id}");
+    }
+    let tickets = tickets_per_record(&sandbox);
+    assert_eq!(tickets.len(), 60);
+    assert!(tickets.values().all(|count| *count == 1), "{tickets:?}");
+    replicas.stop().await;
+}
+
+/// Updates may be repeated, but replicas still do not send one at the same time: each record's call is made
+/// once, and the other replica answers it as a duplicate.
+#[tokio::test]
+async fn updates_sent_through_two_replicas_at_once_are_sent_once() {
+    let sandbox = start_sandbox().await;
+    let replicas = Replicas::start(2, &sandbox).await;
+    credential(replicas.get(0), "main").await;
+    let tickets = active_destination(replicas.get(0), "tickets", tickets_config(1)).await;
+    send(replicas.get(0), &tickets, vec![records(&ids("new", 1))])
+        .await
+        .unwrap();
+    let number = sandbox.snapshot()["tickets"][0]["number"].clone();
+    let states = active_destination(
+        replicas.get(0),
+        "states",
+        proto::DestinationConfig {
+            delivery: Some(proto::DeliveryOptions {
+                concurrency: 4,
+                ..Default::default()
+            }),
+            ..template("update_ticket_state", &[("ticket_number", "{number}")])
+        },
+    )
+    .await;
+    sandbox.set_faults(Faults {
+        latency: Duration::from_millis(20),
+        ..Faults::default()
+    });
+    sandbox.clear_requests();
+    let all = ids("s", 40);
+    let updates: Vec<proto::Record> = all
+        .iter()
+        .map(|id| raw(id, json!({"number": number, "state": "pending"})))
+        .collect();
+
+    let (first, second) = tokio::join!(
+        send(replicas.get(0), &states, vec![updates.clone()]),
+        send(replicas.get(1), &states, vec![updates]),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    for id in &all {
+        let mut outcomes = [first.of(id).outcome(), second.of(id).outcome()];
+        outcomes.sort_by_key(|outcome| *outcome as i32);
+        let mut expected = [Outcome::Delivered, Outcome::Duplicate];
+        expected.sort_by_key(|outcome| *outcome as i32);
+        assert_eq!(outcomes, expected, "{id}");
+    }
+    let puts = sandbox
+        .requests()
+        .iter()
+        .filter(|request| request.method == "PUT")
+        .count();
+    assert_eq!(puts, all.len());
     replicas.stop().await;
 }
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::delivery::attempt::CallContext;
-use crate::delivery::claimer::Claimer;
+use crate::delivery::claimer::{Claimer, Handed};
 use crate::delivery::dispatch::Dispatcher;
 use crate::delivery::in_flight::{Claim, InFlight};
 use crate::delivery::plan::{Planned, Planner};
@@ -158,7 +158,7 @@ impl Session {
         );
         let dispatcher =
             Dispatcher::start(self.context.clone(), reports.clone(), stop.token.clone());
-        let (claimer, sending) = Claimer::start(
+        let (claimer, mut handed, sending) = Claimer::start(
             self.shared.store.clone(),
             self.destination.id.clone(),
             self.name.clone(),
@@ -173,6 +173,8 @@ impl Session {
             stop: &stop,
             planner: Planner::new(self.renderer.clone(), &self.destination.config.batching),
             waiting: FuturesUnordered::new(),
+            handed: &mut handed,
+            unsettled: 0,
             received: 0,
         };
         let unreadable = intake.read(input).await;
@@ -183,6 +185,15 @@ impl Session {
         drop(intake);
         if let Err(error) = sending.await {
             tracing::error!(%error, destination = %self.name, "the claim stage failed");
+        }
+        // Only a stopped session leaves units refused by the store behind: they stay unanswered, and their ids
+        // are let go in memory (the claims on them are another process's).
+        while let Ok(Handed { refused, .. }) = handed.try_recv() {
+            for unit in refused {
+                self.shared
+                    .in_flight
+                    .release(&self.destination.id, &unit.record_ids);
+            }
         }
         watcher.abort();
         self.shared.recorder.flush().await;
@@ -207,19 +218,24 @@ struct Intake<'a> {
     planner: Planner<Candidate>,
     /// Records whose id another delivery holds, each resolving once it is let go.
     waiting: FuturesUnordered<BoxFuture<'static, Candidate>>,
+    /// What the claim stage did with the groups sent to it, and those refused by the store.
+    handed: &'a mut mpsc::UnboundedReceiver<Handed>,
+    /// Groups sent to the claim stage that it has not handed on yet: their units may still come back.
+    unsettled: usize,
     received: u64,
 }
 
 impl Intake<'_> {
-    /// Reads the input until it ends and every record waiting for its id is answered, or until the session
-    /// stops. Returns the unreadable message that ended the input, if one did.
+    /// Reads the input until it ends, every record waiting for its id is answered and the claim stage has
+    /// handed on everything sent to it, or until the session stops. Returns the unreadable message that ended
+    /// the input, if one did.
     async fn read<S>(&mut self, mut input: S) -> Option<Interruption>
     where
         S: Stream<Item = Result<Vec<IncomingRecord>, Interruption>> + Send + Unpin,
     {
         let mut input_open = true;
         let mut unreadable = None;
-        while input_open || !self.waiting.is_empty() {
+        while input_open || !self.waiting.is_empty() || self.unsettled > 0 {
             let deadline = self.planner.next_deadline();
             tokio::select! {
                 biased;
@@ -228,6 +244,20 @@ impl Intake<'_> {
                     let due = self.planner.take_due();
                     self.send_batches(due).await;
                 }
+                handed = self.handed.recv(), if self.unsettled > 0 => match handed {
+                    Some(handed) => {
+                        self.unsettled = self.unsettled.saturating_sub(handed.groups);
+                        let refused = handed.refused.into_iter().flat_map(|unit| {
+                            unit.record_ids
+                                .into_iter()
+                                .zip(unit.records)
+                                .map(|(id, json)| Candidate { id, json })
+                        });
+                        self.wait_elsewhere(refused.collect());
+                    }
+                    // The stage is gone: nothing more comes back.
+                    None => self.unsettled = 0,
+                },
                 Some(candidate) = self.waiting.next(), if !self.waiting.is_empty() => {
                     self.take(vec![candidate]).await;
                     if !input_open {
@@ -400,18 +430,7 @@ impl Intake<'_> {
             .flat_map(|answer| answer.record_ids.iter().cloned())
             .collect();
         session.shared.in_flight.release(destination_id, &answered);
-        // Another replica is sending these: let them go here too, and ask the store again in a moment, as a
-        // record in flight in this process is waited for.
-        if !elsewhere.is_empty() {
-            let ids: Vec<String> = elsewhere.iter().map(|record| record.id.clone()).collect();
-            session.shared.in_flight.release(destination_id, &ids);
-            for record in elsewhere {
-                self.waiting.push(Box::pin(async move {
-                    tokio::time::sleep(CLAIMED_ELSEWHERE_RECHECK).await;
-                    record
-                }));
-            }
-        }
+        self.wait_elsewhere(elsewhere);
         for answer in answers {
             self.reports.answer(answer).await;
         }
@@ -421,6 +440,25 @@ impl Intake<'_> {
             .map(|planned| unit(planned, retry_unsafe))
             .collect();
         self.send(units).await;
+    }
+
+    /// Another process is sending these records: lets their ids go here too, and asks the store again in a
+    /// moment, as a record in flight in this process is waited for.
+    fn wait_elsewhere(&mut self, records: Vec<Candidate>) {
+        if records.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = records.iter().map(|record| record.id.clone()).collect();
+        self.session
+            .shared
+            .in_flight
+            .release(&self.session.destination.id, &ids);
+        for record in records {
+            self.waiting.push(Box::pin(async move {
+                tokio::time::sleep(CLAIMED_ELSEWHERE_RECHECK).await;
+                record
+            }));
+        }
     }
 
     async fn send_batches(&mut self, batches: Vec<Batch<Candidate>>) {
@@ -438,9 +476,12 @@ impl Intake<'_> {
         if units.is_empty() {
             return;
         }
-        if let Err(refused) = self.claimer.send(units).await {
-            for unit in refused.0 {
-                self.reports.release(unit).await;
+        match self.claimer.send(units).await {
+            Ok(()) => self.unsettled += 1,
+            Err(refused) => {
+                for unit in refused.0 {
+                    self.reports.release(unit).await;
+                }
             }
         }
     }

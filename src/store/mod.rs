@@ -172,17 +172,36 @@ pub trait Store: Send + Sync {
         expected_revision: Option<u64>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Commits claims on the records of calls that must not be repeated blindly (creates), before those calls go
-    /// out: one atomic write for any number of calls. A claim is one row however many records its call carries
-    /// (a batch). A claim replaces an older one keyed by the same first record. Claims of a destination that no
-    /// longer exists are skipped.
-    fn claim_records(&self, claims: Vec<RecordClaim>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Commits claims on the records of calls, before those calls go out: one atomic write for any number of
+    /// calls. A claim is one row however many records its call carries (a batch), keyed by its first record.
+    /// Claims of a destination that no longer exists are skipped.
+    ///
+    /// Returns the positions in `claims` of those it did not take, in ascending order: a store shared by
+    /// several processes (PostgreSQL) refuses a claim while another process holds one with the same key (in
+    /// flight there, or left by a process that stopped and not yet settled), so that two processes never send
+    /// the same record at once, or when one of the call's records is already delivered (another process may
+    /// have delivered it since this one looked); a refused call must not be sent, its records are to be looked
+    /// up again. Its own older claim with that key is replaced.
+    /// A store of one process (SQLite) never refuses: within a process the delivery layer already lets one
+    /// delivery of an id run at a time, and a claim replaces an older one keyed by the same record.
+    fn claim_records(
+        &self,
+        claims: Vec<RecordClaim>,
+    ) -> BoxFuture<'_, Result<Vec<usize>, StoreError>>;
+
+    /// Whether calls that may be repeated (idempotent ones) are claimed too: `true` for a store shared by
+    /// several processes, where a claim is what keeps two of them from sending the same record at once;
+    /// `false` (the default) for a store of one process, which claims only the calls that must not be
+    /// repeated blindly (creates), to leave a trace should it stop while they are in flight.
+    fn claims_repeatable_calls(&self) -> bool {
+        false
+    }
 
     /// Records how a batch of records ended, as one atomic write: `delivered` entries enter the ledger
     /// (replacing an entry with the same destination and record id) and stop being failed records; `failed`
     /// entries become failed records, or update the stored ones (attempts add up, the first failure time
-    /// stays, `maybe_delivered` stays set once set, the rest is replaced). The claims of every record named end
-    /// in the same write.
+    /// stays, `maybe_delivered` stays set once set, the rest is replaced). This process's claims on every record
+    /// named end in the same write.
     ///
     /// Meant to be called once per batch of results rather than per record, and a batch may mix destinations:
     /// calls queued together share one commit. Ledger response bodies are cut to [`LEDGER_BODY_CAP`] bytes.
@@ -196,8 +215,9 @@ pub trait Store: Send + Sync {
         failed: Vec<FailedRecordEntry>,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Ends the claims on records that were released without being sent (their stream stopped first), as
-    /// `(destination id, record id)` pairs. Pairs without a claim are ignored.
+    /// Ends this process's claims on records that were released without being sent (their stream stopped
+    /// first), as `(destination id, record id)` pairs. Pairs without such a claim are ignored: another
+    /// process's claim on the record stays, as it is still sending it.
     fn release_claims(
         &self,
         records: Vec<(String, String)>,
@@ -205,7 +225,8 @@ pub trait Store: Send + Sync {
 
     /// Turns every claim left by a process that stopped without recording the outcome into a failed record
     /// that may have been delivered (failed, `maybe_delivered`, with `error`), in one atomic write, and returns
-    /// how many there were.
+    /// how many failed records that made. A claim on a repeatable call is only let go: sending it again is
+    /// safe.
     ///
     /// A store of one process (SQLite) calls this only at start-up, before any record is claimed: every claim
     /// is taken for an orphan. A store shared by several processes (PostgreSQL) takes only the claims of

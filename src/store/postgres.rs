@@ -353,10 +353,13 @@ impl Store for PostgresStore {
         })
     }
 
-    fn claim_records(&self, claims: Vec<RecordClaim>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn claim_records(
+        &self,
+        claims: Vec<RecordClaim>,
+    ) -> BoxFuture<'_, Result<Vec<usize>, StoreError>> {
         Box::pin(async move {
             if claims.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let claims = claims
                 .into_iter()
@@ -364,6 +367,10 @@ impl Store for PostgresStore {
                 .collect::<Result<Vec<_>, _>>()?;
             self.committer.write(Write::Claims(claims)).await
         })
+    }
+
+    fn claims_repeatable_calls(&self) -> bool {
+        true
     }
 
     fn record_outcomes(
@@ -382,7 +389,8 @@ impl Store for PostgresStore {
                 .collect::<Result<Vec<_>, _>>()?;
             self.committer
                 .write(Write::Outcomes { delivered, failed })
-                .await
+                .await?;
+            Ok(())
         })
     }
 
@@ -394,7 +402,8 @@ impl Store for PostgresStore {
             if records.is_empty() {
                 return Ok(());
             }
-            self.committer.write(Write::Release(records)).await
+            self.committer.write(Write::Release(records)).await?;
+            Ok(())
         })
     }
 

@@ -88,6 +88,10 @@ pub struct RecordClaim {
     pub request_method: String,
     pub request_url: String,
     pub claimed_at_ms: i64,
+    /// Sending the call twice is harmless (an idempotent call): only stores that claim every call
+    /// ([`Store::claims_repeatable_calls`](crate::store::Store::claims_repeatable_calls)) are given such claims,
+    /// and when their process stops the claim is simply let go, not turned into failed records.
+    pub repeatable: bool,
 }
 
 /// One record of a [`RecordClaim`], kept as received so that an orphaned claim can still be shown and retried.

@@ -314,18 +314,23 @@ impl Store for SqliteStore {
         )
     }
 
-    fn claim_records(&self, claims: Vec<RecordClaim>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn claim_records(
+        &self,
+        claims: Vec<RecordClaim>,
+    ) -> BoxFuture<'_, Result<Vec<usize>, StoreError>> {
         Box::pin(async move {
             if claims.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let claims = claims
                 .into_iter()
                 .map(claims::encode)
                 .collect::<Result<Vec<_>, _>>()?;
+            // One process: nothing else can hold a claim, so none is refused.
             self.writer
                 .write(move |conn| claims::insert(conn, &claims))
-                .await
+                .await?;
+            Ok(Vec::new())
         })
     }
 

@@ -22,6 +22,7 @@ fn claim_of(destination_id: &str, record_ids: &[&str]) -> RecordClaim {
         request_method: "POST".to_string(),
         request_url: "https://api.groovehq.com/v1/tickets".to_string(),
         claimed_at_ms: 5,
+        repeatable: false,
     }
 }
 

@@ -39,8 +39,11 @@ pub(super) enum Write {
 
 struct Queued {
     write: Write,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+    reply: oneshot::Sender<Result<Vec<usize>, StoreError>>,
 }
+
+/// Keys `(destination id, first record id)` of the claims another replica holds.
+type Refused = HashSet<(String, String)>;
 
 /// Handle to the committer task; the task ends when every handle is dropped and the queue is empty.
 #[derive(Clone)]
@@ -56,8 +59,9 @@ impl Committer {
         Committer { queue }
     }
 
-    /// Queues `write` and returns once the transaction holding it has committed.
-    pub(super) async fn write(&self, write: Write) -> Result<(), StoreError> {
+    /// Queues `write` and returns once the transaction holding it has committed: for [`Write::Claims`], with
+    /// the positions of the claims refused because another replica holds their key (empty for other writes).
+    pub(super) async fn write(&self, write: Write) -> Result<Vec<usize>, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.queue
             .send(Queued { write, reply })
@@ -86,14 +90,11 @@ async fn run(pool: Pool, owner: String, mut receiver: mpsc::Receiver<Queued>) {
                 _ => break,
             }
         }
-        let message = match result {
-            Ok(()) => None,
-            Err(Failure::Retry(err) | Failure::Fatal(err)) => Some(err.to_string()),
-        };
-        for reply in replies {
-            let _ = reply.send(match &message {
-                None => Ok(()),
-                Some(message) => Err(StoreError::internal("writing records", message.clone())),
+        let outcome = result.map_err(|(Failure::Retry(err) | Failure::Fatal(err))| err.to_string());
+        for (write, reply) in writes.iter().zip(replies) {
+            let _ = reply.send(match &outcome {
+                Ok(refused) => Ok(refused_in(write, refused)),
+                Err(message) => Err(StoreError::internal("writing records", message.clone())),
             });
         }
     }
@@ -242,7 +243,25 @@ enum Failure {
     Fatal(StoreError),
 }
 
-async fn commit(pool: &Pool, owner: &str, segments: &[Segment<'_>]) -> Result<(), Failure> {
+/// Positions of `write`'s claims among those refused.
+fn refused_in(write: &Write, refused: &Refused) -> Vec<usize> {
+    let Write::Claims(claims) = write else {
+        return Vec::new();
+    };
+    if refused.is_empty() {
+        return Vec::new();
+    }
+    claims
+        .iter()
+        .enumerate()
+        .filter(|(_, claim)| {
+            refused.contains(&(claim.destination_id.clone(), claim.first_record_id.clone()))
+        })
+        .map(|(index, _)| index)
+        .collect()
+}
+
+async fn commit(pool: &Pool, owner: &str, segments: &[Segment<'_>]) -> Result<Refused, Failure> {
     let mut client = pool
         .get()
         .await
@@ -251,10 +270,12 @@ async fn commit(pool: &Pool, owner: &str, segments: &[Segment<'_>]) -> Result<()
     let written = async {
         let context = || "writing records".to_string();
         let tx = client.transaction().await.context(context)?;
+        let mut refused = Refused::new();
         for segment in segments {
-            write_segment(&tx, owner, segment).await?;
+            refused.extend(write_segment(&tx, owner, segment).await?);
         }
-        tx.commit().await.context(context)
+        tx.commit().await.context(context)?;
+        Ok(refused)
     }
     .await;
     written.map_err(|err| {
@@ -275,12 +296,12 @@ async fn commit(pool: &Pool, owner: &str, segments: &[Segment<'_>]) -> Result<()
 }
 
 /// The segment's statements, rows in key order so that transactions of several replicas lock rows in the same
-/// order and do not deadlock.
+/// order and do not deadlock. Returns the keys of the claims refused.
 async fn write_segment(
     tx: &deadpool_postgres::Transaction<'_>,
     owner: &str,
     segment: &Segment<'_>,
-) -> Result<(), StoreError> {
+) -> Result<Refused, StoreError> {
     // Within one call a record may come twice; the last word counts, as with one write after another. The
     // reversal puts it first among its equals, where the (stable) sort keeps it and `dedup_by` retains it.
     let mut claims = segment.claims.clone();
@@ -308,9 +329,11 @@ async fn write_segment(
         .collect();
     let delivered_records: Vec<&str> = delivered.iter().map(|e| e.record_id.as_str()).collect();
 
-    claims::insert(tx, owner, &claims).await?;
+    let mut refused = claims::insert(tx, owner, &claims).await?;
+    refused.extend(claims::drop_delivered(tx, owner, &claims).await?);
     ledger::record(tx, &delivered).await?;
     failed_records::resolve(tx, &delivered_destinations, &delivered_records).await?;
     failed_records::upsert(tx, &failed).await?;
-    claims::end(tx, &ended_destinations, &ended_records).await
+    claims::end(tx, owner, &ended_destinations, &ended_records).await?;
+    Ok(refused)
 }

@@ -21,6 +21,11 @@ pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_pacer_members",
         include_str!("migrations/0003_pacer_members.sql"),
     ),
+    (
+        4,
+        "0004_repeatable_claims",
+        include_str!("migrations/0004_repeatable_claims.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations (and the secret key check) across processes: any fixed

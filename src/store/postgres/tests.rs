@@ -309,6 +309,7 @@ fn create_claim(record_id: &str) -> RecordClaim {
         request_method: "POST".to_string(),
         request_url: "https://api.groovehq.com/v1/tickets".to_string(),
         claimed_at_ms: 5,
+        repeatable: false,
     }
 }
 
@@ -415,4 +416,256 @@ async fn a_heartbeat_keeps_the_lease_until_the_store_is_dropped() {
     drop(first);
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 1);
+}
+
+fn update_claim(record_id: &str) -> RecordClaim {
+    RecordClaim {
+        request_method: "PUT".to_string(),
+        repeatable: true,
+        ..create_claim(record_id)
+    }
+}
+
+async fn owners(database: &TestDatabase) -> Vec<(String, String, i64)> {
+    raw(database)
+        .await
+        .query(
+            "SELECT record_id, owner, claimed_at_ms FROM record_claims ORDER BY record_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
+/// A claim another replica holds is refused, whatever the method, and left as it was; a replica's own claim
+/// with the same key is replaced. Refusals are told by position among the claims of one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_held_by_another_replica_is_refused_and_an_own_one_replaced() {
+    let database = TestDatabase::create().await;
+    let first = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    assert!(first.claims_repeatable_calls());
+    first
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    first
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    let refused = first
+        .claim_records(vec![create_claim("r1"), update_claim("r2")])
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+
+    let later = |claim: RecordClaim| RecordClaim {
+        claimed_at_ms: 9,
+        ..claim
+    };
+    let refused = second
+        .claim_records(vec![
+            later(create_claim("r3")),
+            later(create_claim("r1")),
+            later(update_claim("r2")),
+            // Of a destination that does not exist: skipped, not refused.
+            RecordClaim {
+                destination_id: "gone".to_string(),
+                ..create_claim("r4")
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(refused, [1, 2]);
+    let first_id = first.replica_id().to_string();
+    let second_id = second.replica_id().to_string();
+    assert_eq!(
+        owners(&database).await,
+        [
+            ("r1".to_string(), first_id.clone(), 5),
+            ("r2".to_string(), first_id.clone(), 5),
+            ("r3".to_string(), second_id, 9),
+        ]
+    );
+
+    let refused = first
+        .claim_records(vec![later(create_claim("r1"))])
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(owners(&database).await[0], ("r1".to_string(), first_id, 9));
+
+    // Letting go of a record it was refused leaves the holder's claim in place.
+    second
+        .release_claims(vec![("a".to_string(), "r1".to_string())])
+        .await
+        .unwrap();
+    assert_eq!(owners(&database).await.len(), 3);
+    // Once the holder has ended it, the key is free for the other.
+    first
+        .release_claims(vec![("a".to_string(), "r1".to_string())])
+        .await
+        .unwrap();
+    let refused = second
+        .claim_records(vec![create_claim("r1")])
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+/// Two replicas claiming the same records at the same moment: each record is taken by exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_claiming_at_once_take_each_record_once() {
+    let database = TestDatabase::create().await;
+    let first = Arc::new(
+        PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+            .await
+            .unwrap(),
+    );
+    let second = Arc::new(
+        PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+            .await
+            .unwrap(),
+    );
+    first
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    first
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    for round in 0..20 {
+        let claims = || {
+            (0..10)
+                .map(|index| create_claim(&format!("r{round}-{index}")))
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let store = first.clone();
+                let claims = claims();
+                async move { store.claim_records(claims).await.unwrap() }
+            }),
+            tokio::spawn({
+                let store = second.clone();
+                let claims = claims();
+                async move { store.claim_records(claims).await.unwrap() }
+            }),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        for index in 0..10 {
+            assert!(
+                a.contains(&index) != b.contains(&index),
+                "round {round}, claim {index}: refused by first {a:?}, by second {b:?}"
+            );
+        }
+    }
+}
+
+/// A stopped replica's claim on an idempotent call is let go by the orphan sweep (sending it again is safe),
+/// while its claim on a create becomes a failed record that may have been delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_idempotent_claim_is_released_and_a_create_becomes_maybe_delivered() {
+    let database = TestDatabase::create().await;
+    let first = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    first
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    first
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    first
+        .claim_records(vec![create_claim("created"), update_claim("updated")])
+        .await
+        .unwrap();
+    let asked = || vec!["created".to_string(), "updated".to_string()];
+    assert_eq!(second.record_states("a", asked()).await.unwrap().len(), 2);
+
+    raw(&database)
+        .await
+        .execute(
+            "UPDATE replicas SET lease_until = now() - interval '1 second' WHERE id = $1",
+            &[&first.replica_id()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.fail_orphaned_claims("stopped", 10).await.unwrap(), 1);
+    assert!(owners(&database).await.is_empty());
+    let failed = second.get_failed_records("a", asked()).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].record_id, "created");
+    assert!(failed[0].maybe_delivered);
+    let states = second.record_states("a", asked()).await.unwrap();
+    assert_eq!(
+        states.into_iter().collect::<Vec<_>>(),
+        [("created".to_string(), RecordState::MaybeDelivered)]
+    );
+    // The update is free to be sent again.
+    let refused = second
+        .claim_records(vec![update_claim("updated")])
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+/// A record another replica delivered after this one looked it up is not claimed: its claim is refused, so
+/// the record is looked up again and answered from the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_on_a_record_delivered_meanwhile_is_refused() {
+    let database = TestDatabase::create().await;
+    let first = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap();
+    first
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    first
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    first.claim_records(vec![create_claim("r1")]).await.unwrap();
+    let delivered = LedgerEntry {
+        destination_id: "a".to_string(),
+        record_id: "r1".to_string(),
+        http_status: 201,
+        response_body: b"{}".to_vec(),
+        attempts: 1,
+        delivered_at_ms: 7,
+    };
+    first
+        .record_outcomes(vec![delivered], Vec::new())
+        .await
+        .unwrap();
+    assert!(owners(&database).await.is_empty());
+
+    let refused = second
+        .claim_records(vec![create_claim("r2"), create_claim("r1")])
+        .await
+        .unwrap();
+    assert_eq!(refused, [1]);
+    let claimed: Vec<String> = owners(&database)
+        .await
+        .into_iter()
+        .map(|(record_id, _, _)| record_id)
+        .collect();
+    assert_eq!(claimed, ["r2"]);
 }

@@ -241,6 +241,7 @@ fn claims() -> Vec<RecordClaim> {
         request_method: "POST".into(),
         request_url: "https://api.groovehq.com/v1/tickets/7/messages".into(),
         claimed_at_ms: 1_700_000_030_000,
+        repeatable: false,
     }]
 }
 
