@@ -10,7 +10,7 @@ pub(super) mod claims;
 mod connection;
 pub(super) mod credentials;
 mod destinations;
-mod failed_records;
+pub(super) mod failed_records;
 pub(super) mod key_check;
 mod ledger;
 mod migrations;

@@ -10,6 +10,7 @@ use crate::store::error::{Context, StoreError};
 use crate::store::records::{
     FailedRecordEntry, FailedRecordFilter, FailedRecordSize, StoredRequest,
 };
+pub(super) use crate::store::sqlite::failed_records::{encode, EncodedFailure};
 use crate::store::sqlite::stored;
 
 const COLUMNS: &str =
@@ -22,50 +23,6 @@ const COLUMNS: &str =
 const STORED_BYTES: &str = "(octet_length(record_json) + coalesce(octet_length(request_body), 0) \
      + octet_length(response_body) + octet_length(record_id) + coalesce(octet_length(request_url), 0) \
      + coalesce(octet_length(request_headers), 0) + octet_length(response_headers) + octet_length(error))::bigint";
-
-/// A failed record checked and encoded for its columns, so a bad entry is refused before anything is queued.
-pub(super) struct EncodedFailure {
-    pub(super) entry: FailedRecordEntry,
-    request_headers: Option<String>,
-    response_headers: String,
-}
-
-impl EncodedFailure {
-    /// `(destination id, record id)`.
-    pub(super) fn key(&self) -> (&str, &str) {
-        (&self.entry.destination_id, &self.entry.record_id)
-    }
-}
-
-pub(super) fn encode(entry: FailedRecordEntry) -> Result<EncodedFailure, StoreError> {
-    let what = || {
-        format!(
-            "storing failed record {} of destination destinations/{}",
-            entry.record_id, entry.destination_id
-        )
-    };
-    if !entry.outcome.is_kept_as_failed() {
-        return Err(StoreError::internal(
-            what(),
-            format!(
-                "outcome {} is not kept as a failed record",
-                entry.outcome.as_str()
-            ),
-        ));
-    }
-    let request_headers = entry
-        .request
-        .as_ref()
-        .map(|request| stored::headers::encode(&request.headers))
-        .transpose()
-        .context(what)?;
-    let response_headers = stored::headers::encode(&entry.response_headers).context(what)?;
-    Ok(EncodedFailure {
-        entry,
-        request_headers,
-        response_headers,
-    })
-}
 
 /// Inserts each failure, or updates the stored one: the first failure time stays, attempts add up,
 /// `maybe_delivered` stays set once set, everything else is replaced. One statement; `failures` holds each key

@@ -17,22 +17,23 @@ const COLUMNS: &str =
      request_headers, request_body, http_status, response_headers, response_body, error, attempts, \
      first_failure_ms, last_failure_ms, maybe_delivered, record_encoding";
 
-/// A failed record checked and encoded for its columns. Built before the writer thread, which every write
-/// waits on, and so that a bad entry is refused before anything is queued.
-pub(super) struct EncodedFailure {
-    entry: FailedRecordEntry,
-    request_headers: Option<String>,
-    response_headers: String,
+/// A failed record checked and encoded for its columns: built before it is queued for a commit (the SQLite
+/// writer thread, or the PostgreSQL committer task, which every write waits on), so that a bad entry is refused
+/// before anything is queued. Both stores keep the headers in this encoding.
+pub(in crate::store) struct EncodedFailure {
+    pub(in crate::store) entry: FailedRecordEntry,
+    pub(in crate::store) request_headers: Option<String>,
+    pub(in crate::store) response_headers: String,
 }
 
 impl EncodedFailure {
     /// `(destination id, record id)`.
-    pub(super) fn key(&self) -> (&str, &str) {
+    pub(in crate::store) fn key(&self) -> (&str, &str) {
         (&self.entry.destination_id, &self.entry.record_id)
     }
 }
 
-pub(super) fn encode(entry: FailedRecordEntry) -> Result<EncodedFailure, StoreError> {
+pub(in crate::store) fn encode(entry: FailedRecordEntry) -> Result<EncodedFailure, StoreError> {
     let what = || {
         format!(
             "storing failed record {} of destination destinations/{}",
