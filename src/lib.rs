@@ -120,8 +120,7 @@ pub async fn serve_with_metrics(
                 .map_err(store_error)?;
             // Replicas hear each other's changes and share each credential's rate through the database.
             engine_options.changes = Arc::new(store.change_feed().map_err(store_error)?);
-            engine_options.pacer_members = Some(Arc::new(store.pacer_members()));
-            engine_options.replica_id = store.replica_id().to_string();
+            engine_options.pace_book = Some(Arc::new(store.pace_book()));
             Arc::new(store)
         }
         None => Arc::new(

@@ -14,7 +14,7 @@ use crate::delivery::follow::follow_credentials;
 use crate::delivery::in_flight::InFlight;
 use crate::delivery::keys::{CredentialKeys, Evidence};
 use crate::delivery::plan::{Planned, Planner};
-use crate::delivery::rate_share::{share_rates, RateShare};
+use crate::delivery::rate_share::{share_pauses, BookLine};
 use crate::delivery::recorder::Recorder;
 use crate::delivery::report::IncomingRecord;
 use crate::delivery::session::{Replays, Session, Shared};
@@ -29,8 +29,7 @@ use crate::groove::pacer::PacerRegistry;
 use crate::groove::{CallError, GrooveAnswer, GrooveClient, Verification};
 use crate::metrics::{DestinationMetrics, Metrics};
 use crate::store::{
-    Change, ChangeFeed, CredentialUpdate, LocalChanges, PacerMembers, Store, StoreError,
-    Subscription,
+    Change, ChangeFeed, CredentialUpdate, LocalChanges, PaceBook, Store, StoreError, Subscription,
 };
 
 /// Engine-wide knobs.
@@ -51,11 +50,9 @@ pub struct EngineOptions {
     pub changes: Arc<dyn ChangeFeed>,
     /// How often an open stream also reads its destination's state, in case a change was not heard.
     pub destination_check_every: Duration,
-    /// Who else paces calls with each credential, for replicas on a shared store; `None` (alone): every pacer
-    /// keeps its credential's whole rate.
-    pub pacer_members: Option<Arc<dyn PacerMembers>>,
-    /// This replica's id among the members.
-    pub replica_id: String,
+    /// The account lines every replica on a shared store takes its calls' slots from; `None` (alone): each
+    /// pacer's own spacing is the whole story.
+    pub pace_book: Option<Arc<dyn PaceBook>>,
 }
 
 impl Default for EngineOptions {
@@ -68,8 +65,7 @@ impl Default for EngineOptions {
             metrics: None,
             changes: Arc::new(LocalChanges::new()),
             destination_check_every: Duration::from_secs(1),
-            pacer_members: None,
-            replica_id: uuid::Uuid::new_v4().to_string(),
+            pace_book: None,
         }
     }
 }
@@ -241,14 +237,15 @@ impl Engine {
             store.clone(),
             keys.clone(),
         ));
-        let pacers = Arc::new(PacerRegistry::with_metrics(options.metrics.clone()));
-        if let Some(members) = &options.pacer_members {
-            tokio::spawn(share_rates(RateShare {
-                members: members.clone(),
-                replica_id: options.replica_id.clone(),
-                pacers: pacers.clone(),
-                changes: options.changes.clone(),
-            }));
+        let pacers = Arc::new(match &options.pace_book {
+            Some(book) => {
+                let line = Arc::new(BookLine(book.clone()));
+                PacerRegistry::shared(options.metrics.clone(), line)
+            }
+            None => PacerRegistry::with_metrics(options.metrics.clone()),
+        });
+        if options.pace_book.is_some() {
+            tokio::spawn(share_pauses(pacers.clone(), options.changes.clone()));
         }
         if let Some(every) = store.orphan_check_interval() {
             tokio::spawn(settle_orphans(Arc::downgrade(&store), every));

@@ -35,7 +35,6 @@ pub use engine::{
     TestPayload, TestSendError, TestSent,
 };
 pub use keys::REFUSALS_TO_STOP;
-pub use rate_share::{HEARTBEAT_EVERY, MEMBERSHIP_TTL};
 pub use report::{
     DeliveryReport, IncomingRecord, Interruption, PlannedCall, RecordJson, StreamEvent, Summary,
     Unreadable,

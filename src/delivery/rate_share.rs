@@ -1,52 +1,57 @@
-//! One rate limit per Groove account across replicas: every replica pacing calls with a credential is a
-//! member of its pacing (renewed by heartbeat in the shared store), and each member's pacer keeps to 1/N of
-//! what it learns, N being the live members. A pause one replica's pacer begins on a refusal is announced on the
-//! change feed and pauses the pacers of every replica.
+//! One rate limit per Groove account across replicas. Every call a replica's pacer releases also takes a slot
+//! in the account's line kept in the shared store ([`BookLine`] over [`PaceBook`]), so the calls of all
+//! replicas are spaced as one caller's would be (see `groove/pacer.rs`). A pause one replica's pacer begins on a
+//! refusal is announced on the change feed and pauses the pacers of every replica.
 //!
-//! Only replicas on a shared store run this; alone, pacers keep their whole rate.
+//! Only replicas on a shared store run this; alone, a pacer's own spacing is the whole story.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::time::Instant;
 
-use crate::groove::pacer::{Pacer, PacerRegistry, Throttle};
-use crate::store::{Change, ChangeFeed, PacerMembers};
+use crate::groove::pacer::{CallLine, PacerRegistry, Throttle};
+use crate::store::{Change, ChangeFeed, PaceBook};
 
-/// How often memberships are renewed and shares recomputed.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// How long a membership outlives its last heartbeat: a replica that stops is no longer counted after this.
-pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(3);
-/// A pacer no stream holds that has released nothing for this long is not a member any more.
-const IDLE_AFTER: Duration = Duration::from_secs(5);
+/// The account lines of the shared store, as pacers take slots from them.
+#[derive(Debug)]
+pub(crate) struct BookLine(pub Arc<dyn PaceBook>);
 
-/// What the task needs; see [`share_rates`].
-pub(crate) struct RateShare {
-    pub members: Arc<dyn PacerMembers>,
-    pub replica_id: String,
-    pub pacers: Arc<PacerRegistry>,
-    pub changes: Arc<dyn ChangeFeed>,
+impl CallLine for BookLine {
+    fn reserve<'a>(
+        &'a self,
+        credential_id: &'a str,
+        gap: Duration,
+    ) -> BoxFuture<'a, Option<Duration>> {
+        Box::pin(async move {
+            match self.0.reserve(credential_id, gap).await {
+                Ok(wait) => Some(wait),
+                Err(error) => {
+                    tracing::warn!(%error, credential = %credential_id,
+                        "cannot take a slot in the shared call line; calling by this replica's own spacing");
+                    None
+                }
+            }
+        })
+    }
 }
 
-/// Runs until the change feed is gone: heartbeats, shares, and pauses both ways.
-pub(crate) async fn share_rates(share: RateShare) {
-    let mut beats = tokio::time::interval(HEARTBEAT_EVERY);
-    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heard = share.changes.subscribe();
-    let mut throttles = share.pacers.throttles();
+/// Runs until the change feed is gone: tells the other replicas of each pause a pacer here begins, and pauses
+/// the pacers here for each pause they begin.
+pub(crate) async fn share_pauses(pacers: Arc<PacerRegistry>, changes: Arc<dyn ChangeFeed>) {
+    let mut heard = changes.subscribe();
+    let mut throttles = pacers.throttles();
     loop {
         tokio::select! {
-            _ = beats.tick() => heartbeat(&share).await,
             throttle = throttles.recv() => match throttle {
-                Ok(throttle) => announce(&share, throttle).await,
+                Ok(throttle) => announce(changes.as_ref(), throttle).await,
                 Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
             },
             change = heard.next() => match change {
                 Some(Change::CredentialThrottled { id, until_unix_ms }) => {
-                    if let Some(pacer) = share.pacers.get(&id) {
+                    if let Some(pacer) = pacers.get(&id) {
                         let until = UNIX_EPOCH
                             + Duration::from_millis(u64::try_from(until_unix_ms).unwrap_or(0));
                         pacer.pause_until(until);
@@ -59,43 +64,7 @@ pub(crate) async fn share_rates(share: RateShare) {
     }
 }
 
-/// Whether this replica paces calls with the credential now: a stream holds its pacer (besides the registry
-/// and the caller's copy), or it released a call lately.
-fn active(pacer: &Arc<Pacer>, now: Instant) -> bool {
-    Arc::strong_count(pacer) > 2
-        || pacer
-            .last_release()
-            .is_some_and(|at| now.saturating_duration_since(at) < IDLE_AFTER)
-}
-
-async fn heartbeat(share: &RateShare) {
-    let now = Instant::now();
-    let active: HashMap<String, Arc<Pacer>> = share
-        .pacers
-        .all()
-        .into_iter()
-        .filter(|(_, pacer)| active(pacer, now))
-        .collect();
-    let ids: Vec<String> = active.keys().cloned().collect();
-    match share
-        .members
-        .heartbeat(&share.replica_id, &ids, MEMBERSHIP_TTL)
-        .await
-    {
-        Ok(members) => {
-            for (id, pacer) in &active {
-                let n = members.get(id).copied().unwrap_or(1).max(1);
-                pacer.set_share(1.0 / f64::from(n));
-            }
-        }
-        // Shares stay as they were: the replicas counted a second ago are the best guess.
-        Err(error) => {
-            tracing::warn!(%error, "cannot renew pacing membership; rate shares unchanged")
-        }
-    }
-}
-
-async fn announce(share: &RateShare, throttle: Throttle) {
+async fn announce(changes: &dyn ChangeFeed, throttle: Throttle) {
     let until_unix_ms = throttle
         .until
         .duration_since(UNIX_EPOCH)
@@ -106,7 +75,7 @@ async fn announce(share: &RateShare, throttle: Throttle) {
         id: throttle.credential_id,
         until_unix_ms,
     };
-    if let Err(error) = share.changes.publish(change).await {
+    if let Err(error) = changes.publish(change).await {
         tracing::warn!(%error, "cannot tell other replicas that groove throttled a credential");
     }
 }
@@ -115,7 +84,7 @@ async fn announce(share: &RateShare, throttle: Throttle) {
 mod tests {
     use std::sync::Mutex;
 
-    use futures::future::BoxFuture;
+    use tokio::time::Instant;
 
     use super::*;
     use crate::store::{LocalChanges, StoreError};
@@ -131,76 +100,89 @@ mod tests {
         .unwrap_or(i64::MAX)
     }
 
-    /// Members as a shared store would count them: a fixed number of other replicas.
+    /// The line as the shared store keeps it, in this process.
     #[derive(Debug, Default)]
-    struct Others {
-        others: u32,
-        beats: Mutex<Vec<Vec<String>>>,
+    struct Book {
+        next: Mutex<Option<Instant>>,
     }
 
-    impl PacerMembers for Others {
-        fn heartbeat<'a>(
+    impl PaceBook for Book {
+        fn reserve<'a>(
             &'a self,
-            _replica_id: &'a str,
-            credential_ids: &'a [String],
-            _ttl: Duration,
-        ) -> BoxFuture<'a, Result<HashMap<String, u32>, StoreError>> {
-            self.beats.lock().unwrap().push(credential_ids.to_vec());
-            let members = credential_ids
-                .iter()
-                .map(|id| (id.clone(), 1 + self.others))
-                .collect();
-            Box::pin(async move { Ok(members) })
+            _credential_id: &'a str,
+            gap: Duration,
+        ) -> BoxFuture<'a, Result<Duration, StoreError>> {
+            let now = Instant::now();
+            let mut next = self.next.lock().unwrap();
+            let slot = next.map_or(now, |next| next.max(now));
+            *next = Some(slot + gap);
+            Box::pin(async move { Ok(slot - now) })
         }
-    }
-
-    fn start(others: u32) -> (Arc<PacerRegistry>, Arc<LocalChanges>, Arc<Others>) {
-        let pacers = Arc::new(PacerRegistry::new());
-        let changes = Arc::new(LocalChanges::new());
-        let members = Arc::new(Others {
-            others,
-            ..Others::default()
-        });
-        tokio::spawn(share_rates(RateShare {
-            members: members.clone(),
-            replica_id: "a".into(),
-            pacers: pacers.clone(),
-            changes: changes.clone(),
-        }));
-        (pacers, changes, members)
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pacer_in_use_takes_its_share_of_the_members() {
-        let (pacers, _changes, members) = start(2);
-        let used = pacers.pacer("k1", Some(30.0));
-        let idle = pacers.pacer("k2", Some(30.0));
-        drop(idle);
-        tokio::time::sleep(HEARTBEAT_EVERY * 2).await;
-        assert!((used.share() - 1.0 / 3.0).abs() < 1e-9, "{}", used.share());
-        assert_eq!(pacers.get("k2").unwrap().share(), 1.0);
-        assert_eq!(
-            members.beats.lock().unwrap().last().unwrap(),
-            &vec!["k1".to_string()]
-        );
-        // A third of 30 a second: 10 calls take 900 ms after the first.
+    async fn replicas_calls_form_one_line_spaced_for_the_account() {
+        let book: Arc<dyn PaceBook> = Arc::new(Book::default());
+        let replicas: Vec<PacerRegistry> = (0..3)
+            .map(|_| PacerRegistry::shared(None, Arc::new(BookLine(book.clone()))))
+            .collect();
+        // Ten calls a second for the account: each replica alone would make ten a second too.
+        let pacers: Vec<_> = replicas
+            .iter()
+            .map(|registry| registry.pacer("k1", Some(10.0)))
+            .collect();
         let began = Instant::now();
-        for _ in 0..10 {
-            drop(used.acquire().await);
+        let calls = pacers.iter().map(|pacer| async move {
+            let mut released = Vec::new();
+            for _ in 0..5 {
+                let permit = pacer.acquire().await;
+                released.push(permit.sent_at());
+                permit.observe(201, &[]);
+            }
+            released
+        });
+        let mut released: Vec<Instant> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        released.sort();
+        for pair in released.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(gap >= Duration::from_millis(99), "{gap:?} in {released:?}");
         }
-        let took = began.elapsed();
+        // Fifteen calls, one line: 1.4 s, where three separate replicas would have taken 0.4 s.
+        let took = released[14] - began;
         assert!(
-            took >= Duration::from_millis(890) && took <= Duration::from_millis(1000),
+            took >= Duration::from_millis(1390) && took <= Duration::from_millis(1500),
             "{took:?}"
         );
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_shared_pacer_keeps_one_call_out_until_its_first_answer() {
+        let book: Arc<dyn PaceBook> = Arc::new(Book::default());
+        let registry = PacerRegistry::shared(None, Arc::new(BookLine(book)));
+        let pacer = registry.pacer("k1", None);
+        let first = pacer.acquire().await;
+        let second = tokio::time::timeout(Duration::from_secs(5), pacer.acquire()).await;
+        assert!(second.is_err(), "a second call left before any answer");
+        first.observe(201, &[]);
+        let second = tokio::time::timeout(Duration::from_millis(10), pacer.acquire()).await;
+        let second = second.expect("released once the first answer came");
+        let third = tokio::time::timeout(Duration::from_millis(10), pacer.acquire()).await;
+        assert!(third.is_ok(), "unpaced after the first answer");
+        drop(second);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_throttle_heard_pauses_the_pacer_and_one_seen_is_announced() {
-        let (pacers, changes, _members) = start(0);
+        let pacers = Arc::new(PacerRegistry::new());
+        let changes = Arc::new(LocalChanges::new());
+        tokio::spawn(share_pauses(pacers.clone(), changes.clone()));
         let pacer = pacers.pacer("k1", None);
         let mut heard = changes.subscribe();
-        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        tokio::task::yield_now().await;
         changes.send(Change::CredentialThrottled {
             id: "k1".into(),
             until_unix_ms: unix_ms_in(Duration::from_secs(2)),

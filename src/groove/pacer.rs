@@ -20,17 +20,26 @@
 //!
 //! Waiters queue in arrival order and only the first sleeps, so a pause releases them one spacing apart.
 //!
-//! Replicas calling with the same credential share its account's limit. Each replica's pacer is told its
-//! share ([`Pacer::set_share`], 1/N of N replicas): it then keeps to that share of the maximum rate, of a
-//! learned window's calls and of each Remaining. A pause it begins on its own refusal is announced
-//! ([`PacerRegistry::throttles`]) so that the other replicas' pacers pause too ([`Pacer::pause_until`]). Who
-//! the replicas are is for the caller to find out; alone, the share is 1 and nothing changes.
+//! Replicas calling with the same credential share its account's limit ([`PacerRegistry::shared`]):
+//! - Every call, once this pacer released it, also takes a slot in the account's one line of calls
+//!   ([`CallLine`], kept in the shared store), at least the account's spacing after the slot before it,
+//!   whichever replica took that. The replicas' calls then form one evenly spaced line, as one caller's would,
+//!   however their own schedules fall, and a replica that stops sending leaves its slots to the others at once.
+//!   The account's spacing is the maximum rate's, or a learned window's length over its calls.
+//! - In such a line Remaining tells a call's place in its window, so the window's opening is placed that many
+//!   spacings before the call, whichever replica made the calls in between: each replica learns the window's
+//!   length from its own calls alone.
+//! - Until its first answer a shared pacer keeps one call in flight, so that a replica joining a busy account
+//!   learns where the account stands before it spends anything rather than after a burst of refusals.
+//! - A pause a pacer begins on its own refusal is announced ([`PacerRegistry::throttles`]) so that the other
+//!   replicas' pacers pause too ([`Pacer::pause_until`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::{sleep_until, Instant};
 
@@ -38,6 +47,10 @@ use crate::metrics::{CredentialMetrics, Metrics};
 
 /// The longest wait a `Retry-After` can impose: a bigger value is more likely a bug than a plan.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The longest a call waits for the line to answer; after that it goes by this pacer's own spacing.
+const LINE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a probing pacer's only waiter sleeps before looking again, should the probe's answer never come.
+const PROBE_RECHECK: Duration = Duration::from_millis(100);
 /// Pauses announced and not yet taken by the registry's listener; older ones are dropped first.
 const THROTTLES_BUFFERED: usize = 256;
 /// A pause heard from another replica that ends at most this much after the current one is the same pause:
@@ -80,9 +93,24 @@ pub struct Pacer {
     earlier: Notify,
     /// Permits alive: calls released whose answer has not been observed yet.
     in_flight: AtomicU32,
+    /// No answer observed yet and other replicas may be calling: one call at a time (see the module docs).
+    probing: AtomicBool,
+    /// The account's line shared with other replicas, with this pacer's credential id.
+    line: Option<(String, Arc<dyn CallLine>)>,
     metrics: CredentialMetrics,
     /// Where the pauses this pacer begins on its own are announced, with its credential's id.
     throttles: Option<(String, broadcast::Sender<Throttle>)>,
+}
+
+/// The line of call slots an account's calls take across replicas (see the module docs).
+pub trait CallLine: Send + Sync + std::fmt::Debug {
+    /// Takes the next slot of `credential_id`'s line, at least `gap` after the slot before it; returns how long
+    /// until it, or `None` when the line cannot be reached (the reason is logged by the line).
+    fn reserve<'a>(
+        &'a self,
+        credential_id: &'a str,
+        gap: Duration,
+    ) -> BoxFuture<'a, Option<Duration>>;
 }
 
 /// A pause a pacer began because Groove refused one of its calls for the rate.
@@ -116,33 +144,11 @@ impl Pacer {
             turn: tokio::sync::Mutex::new(()),
             earlier: Notify::new(),
             in_flight: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
+            line: None,
             metrics,
             throttles: None,
         }
-    }
-
-    /// Makes this pacer keep to `share` (0 < share ≤ 1) of what it learns and of the maximum rate: the part of
-    /// the account's limit this replica may use. Takes effect from the next release.
-    pub fn set_share(&self, share: f64) {
-        let share = if share.is_finite() && share > 0.0 {
-            share.min(1.0)
-        } else {
-            1.0
-        };
-        let looser = {
-            let mut state = self.lock();
-            let looser = share > state.share;
-            state.share = share;
-            looser
-        };
-        if looser {
-            self.earlier.notify_waiters();
-        }
-    }
-
-    /// The share set by [`Pacer::set_share`].
-    pub fn share(&self) -> f64 {
-        self.lock().share
     }
 
     /// Pauses every call until `until` (wall clock), as a refusal with that `Retry-After` would: another
@@ -192,7 +198,9 @@ impl Pacer {
             let earlier = self.earlier.notified();
             let in_flight = self.in_flight.load(Ordering::Relaxed);
             let now = Instant::now();
-            let (released, spacing) = {
+            let (released, spacing) = if in_flight > 0 && self.probing.load(Ordering::Relaxed) {
+                (Err(now + PROBE_RECHECK), Duration::ZERO)
+            } else {
                 let mut state = self.lock();
                 let released = state.try_release(now, in_flight);
                 (released, state.spacing_used)
@@ -200,16 +208,23 @@ impl Pacer {
             let wake = match released {
                 Ok(release) => {
                     self.in_flight.fetch_add(1, Ordering::Relaxed);
-                    if let Some(since) = waiting_since {
-                        self.metrics
-                            .pacer_wait(now.saturating_duration_since(since));
-                    }
-                    self.metrics
-                        .pacer_rate((!spacing.is_zero()).then(|| 1.0 / spacing.as_secs_f64()));
-                    return Permit {
+                    let mut permit = Permit {
                         pacer: self,
                         release,
                     };
+                    // Still holding the turn: the next caller takes its slot after this one.
+                    if let Some(slot) = self.wait_for_line().await {
+                        // The slot, not the moment this task woke: a late wake-up then shows in the round
+                        // trips, and so in the margin kept before each window's end.
+                        permit.release.at = slot;
+                    }
+                    if let Some(since) = waiting_since {
+                        self.metrics
+                            .pacer_wait(permit.release.at.saturating_duration_since(since));
+                    }
+                    self.metrics
+                        .pacer_rate((!spacing.is_zero()).then(|| 1.0 / spacing.as_secs_f64()));
+                    return permit;
                 }
                 Err(wake) => wake,
             };
@@ -217,6 +232,31 @@ impl Pacer {
             tokio::select! {
                 () = sleep_until(wake) => {}
                 () = earlier => {}
+            }
+        }
+    }
+
+    /// Takes this call's slot in the account's line and waits for it; returns the slot. Without a line, or
+    /// before anything tells the account's spacing, there is nothing to wait for.
+    async fn wait_for_line(&self) -> Option<Instant> {
+        let (credential_id, line) = self.line.as_ref()?;
+        let gap = self.lock().account_gap();
+        if gap.is_zero() {
+            return None;
+        }
+        match tokio::time::timeout(LINE_TIMEOUT, line.reserve(credential_id, gap)).await {
+            Ok(Some(wait)) => {
+                let slot = Instant::now() + wait;
+                sleep_until(slot).await;
+                Some(slot)
+            }
+            Ok(None) => None,
+            Err(_) => {
+                tracing::warn!(
+                    credential = %credential_id,
+                    "the shared call line did not answer in time; calling by this replica's own spacing"
+                );
+                None
             }
         }
     }
@@ -253,7 +293,8 @@ impl Pacer {
             others_in_flight: self.in_flight.load(Ordering::Relaxed),
         };
         let observed = self.lock().observe(&answer);
-        if observed.earlier {
+        let probed = self.probing.swap(false, Ordering::Relaxed);
+        if observed.earlier || probed {
             self.earlier.notify_waiters();
         }
         if let (Some(wait), Some((credential_id, throttles))) = (observed.paused, &self.throttles) {
@@ -294,6 +335,10 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.pacer.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.pacer.probing.load(Ordering::Relaxed) {
+            // The probe ended without an answer (observed ones end probing first): the next call may go.
+            self.pacer.earlier.notify_waiters();
+        }
     }
 }
 
@@ -303,6 +348,8 @@ pub struct PacerRegistry {
     pacers: Mutex<HashMap<String, Arc<Pacer>>>,
     metrics: Option<Arc<Metrics>>,
     throttles: broadcast::Sender<Throttle>,
+    /// The account lines shared with other replicas (see the module docs); `None` alone.
+    line: Option<Arc<dyn CallLine>>,
 }
 
 impl Default for PacerRegistry {
@@ -322,6 +369,16 @@ impl PacerRegistry {
             pacers: Mutex::default(),
             metrics,
             throttles: broadcast::Sender::new(THROTTLES_BUFFERED),
+            line: None,
+        }
+    }
+
+    /// A registry for a replica among others: its pacers take every call's slot from `line` and probe before
+    /// they call (see the module docs).
+    pub fn shared(metrics: Option<Arc<Metrics>>, line: Arc<dyn CallLine>) -> Self {
+        PacerRegistry {
+            line: Some(line),
+            ..Self::with_metrics(metrics)
         }
     }
 
@@ -359,6 +416,11 @@ impl PacerRegistry {
         let metrics = CredentialMetrics::of(self.metrics.as_deref(), credential_id);
         let mut pacer = Pacer::with_metrics(max_rate, metrics);
         pacer.throttles = Some((credential_id.to_string(), self.throttles.clone()));
+        if let Some(line) = &self.line {
+            pacer.probing = AtomicBool::new(true);
+            pacer.lock().in_line = true;
+            pacer.line = Some((credential_id.to_string(), Arc::clone(line)));
+        }
         let pacer = Arc::new(pacer);
         pacers.insert(credential_id.to_string(), Arc::clone(&pacer));
         pacer
@@ -434,8 +496,8 @@ struct State {
     slow_start: Option<SlowStart>,
     /// The spacing set by the latest release: the rate the pacer allows now.
     spacing_used: Duration,
-    /// This replica's part of the account's limit (see [`Pacer::set_share`]).
-    share: f64,
+    /// Calls also take slots in a line shared with other replicas.
+    in_line: bool,
 }
 
 /// What one answer changed.
@@ -466,17 +528,18 @@ impl State {
             learned: None,
             slow_start: None,
             spacing_used: Duration::ZERO,
-            share: 1.0,
+            in_line: false,
         }
     }
 
-    /// `interval` stretched to this replica's share.
-    fn shared_interval(&self, interval: Duration) -> Duration {
-        if self.share >= 1.0 {
-            interval
-        } else {
-            interval.div_f64(self.share).min(MAX_RETRY_AFTER)
-        }
+    /// The spacing the account needs between any two of its calls, whoever makes them: the maximum rate's, or
+    /// a learned window's length (and margin) spread over its calls.
+    fn account_gap(&self) -> Duration {
+        let learned = self
+            .learned
+            .as_ref()
+            .map_or(Duration::ZERO, Learned::account_gap);
+        learned.max(self.min_interval)
     }
 
     /// Releases a call now, or says when to look again.
@@ -508,11 +571,10 @@ impl State {
         if let Some(pause) = &self.pause {
             at = at.max(pause.until);
         }
-        let share = self.share;
         if let Some(end) = self
             .learned
             .as_mut()
-            .and_then(|l| l.blocked_until(now, load, share))
+            .and_then(|l| l.blocked_until(now, load))
         {
             at = at.max(end);
         }
@@ -520,13 +582,12 @@ impl State {
     }
 
     fn spacing(&self, now: Instant, load: Load) -> Duration {
-        // Slow start paces by this replica's own rate at the refusal: already its share.
         let paced = match (&self.learned, &self.slow_start) {
-            (Some(learned), _) => learned.spacing(now, load, self.share),
+            (Some(learned), _) => learned.spacing(now, load),
             (None, Some(slow_start)) => slow_start.interval(),
             (None, None) => Duration::ZERO,
         };
-        paced.max(self.shared_interval(self.min_interval))
+        paced.max(self.min_interval)
     }
 
     fn note_release(&mut self, now: Instant) {
@@ -558,7 +619,18 @@ impl State {
         if let Some(limits) = RateHeaders::parse(answer.headers, answer.now, answer.wall_now) {
             // Groove's own numbers beat any guess.
             self.slow_start = None;
-            let call = Counted { release, load };
+            // In a shared line the account's calls are one gap apart, so a call's Remaining tells how long
+            // before it its window opened, whoever made the calls in between.
+            let line_gap = if self.in_line {
+                self.account_gap()
+            } else {
+                Duration::ZERO
+            };
+            let call = Counted {
+                release,
+                load,
+                line_gap,
+            };
             let learned = match &mut self.learned {
                 Some(learned) => {
                     learned.observe(&limits, &call);
@@ -784,6 +856,22 @@ impl Bounds {
 struct Counted {
     release: Release,
     load: Load,
+    /// The spacing of the account's shared line when it was made; zero without a line.
+    line_gap: Duration,
+}
+
+impl Counted {
+    /// When the window this call was counted in opened, as far as this call tells: its own release, or in a
+    /// shared line the release of the window's first call, `line_gap` before it for each call counted earlier.
+    fn window_opened(&self, limit: u32, remaining: u32) -> Release {
+        let counted_before = limit.saturating_sub(1).saturating_sub(remaining);
+        let at = self
+            .release
+            .at
+            .checked_sub(self.line_gap.saturating_mul(counted_before))
+            .unwrap_or(self.release.at);
+        Release { at, ..self.release }
+    }
 }
 
 /// Calls in flight (permits alive) and released so far, at one moment.
@@ -795,12 +883,13 @@ struct Load {
 
 impl Learned {
     fn new(limits: &RateHeaders, call: &Counted) -> Self {
+        let limit = limits
+            .limit
+            .unwrap_or(0)
+            .max(limits.remaining.saturating_add(1));
         Learned {
-            limit: limits
-                .limit
-                .unwrap_or(0)
-                .max(limits.remaining.saturating_add(1)),
-            window: Window::new(limits, call),
+            limit,
+            window: Window::new(limits, call, limit),
             length: None,
             jitter: Duration::ZERO,
         }
@@ -832,14 +921,14 @@ impl Learned {
                 && limits.remaining > window.min_remaining.saturating_add(call.load.in_flight + 1));
         if newer {
             self.learn_boundary(call.release.at);
-            self.window = Window::new(limits, call);
+            self.window = Window::new(limits, call, self.limit);
             return;
         }
         if call.release.seq < window.start.seq {
             if limits.remaining <= window.first_remaining {
                 return; // released earlier yet counted later: the previous window's
             }
-            window.start = call.release;
+            window.start = call.window_opened(self.limit, limits.remaining);
             window.first_remaining = limits.remaining;
         }
         window.last = window.last.max(call.release.at);
@@ -890,8 +979,8 @@ impl Learned {
     }
 
     /// When the current window's budget is spent: the time it has surely ended.
-    fn blocked_until(&mut self, now: Instant, load: Load, share: f64) -> Option<Instant> {
-        if self.window.budget(load, share) != Some(0) {
+    fn blocked_until(&mut self, now: Instant, load: Load) -> Option<Instant> {
+        if self.window.budget(load) != Some(0) {
             return None;
         }
         let window = &self.window;
@@ -907,23 +996,24 @@ impl Learned {
         Some(end)
     }
 
-    fn spacing(&self, now: Instant, load: Load, share: f64) -> Duration {
+    /// A window's length and margin over its calls.
+    fn account_gap(&self) -> Duration {
         let window = &self.window;
         let length = self.length.map_or_else(
             || window.reset_at.saturating_duration_since(window.start.at),
             |b| b.hi,
         );
-        let steady = if share >= 1.0 {
-            length / self.limit.max(1)
-        } else {
-            length.div_f64((f64::from(self.limit) * share).max(1.0))
-        };
-        if share < 1.0 {
-            // Replicas see a window open at different calls: each keeps an even pace at its share rather than
-            // spending its part of a window as its own view of the window allows.
-            return steady;
-        }
-        match window.budget(load, share) {
+        (length + self.margin(length)) / self.limit.max(1)
+    }
+
+    fn spacing(&self, now: Instant, load: Load) -> Duration {
+        let window = &self.window;
+        let length = self.length.map_or_else(
+            || window.reset_at.saturating_duration_since(window.start.at),
+            |b| b.hi,
+        );
+        let steady = length / self.limit.max(1);
+        match window.budget(load) {
             // The last call of the window: what follows waits for the window's end anyway.
             Some(1) => Duration::ZERO,
             Some(left) if left > 1 => {
@@ -945,10 +1035,10 @@ impl Learned {
 }
 
 impl Window {
-    fn new(limits: &RateHeaders, call: &Counted) -> Self {
+    fn new(limits: &RateHeaders, call: &Counted, limit: u32) -> Self {
         Window {
             reset_at: limits.reset_at,
-            start: call.release,
+            start: call.window_opened(limit, limits.remaining),
             first_remaining: limits.remaining,
             last: call.release.at,
             min_remaining: limits.remaining,
@@ -961,20 +1051,13 @@ impl Window {
     /// Calls we may still release in it; `None` once it has surely ended. Calls Groove counted after the one
     /// that reported the lowest Remaining are all in flight (an answered one would report lower), and so are
     /// all calls released since that answer; without permits only the latter are known.
-    /// With a `share` below 1 only that part of Remaining is this replica's: the others take theirs.
-    fn budget(&self, load: Load, share: f64) -> Option<u32> {
+    fn budget(&self, load: Load) -> Option<u32> {
         if self.ended {
             return None;
         }
         let since =
             u32::try_from(load.released.saturating_sub(self.min_seen_after)).unwrap_or(u32::MAX);
-        let remaining = if share >= 1.0 {
-            self.min_remaining
-        } else {
-            // `as` saturates; the product is below `min_remaining`.
-            (f64::from(self.min_remaining) * share).floor() as u32
-        };
-        Some(remaining.saturating_sub(load.in_flight.max(since)))
+        Some(self.min_remaining.saturating_sub(load.in_flight.max(since)))
     }
 }
 
@@ -1481,8 +1564,8 @@ mod tests {
         change: Option<(Duration, u32, Duration)>,
         /// Groove sends rate-limit headers.
         headers: bool,
-        /// Replicas sharing the account, each with a pacer of share 1/replicas; worker `w` is replica
-        /// `w % replicas`'s. A pause one begins is heard by the others at once.
+        /// Replicas sharing the account, taking their calls' slots from one line when more than one; worker
+        /// `w` is replica `w % replicas`'s. A pause one begins is heard by the others at once.
         replicas: usize,
     }
 
@@ -1539,13 +1622,19 @@ mod tests {
             headers: scenario.headers,
         };
         let replicas = scenario.replicas.max(1);
+        let in_line = replicas > 1;
         let mut states: Vec<State> = (0..replicas)
             .map(|_| {
                 let mut state = State::new(Duration::ZERO, t0);
-                state.share = 1.0 / replicas as f64;
+                state.in_line = in_line;
                 state
             })
             .collect();
+        // The shared line's next free slot; each replica's turn is held until its latest slot; a replica in a
+        // line keeps one call out until its first answer.
+        let mut line_next = t0;
+        let mut turn_held_until: Vec<Option<Instant>> = vec![None; replicas];
+        let mut answered = vec![!in_line; replicas];
         let mut events = BinaryHeap::new();
         let mut seq = 0u64;
         let mut push = |events: &mut BinaryHeap<_>, at: Instant, kind: u8, worker: usize| {
@@ -1589,6 +1678,7 @@ mod tests {
                 }
                 ANSWER => {
                     in_flights[replica] -= 1;
+                    answered[replica] = true;
                     if let Some((release, status, answer)) = calls[worker].take() {
                         let observed = states[replica].observe(&Answer {
                             status,
@@ -1621,14 +1711,31 @@ mod tests {
             for (replica, state) in states.iter_mut().enumerate() {
                 let line = &mut lines[replica];
                 let in_flight = &mut in_flights[replica];
+                if turn_held_until[replica].is_some_and(|until| until > now) {
+                    continue;
+                }
                 while let Some(&worker) = line.front() {
+                    if !answered[replica] && *in_flight > 0 {
+                        break;
+                    }
                     match state.try_release(now, if scenario.permits { *in_flight } else { 0 }) {
-                        Ok(release) => {
+                        Ok(mut release) => {
                             line.pop_front();
                             *in_flight += 1;
+                            if in_line {
+                                let slot = line_next.max(now);
+                                line_next = slot + state.account_gap();
+                                release.at = slot;
+                            }
                             results.releases.push(release.at);
                             calls[worker] = Some((release, 0, Vec::new()));
-                            push(&mut events, now + latency(&mut rng), ARRIVE, worker);
+                            push(&mut events, release.at + latency(&mut rng), ARRIVE, worker);
+                            if release.at > now {
+                                // The turn is held until the slot: this replica's next call waits behind it.
+                                turn_held_until[replica] = Some(release.at);
+                                push(&mut events, release.at, WAKE, worker);
+                                break;
+                            }
                         }
                         Err(wake) => {
                             // Timers fire on the next millisecond tick, sometimes later.
@@ -1736,75 +1843,12 @@ mod tests {
     }
 
     #[test]
-    fn three_replicas_with_a_third_each_share_one_limit() {
+    fn three_replicas_in_one_line_share_one_limit() {
         assert_efficient(&Scenario {
             replicas: 3,
             workers: 24,
             ..Scenario::sandbox(50, SECOND)
         });
-    }
-
-    #[test]
-    fn three_replicas_spend_one_window_together_only_with_shares() {
-        // Without shares each replica would spend the whole window.
-        let t0 = start();
-        let mut states: Vec<State> = (0..3).map(|_| State::new(Duration::ZERO, t0)).collect();
-        let limits = headers(&[
-            ("X-RateLimit-Limit", "30"),
-            ("X-RateLimit-Remaining", "29"),
-            ("X-RateLimit-Reset", "1700000001"),
-        ]);
-        let in_window = |states: &mut Vec<State>| -> usize {
-            states
-                .iter_mut()
-                .map(|state| {
-                    state.observe(&answer(201, &limits, t0));
-                    release_times(state, t0, 40)
-                        .into_iter()
-                        .filter(|at| *at < t0 + 630 * MS)
-                        .count()
-                })
-                .sum()
-        };
-        assert!(in_window(&mut states) > 29 * 2);
-        let mut shared: Vec<State> = (0..3)
-            .map(|_| {
-                let mut state = State::new(Duration::ZERO, t0);
-                state.share = 1.0 / 3.0;
-                state
-            })
-            .collect();
-        // Each takes at most a third of the 29 left: together no more than the account allows.
-        let together = in_window(&mut shared);
-        assert!((20..=29).contains(&together), "{together}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_share_of_a_maximum_rate_releases_that_part_of_it() {
-        let pacer = Pacer::new(Some(30.0));
-        pacer.set_share(1.0 / 3.0);
-        let began = Instant::now();
-        for _ in 0..11 {
-            drop(pacer.acquire().await);
-        }
-        // Ten intervals of 100 ms: 10 calls a second, a third of 30.
-        let elapsed = began.elapsed();
-        assert!(
-            (SECOND - CATCH_UP..=SECOND + MS).contains(&elapsed),
-            "{elapsed:?}"
-        );
-        pacer.set_share(1.0);
-        // The first call still waits out the spacing of the old share.
-        drop(pacer.acquire().await);
-        let began = Instant::now();
-        for _ in 0..10 {
-            drop(pacer.acquire().await);
-        }
-        let elapsed = began.elapsed();
-        assert!(
-            (SECOND / 3 - CATCH_UP..=SECOND / 3 + MS).contains(&elapsed),
-            "{elapsed:?}"
-        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1902,7 +1946,7 @@ mod tests {
         for (limit, window_ms) in [(50, 1000), (200, 1000), (10, 250), (20, 2000)] {
             let base = Scenario::sandbox(limit, Duration::from_millis(window_ms));
             table.push((
-                format!("{limit}/{window_ms}ms, 3 replicas with a third each"),
+                format!("{limit}/{window_ms}ms, 3 replicas in one line"),
                 Scenario {
                     replicas: 3,
                     workers: 24,

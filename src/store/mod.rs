@@ -18,7 +18,7 @@ mod changes;
 mod conformance;
 mod data_dir;
 mod error;
-mod pacer_members;
+mod pace_book;
 mod page;
 mod postgres;
 mod records;
@@ -36,11 +36,9 @@ use crate::domain::destination::Destination;
 pub use changes::{Change, ChangeFeed, LocalChanges, Subscription};
 pub use data_dir::{DataDirError, DataDirLock, LOCK_FILE};
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
-pub use pacer_members::PacerMembers;
+pub use pace_book::PaceBook;
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-pub use postgres::{
-    redact_database_url, PgChangeFeed, PgPacerMembers, PostgresStore, ReplicaOptions,
-};
+pub use postgres::{redact_database_url, PgChangeFeed, PgPaceBook, PostgresStore, ReplicaOptions};
 pub use records::{
     ClaimedRecord, FailedRecordEntry, FailedRecordFilter, FailedRecordSelection, FailedRecordSize,
     LedgerEntry, RecordClaim, RecordState, StoredRequest, LEDGER_BODY_CAP, MAX_FAILED_RECORD_IDS,

@@ -18,7 +18,7 @@ mod failed_records;
 mod key_check;
 mod ledger;
 mod migrations;
-mod pacer_members;
+mod pace_book;
 mod replicas;
 
 use std::collections::HashMap;
@@ -34,7 +34,7 @@ pub use self::changes::PgChangeFeed;
 use self::committer::{Committer, Write};
 pub use self::connection::redact as redact_database_url;
 use self::connection::DatabaseUrl;
-pub use self::pacer_members::PgPacerMembers;
+pub use self::pace_book::PgPaceBook;
 pub use self::replicas::ReplicaOptions;
 use super::error::{Context, StoreError};
 use super::page::{Page, PageRequest};
@@ -138,9 +138,9 @@ impl PostgresStore {
         })
     }
 
-    /// The replicas pacing each credential, kept in this database.
-    pub fn pacer_members(&self) -> PgPacerMembers {
-        PgPacerMembers::new(self.pool.clone())
+    /// The line of call slots every replica takes its calls' slots from.
+    pub fn pace_book(&self) -> PgPaceBook {
+        PgPaceBook::new(self.pool.clone())
     }
 
     async fn client(&self) -> Result<Client, StoreError> {

@@ -26,6 +26,11 @@ pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_repeatable_claims",
         include_str!("migrations/0004_repeatable_claims.sql"),
     ),
+    (
+        5,
+        "0005_pace_book",
+        include_str!("migrations/0005_pace_book.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations (and the secret key check) across processes: any fixed

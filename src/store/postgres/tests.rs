@@ -669,3 +669,40 @@ async fn a_claim_on_a_record_delivered_meanwhile_is_refused() {
         .collect();
     assert_eq!(claimed, ["r2"]);
 }
+
+/// The call line hands out slots one gap apart to every replica, in the database's time, per credential; a
+/// line left idle starts again at now rather than owing the slots it did not use.
+#[tokio::test]
+async fn replicas_take_slots_one_gap_apart_from_one_line() {
+    use crate::store::PaceBook;
+
+    let database = TestDatabase::create().await;
+    let first = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap()
+        .pace_book();
+    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap()
+        .pace_book();
+    let gap = Duration::from_millis(200);
+    let waits = [
+        first.reserve("k1", gap).await.unwrap(),
+        second.reserve("k1", gap).await.unwrap(),
+        first.reserve("k1", gap).await.unwrap(),
+    ];
+    // Each wait is its slot less the time the earlier reservations took.
+    assert!(waits[0] < Duration::from_millis(1), "{waits:?}");
+    assert!(waits[1] > gap / 2 && waits[1] <= gap, "{waits:?}");
+    assert!(waits[2] > gap && waits[2] <= gap * 2, "{waits:?}");
+    assert!(
+        second.reserve("k2", gap).await.unwrap() < Duration::from_millis(1),
+        "another credential has a line of its own"
+    );
+
+    tokio::time::sleep(gap * 3).await;
+    assert!(
+        first.reserve("k1", gap).await.unwrap() < Duration::from_millis(1),
+        "an idle line owes nothing"
+    );
+}
