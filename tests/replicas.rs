@@ -16,20 +16,51 @@ use groove_destination::proto::{self, Outcome};
 use groove_sandbox::{Faults, SandboxHandle};
 use serde_json::{json, Value};
 use test_postgres::TestDatabase;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tonic::Code;
 
 /// How long a replica's claims outlive it: short, so the kill test does not wait long for them.
 const LEASE: &str = "2s";
+
+/// Tests of this file run side by side, except one that measures a rate: it runs alone, so that the other
+/// tests' processes do not take the cores its replicas pace by.
+static SIDE_BY_SIDE: RwLock<()> = RwLock::const_new(());
+
+/// A test's hold on [`SIDE_BY_SIDE`].
+enum Turn {
+    SideBySide {
+        _guard: RwLockReadGuard<'static, ()>,
+    },
+    Alone {
+        _guard: RwLockWriteGuard<'static, ()>,
+    },
+}
 
 /// Replicas of one service on one fresh database, each with its own work dir (logs; no data of its own).
 struct Replicas {
     servers: Vec<ChildServer>,
     _dirs: Vec<tempfile::TempDir>,
     _database: TestDatabase,
+    _turn: Turn,
 }
 
 impl Replicas {
     async fn start(count: usize, sandbox: &SandboxHandle) -> Replicas {
+        let turn = Turn::SideBySide {
+            _guard: SIDE_BY_SIDE.read().await,
+        };
+        Self::start_in_turn(count, sandbox, turn).await
+    }
+
+    /// [`Replicas::start`], with no other test of this file running meanwhile.
+    async fn start_alone(count: usize, sandbox: &SandboxHandle) -> Replicas {
+        let turn = Turn::Alone {
+            _guard: SIDE_BY_SIDE.write().await,
+        };
+        Self::start_in_turn(count, sandbox, turn).await
+    }
+
+    async fn start_in_turn(count: usize, sandbox: &SandboxHandle, turn: Turn) -> Replicas {
         let database = TestDatabase::create().await;
         let mut servers = Vec::new();
         let mut dirs = Vec::new();
@@ -51,6 +82,7 @@ impl Replicas {
             servers,
             _dirs: dirs,
             _database: database,
+            _turn: turn,
         }
     }
 
@@ -378,5 +410,85 @@ async fn pausing_on_one_replica_stops_a_stream_on_another_within_a_second() {
     let summary = answered.summary.unwrap();
     assert!(summary.unanswered > 0, "{summary:?}");
     drop(requests);
+    replicas.stop().await;
+}
+
+/// The calls each replica (by the `[rN-…]` record ids in the bodies) made in each of the sandbox's rate-limit
+/// windows, told apart by the first call of a window being answered `X-RateLimit-Remaining: limit - 1`.
+fn calls_per_window(sandbox: &SandboxHandle, limit: u32) -> Vec<[u32; 3]> {
+    let mut windows: Vec<[u32; 3]> = Vec::new();
+    for request in sandbox.requests().iter().filter(|r| r.method == "POST") {
+        let remaining = request
+            .response_header("x-ratelimit-remaining")
+            .and_then(|value| value.parse::<u32>().ok());
+        if remaining == Some(limit - 1) && request.status != 429 {
+            windows.push([0; 3]);
+        }
+        let replica = request
+            .body
+            .find("[r")
+            .and_then(|at| request.body[at + 2..].chars().next())
+            .and_then(|digit| digit.to_digit(10));
+        if let (Some(window), Some(replica)) = (windows.last_mut(), replica) {
+            window[replica as usize % 3] += 1;
+        }
+    }
+    windows
+}
+
+/// The account's limit is one for all replicas: three replicas sending at once together reach at least 95% of
+/// it, and Groove refuses at most 1% of their calls.
+#[tokio::test]
+async fn three_replicas_share_one_rate_limit() {
+    const LIMIT: u32 = 50;
+    const PER_REPLICA: usize = 400;
+    let sandbox = start_sandbox().await;
+    let replicas = Replicas::start_alone(3, &sandbox).await;
+    credential(replicas.get(0), "main").await;
+    let name = active_destination(replicas.get(0), "tickets", tickets_config(8)).await;
+    sandbox.set_faults(Faults {
+        rate_limit: Some(format!("{LIMIT}/1s").parse().unwrap()),
+        ..Faults::default()
+    });
+
+    let sends = (0..3).map(|replica| {
+        let all = ids(&format!("r{replica}"), PER_REPLICA);
+        let server = replicas.get(replica);
+        let name = name.clone();
+        async move { send(server, &name, vec![records(&all)]).await }
+    });
+    for answered in futures::future::join_all(sends).await {
+        let answered = answered.unwrap();
+        let summary = answered.summary.unwrap();
+        assert_eq!(summary.unanswered, 0, "{summary:?}");
+        assert_eq!(summary.delivered as usize, PER_REPLICA, "{summary:?}");
+    }
+
+    let calls: Vec<(u64, u16)> = sandbox
+        .requests()
+        .iter()
+        .filter(|request| request.method == "POST")
+        .map(|request| (request.received_at_ms, request.status))
+        .collect();
+    let refused = calls.iter().filter(|(_, status)| *status == 429).count();
+    let first = calls.iter().map(|(at, _)| *at).min().unwrap();
+    let last = calls.iter().map(|(at, _)| *at).max().unwrap();
+    let mut per_second = vec![0u32; ((last - first) / 1000 + 1) as usize];
+    for (at, status) in &calls {
+        if *status != 429 {
+            per_second[((at - first) / 1000) as usize] += 1;
+        }
+    }
+    // From the first call to the last: the whole run, its ramp-up and its tail included.
+    let rate = (3 * PER_REPLICA) as f64 / ((last - first) as f64 / 1000.0);
+    let report = format!(
+        "{rate:.1} calls/s of {LIMIT}, {refused} of {} calls refused; per second {per_second:?}; \
+         per window of the sandbox, calls from each replica: {:?}",
+        calls.len(),
+        calls_per_window(&sandbox, LIMIT)
+    );
+    eprintln!("{report}");
+    assert!(rate >= 0.95 * f64::from(LIMIT), "{report}");
+    assert!(refused as f64 <= 0.01 * calls.len() as f64, "{report}");
     replicas.stop().await;
 }
