@@ -217,6 +217,9 @@ impl Pacer {
                         // The slot, not the moment this task woke: a late wake-up then shows in the round
                         // trips, and so in the margin kept before each window's end.
                         permit.release.at = slot;
+                        if slot > now {
+                            waiting_since.get_or_insert(now);
+                        }
                     }
                     if let Some(since) = waiting_since {
                         self.metrics
