@@ -2,8 +2,8 @@
 //! in flight, so by Little's law no client can make more than 32 ÷ 0.05 s = 640 calls/s. Each run's ratio is
 //! the calls/s it made ÷ the most its records allow:
 //! - `create`: independent creates; the limit is concurrency ÷ latency.
-//! - `ordered_64`, `ordered_10k`: state updates spread round-robin over 64 and over 10,000 tickets. Updates to
-//!   one ticket go one after another, so the limit is min(concurrency, tickets) ÷ latency.
+//! - `ordered_64`, `ordered_256`, `ordered_10k`: state updates spread round-robin over 64, 256 and 10,000
+//!   tickets. Updates to one ticket go one after another, so the limit is min(concurrency, tickets) ÷ latency.
 //! - `hot_key`: half of the updates go to one ticket, the rest to as many others. The busy ticket's updates
 //!   are a chain of calls that cannot overlap, so the run takes at least (its updates × latency), or
 //!   (records ÷ concurrency × latency) if that is longer; the limit is records ÷ that time. The other tickets
@@ -83,7 +83,11 @@ pub async fn run(env: &Env<'_>, report: &mut Report) -> BenchResult<()> {
     row(report, "create", ratio, &outcome, limit_per_s(count));
     report.headline.latency_bound_ratio_create = Some(ratio);
 
-    for (variant, tickets) in [("ordered_64", 64), ("ordered_10k", TICKETS)] {
+    for (variant, tickets) in [
+        ("ordered_64", 64),
+        ("ordered_256", 256),
+        ("ordered_10k", TICKETS),
+    ] {
         let name = stack
             .service
             .active_destination(
@@ -100,6 +104,7 @@ pub async fn run(env: &Env<'_>, report: &mut Report) -> BenchResult<()> {
         row(report, variant, ratio, &outcome, limit);
         match variant {
             "ordered_64" => report.headline.latency_bound_ratio_ordered_64 = Some(ratio),
+            "ordered_256" => report.headline.latency_bound_ratio_ordered_256 = Some(ratio),
             _ => report.headline.latency_bound_ratio_ordered_10k = Some(ratio),
         }
     }
