@@ -10,6 +10,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,6 +21,7 @@ use tracing::Instrument;
 use crate::delivery::attempt::{deliver, CallContext, UnitEnd};
 use crate::delivery::report::DeliveryUnit;
 use crate::delivery::sink::ReportSink;
+use crate::groove::GrooveConnection;
 use crate::metrics::DestinationMetrics;
 
 /// Units queued per worker beyond the ones in flight; small, so that memory stays flat and the stream is read
@@ -79,20 +81,29 @@ impl Dispatcher {
     pub fn start(context: CallContext, reports: ReportSink, stop: CancellationToken) -> Self {
         let concurrency = context.options.concurrency.max(1) as usize;
         let metrics = context.metrics.clone();
+        Self::start_with(concurrency, metrics, stop.clone(), || GrooveCourier {
+            connection: context.client.connection(),
+            context: context.clone(),
+            reports: reports.clone(),
+            stop: stop.clone(),
+        })
+    }
+
+    /// Starts `concurrency` workers, each with a courier of its own from `courier`.
+    fn start_with<C: Courier>(
+        concurrency: usize,
+        metrics: DestinationMetrics,
+        stop: CancellationToken,
+        mut courier: impl FnMut() -> C,
+    ) -> Self {
         let (ready, ready_rx) = async_channel::unbounded();
         let chains = Arc::new(Chains::default());
         let mut workers = JoinSet::new();
         for _ in 0..concurrency {
             workers.spawn(
-                work(
-                    context.clone(),
-                    ready_rx.clone(),
-                    chains.clone(),
-                    reports.clone(),
-                    stop.clone(),
-                )
-                // The stream's span: its Groove calls are children of it.
-                .in_current_span(),
+                work(courier(), ready_rx.clone(), chains.clone(), metrics.clone())
+                    // The stream's span: its Groove calls are children of it.
+                    .in_current_span(),
             );
         }
         Dispatcher {
@@ -157,14 +168,45 @@ impl Dispatcher {
     }
 }
 
-async fn work(
+/// What a worker does with the units it takes: a trait so that tests can run the real workers with scripted
+/// deliveries, and the workers are generic over it so that production makes no dynamic call for it.
+trait Courier: Send + 'static {
+    /// Delivers `unit` (or releases it once the stream stopped) and hands over how it ended.
+    fn carry(&mut self, unit: DeliveryUnit) -> impl Future<Output = ()> + Send;
+
+    /// Ends when something held while idle has to be let go; polled only while the worker waits for a unit.
+    fn idle_end(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Sends units to Groove over the worker's own connection and hands their ends to the stream's sink.
+struct GrooveCourier {
     context: CallContext,
-    ready: async_channel::Receiver<Queued>,
-    chains: Arc<Chains>,
+    connection: GrooveConnection,
     reports: ReportSink,
     stop: CancellationToken,
+}
+
+impl Courier for GrooveCourier {
+    async fn carry(&mut self, unit: DeliveryUnit) {
+        // Once stopped, `deliver` releases the unit before anything of it is sent.
+        match deliver(&self.context, &mut self.connection, unit, &self.stop).await {
+            UnitEnd::Reported(report) => self.reports.report(*report).await,
+            UnitEnd::Released(unit) => self.reports.release(unit).await,
+        }
+    }
+
+    /// Lets go of the idle connection as soon as Groove closes it.
+    fn idle_end(&mut self) -> impl Future<Output = ()> + Send {
+        self.connection.closed()
+    }
+}
+
+async fn work<C: Courier>(
+    mut courier: C,
+    ready: async_channel::Receiver<Queued>,
+    chains: Arc<Chains>,
+    metrics: DestinationMetrics,
 ) {
-    let mut connection = context.client.connection();
     loop {
         let mut queued = tokio::select! {
             biased;
@@ -172,21 +214,16 @@ async fn work(
                 Ok(queued) => queued,
                 Err(_) => return,
             },
-            // Idle: let go of the connection as soon as Groove closes it.
-            () = connection.closed() => continue,
+            () = courier.idle_end() => continue,
         };
         // A key's units follow one another on this worker until its chain is empty.
         loop {
             let (room, unit) = queued;
             // The unit leaves the queue: its room goes back.
             drop(room);
-            context.metrics.queued(-(unit.record_ids.len() as i64));
+            metrics.queued(-(unit.record_ids.len() as i64));
             let key = unit.ordering_key.clone();
-            // Once stopped, `deliver` releases the unit before anything of it is sent.
-            match deliver(&context, &mut connection, unit, &stop).await {
-                UnitEnd::Reported(report) => reports.report(*report).await,
-                UnitEnd::Released(unit) => reports.release(unit).await,
-            }
+            courier.carry(unit).await;
             match key.and_then(|key| chains.next(&key)) {
                 Some(next) => queued = next,
                 None => break,
@@ -196,57 +233,4 @@ async fn work(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn unit(id: &str, key: &str) -> DeliveryUnit {
-        DeliveryUnit {
-            record_ids: vec![id.to_string()],
-            records: Vec::new(),
-            calls: Vec::new(),
-            ordering_key: Some(key.to_string()),
-            repeatable: true,
-        }
-    }
-
-    async fn queued(room: &Arc<Semaphore>, id: &str, key: &str) -> Queued {
-        (room.clone().acquire_owned().await.unwrap(), unit(id, key))
-    }
-
-    fn id(queued: Option<Queued>) -> Option<String> {
-        queued.map(|(_, unit)| unit.record_ids[0].clone())
-    }
-
-    #[tokio::test]
-    async fn a_key_goes_at_once_when_free_and_its_later_units_follow_in_order() {
-        let room = Arc::new(Semaphore::new(10));
-        let chains = Chains::default();
-        assert_eq!(
-            id(chains.wait_or_go("t/1".into(), queued(&room, "a1", "t/1").await)),
-            Some("a1".into())
-        );
-        assert_eq!(
-            id(chains.wait_or_go("t/2".into(), queued(&room, "b1", "t/2").await)),
-            Some("b1".into())
-        );
-        for later in ["a2", "a3"] {
-            assert_eq!(
-                id(chains.wait_or_go("t/1".into(), queued(&room, later, "t/1").await)),
-                None
-            );
-        }
-        assert_eq!(room.available_permits(), 8, "waiting units hold their room");
-        assert_eq!(id(chains.next("t/1")), Some("a2".into()));
-        assert_eq!(id(chains.next("t/2")), None, "t/2 is free again");
-        assert_eq!(
-            id(chains.wait_or_go("t/2".into(), queued(&room, "b2", "t/2").await)),
-            Some("b2".into())
-        );
-        assert_eq!(id(chains.next("t/1")), Some("a3".into()));
-        assert_eq!(id(chains.next("t/1")), None);
-        assert_eq!(
-            id(chains.wait_or_go("t/1".into(), queued(&room, "a4", "t/1").await)),
-            Some("a4".into())
-        );
-    }
-}
+mod tests;
