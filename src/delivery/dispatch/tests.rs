@@ -1,3 +1,11 @@
+use std::collections::HashSet;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
 use super::*;
 
 fn unit(id: &str, key: &str) -> DeliveryUnit {
@@ -49,4 +57,261 @@ async fn a_key_goes_at_once_when_free_and_its_later_units_follow_in_order() {
         id(chains.wait_or_go("t/1".into(), queued(&room, "a4", "t/1").await)),
         Some("a4".into())
     );
+}
+
+// The real dispatcher and workers, with a scripted courier in place of Groove, in paused time.
+
+/// What the workers did, as the scripted courier saw it. Unit numbers are arrival order.
+#[derive(Default)]
+struct Log {
+    /// Each unit's place among all starts and ends.
+    started: Vec<Option<usize>>,
+    /// Each unit's place among all starts and ends, and when it ended.
+    ended: Vec<Option<(usize, Instant)>>,
+    events: usize,
+    done: usize,
+    in_flight: usize,
+    max_in_flight: usize,
+    keys_in_flight: HashSet<String>,
+    /// What should never happen: a key with two units in flight, a unit started twice.
+    problems: Vec<String>,
+    /// Units in flight integrated over virtual time, for the mean number in flight.
+    busy: Duration,
+    changed_at: Option<Instant>,
+}
+
+impl Log {
+    fn new(units: usize) -> Self {
+        Log {
+            started: vec![None; units],
+            ended: vec![None; units],
+            ..Log::default()
+        }
+    }
+
+    fn count_in_flight(&mut self, change: isize) {
+        let now = Instant::now();
+        if let Some(changed_at) = self.changed_at {
+            self.busy += (now - changed_at) * self.in_flight as u32;
+        }
+        self.changed_at = Some(now);
+        self.in_flight = self.in_flight.checked_add_signed(change).unwrap();
+        self.max_in_flight = self.max_in_flight.max(self.in_flight);
+    }
+
+    fn start(&mut self, number: usize, key: Option<&str>) {
+        self.count_in_flight(1);
+        if self.started[number].replace(self.events).is_some() {
+            self.problems.push(format!("unit {number} started twice"));
+        }
+        self.events += 1;
+        if let Some(key) = key {
+            if !self.keys_in_flight.insert(key.to_string()) {
+                self.problems.push(format!(
+                    "unit {number} started while {key} had one in flight"
+                ));
+            }
+        }
+    }
+
+    fn end(&mut self, number: usize, key: Option<&str>) {
+        self.count_in_flight(-1);
+        self.ended[number] = Some((self.events, Instant::now()));
+        self.events += 1;
+        self.done += 1;
+        if let Some(key) = key {
+            self.keys_in_flight.remove(key);
+        }
+    }
+
+    /// The mean number of units in flight from `since` to the last end.
+    fn mean_in_flight(&self, since: Instant) -> f64 {
+        let elapsed = self.changed_at.expect("something ran") - since;
+        self.busy.as_secs_f64() / elapsed.as_secs_f64()
+    }
+}
+
+/// How long each unit's delivery takes, by unit number, and what the workers did with them.
+struct Script {
+    took: Vec<Duration>,
+    /// Deliveries in flight wait for a permit of this: none, and every worker hangs on its unit.
+    gate: Semaphore,
+    log: Mutex<Log>,
+}
+
+impl Script {
+    fn new(took: Vec<Duration>) -> Arc<Self> {
+        Self::with_gate(took, Semaphore::MAX_PERMITS)
+    }
+
+    fn with_gate(took: Vec<Duration>, permits: usize) -> Arc<Self> {
+        Arc::new(Script {
+            log: Mutex::new(Log::new(took.len())),
+            took,
+            gate: Semaphore::new(permits),
+        })
+    }
+
+    fn log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap()
+    }
+}
+
+struct ScriptedCourier(Arc<Script>);
+
+impl Courier for ScriptedCourier {
+    async fn carry(&mut self, unit: DeliveryUnit) {
+        let script = &*self.0;
+        let number: usize = unit.record_ids[0].parse().unwrap();
+        let key = unit.ordering_key.as_deref();
+        script.log().start(number, key);
+        script.gate.acquire().await.unwrap().forget();
+        tokio::time::sleep(script.took[number]).await;
+        script.log().end(number, key);
+    }
+
+    fn idle_end(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+}
+
+fn start(concurrency: usize, script: &Arc<Script>) -> Dispatcher {
+    Dispatcher::start_with(
+        concurrency,
+        DestinationMetrics::default(),
+        CancellationToken::new(),
+        || ScriptedCourier(script.clone()),
+    )
+}
+
+fn numbered(number: usize, key: Option<&str>) -> DeliveryUnit {
+    DeliveryUnit {
+        record_ids: vec![number.to_string()],
+        records: Vec::new(),
+        calls: Vec::new(),
+        ordering_key: key.map(str::to_string),
+        repeatable: true,
+    }
+}
+
+/// Dispatches every unit, `key_of` giving each one's key, and waits until all are done.
+async fn run(concurrency: usize, script: &Arc<Script>, key_of: &[Option<String>]) {
+    let dispatcher = start(concurrency, script);
+    for (number, key) in key_of.iter().enumerate() {
+        assert!(dispatcher
+            .dispatch(numbered(number, key.as_deref()))
+            .await
+            .is_ok());
+    }
+    dispatcher.finish().await;
+}
+
+/// Every unit was delivered once, and each key's units one at a time in arrival order.
+fn assert_in_order_per_key(log: &Log, key_of: &[Option<String>]) {
+    assert_eq!(log.problems, Vec::<String>::new());
+    assert_eq!(log.done, key_of.len());
+    let mut last_of_key: HashMap<&str, usize> = HashMap::new();
+    for (number, key) in key_of.iter().enumerate() {
+        let started = log.started[number].expect("every unit starts");
+        let Some(key) = key else { continue };
+        if let Some(earlier) = last_of_key.insert(key, number) {
+            let (earlier_end, _) = log.ended[earlier].expect("every unit ends");
+            assert!(
+                earlier_end < started,
+                "unit {number} of {key} started before unit {earlier}, which arrived earlier, ended"
+            );
+        }
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+#[tokio::test(start_paused = true)]
+async fn each_key_keeps_arrival_order_whatever_each_delivery_takes() {
+    for (keys, units, seed) in [(64, 6_000, 1), (3_000, 12_000, 2)] {
+        let mut rng = StdRng::seed_from_u64(seed);
+        // One unit in twenty has no key: it may go along with anything.
+        let key_of: Vec<Option<String>> = (0..units)
+            .map(|_| {
+                let keyed = !rng.random_ratio(1, 20);
+                let key = rng.random_range(0..keys);
+                keyed.then(|| format!("t/{key}"))
+            })
+            .collect();
+        let took = (0..units).map(|_| rng.random_range(1..=50) * MS).collect();
+        let script = Script::new(took);
+        let dispatcher = start(8, &script);
+        for (number, key) in key_of.iter().enumerate() {
+            // Now and then the stream pauses: chains run dry and their keys go free.
+            if rng.random_ratio(1, 100) {
+                tokio::time::sleep(rng.random_range(1..=100) * MS).await;
+            }
+            assert!(dispatcher
+                .dispatch(numbered(number, key.as_deref()))
+                .await
+                .is_ok());
+        }
+        dispatcher.finish().await;
+        let log = script.log();
+        assert_in_order_per_key(&log, &key_of);
+        assert_eq!(log.max_in_flight, 8, "{keys} keys");
+    }
+}
+
+/// Keys in turn, every delivery taking the same time: as many units are in flight as there are workers, or
+/// keys when they are fewer, and each round of units takes one latency.
+#[tokio::test(start_paused = true)]
+async fn as_many_units_are_in_flight_as_workers_or_keys_with_work() {
+    let concurrency = 8;
+    let latency = 10 * MS;
+    let units = 800;
+    for keys in [1, 3, 8, 16, 33, 64] {
+        let key_of: Vec<_> = (0..units)
+            .map(|n| Some(format!("t/{}", n % keys)))
+            .collect();
+        let script = Script::new(vec![latency; units]);
+        let started = Instant::now();
+        run(concurrency, &script, &key_of).await;
+        let log = script.log();
+        assert_in_order_per_key(&log, &key_of);
+        let busy_workers = keys.min(concurrency);
+        assert_eq!(log.max_in_flight, busy_workers, "{keys} keys");
+        assert_eq!(
+            started.elapsed(),
+            latency * units.div_ceil(busy_workers) as u32,
+            "{keys} keys"
+        );
+        let mean = log.mean_in_flight(started);
+        assert!(mean > busy_workers as f64 - 0.01, "{keys} keys: {mean}");
+    }
+}
+
+/// Keys drawn at random and random delivery times: chains form whenever a key comes again while busy, yet
+/// the workers stay busy and the throughput is that of `concurrency` workers.
+#[tokio::test(start_paused = true)]
+async fn random_keys_keep_the_workers_busy() {
+    let concurrency = 8;
+    let units = 8_000;
+    for (keys, seed) in [(64, 3), (3_000, 4)] {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let key_of: Vec<_> = (0..units)
+            .map(|_| Some(format!("t/{}", rng.random_range(0..keys))))
+            .collect();
+        let took: Vec<_> = (0..units).map(|_| rng.random_range(5..=15) * MS).collect();
+        let ideal = took.iter().sum::<Duration>() / concurrency as u32;
+        let script = Script::new(took);
+        let started = Instant::now();
+        run(concurrency, &script, &key_of).await;
+        let log = script.log();
+        assert_in_order_per_key(&log, &key_of);
+        assert_eq!(log.max_in_flight, concurrency);
+        let mean = log.mean_in_flight(started);
+        assert!(mean > 7.9, "{keys} keys: mean {mean} in flight");
+        // A tail of at most one long delivery past the ideal.
+        assert!(
+            started.elapsed() <= ideal + 15 * MS,
+            "{keys} keys: {:?}, ideal {ideal:?}",
+            started.elapsed()
+        );
+    }
 }
