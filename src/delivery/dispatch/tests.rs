@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
@@ -176,6 +177,13 @@ impl Courier for ScriptedCourier {
 
     fn idle_end(&mut self) -> impl Future<Output = ()> + Send {
         std::future::pending()
+    }
+}
+
+impl Chains {
+    /// The units waiting in chains.
+    fn waiting(&self) -> usize {
+        self.0.lock().unwrap().values().map(VecDeque::len).sum()
     }
 }
 
@@ -435,4 +443,86 @@ async fn one_key_more_than_the_workers_keeps_them_all_busy() {
         "{:?} for {ideal:?} of work, mean {mean:.2} in flight",
         started.elapsed()
     );
+}
+
+/// Deliveries hang while the producer pushes 100 000 units: the dispatcher takes a full room beyond the
+/// units in flight, and the producer waits for the rest.
+#[tokio::test(start_paused = true)]
+async fn a_producer_is_held_back_once_the_room_is_full() {
+    let concurrency = 4;
+    let room = concurrency * QUEUED_PER_WORKER;
+    let units = 100_000;
+    // Unkeyed, all in one key (one in flight, the rest in its chain), and keys in turn.
+    for (keys, in_flight, in_chains) in [(None, 4, 0), (Some(1), 1, room), (Some(1_000), 4, 0)] {
+        let script = Script::with_gate(vec![MS; units], 0);
+        let dispatcher = start(concurrency, &script);
+        let free_room = dispatcher.room.clone();
+        let chains = dispatcher.chains.clone();
+        let offered = Arc::new(AtomicUsize::new(0));
+        let producer = tokio::spawn({
+            let offered = offered.clone();
+            async move {
+                for number in 0..units {
+                    let key = keys.map(|keys| format!("t/{}", number % keys));
+                    assert!(dispatcher
+                        .dispatch(numbered(number, key.as_deref()))
+                        .await
+                        .is_ok());
+                    offered.store(number + 1, Ordering::SeqCst);
+                }
+            }
+        });
+        // Paused: the clock jumps ahead once everything that can run has run.
+        tokio::time::sleep(Duration::from_secs(3_600)).await;
+        assert_eq!(
+            offered.load(Ordering::SeqCst),
+            room + in_flight,
+            "{keys:?} keys"
+        );
+        assert_eq!(script.log().in_flight, in_flight, "{keys:?} keys");
+        assert_eq!(free_room.available_permits(), 0, "{keys:?} keys");
+        assert_eq!(chains.waiting(), in_chains, "{keys:?} keys");
+        // Once deliveries go on, so does the producer.
+        script.gate.add_permits(units);
+        tokio::time::sleep(10 * MS).await;
+        assert!(
+            offered.load(Ordering::SeqCst) > room + in_flight,
+            "{keys:?} keys"
+        );
+        assert!(!producer.is_finished());
+        producer.abort();
+    }
+}
+
+/// Units flowing through with random keys and delivery times, the producer always ahead: what the dispatcher
+/// holds (ready or in a chain) never exceeds the room, and the room counts exactly those units.
+#[tokio::test(start_paused = true)]
+async fn what_the_dispatcher_holds_stays_within_the_room_while_units_flow() {
+    let concurrency = 4;
+    let room = concurrency * QUEUED_PER_WORKER;
+    let units = 30_000;
+    let mut rng = StdRng::seed_from_u64(6);
+    let key_of: Vec<_> = (0..units)
+        .map(|_| Some(format!("t/{}", rng.random_range(0..100))))
+        .collect();
+    let script = Script::new((0..units).map(|_| rng.random_range(1..=5) * MS).collect());
+    let dispatcher = start(concurrency, &script);
+    let mut most_held = 0;
+    for (number, key) in key_of.iter().enumerate() {
+        assert!(dispatcher
+            .dispatch(numbered(number, key.as_deref()))
+            .await
+            .is_ok());
+        // Only a dispatch adds to what is held: right after one is when it is most.
+        let held = dispatcher.ready.len() + dispatcher.chains.waiting();
+        assert_eq!(held, room - dispatcher.room.available_permits());
+        assert!(held <= room);
+        assert!(number + 1 - script.log().done <= room + concurrency);
+        most_held = most_held.max(held);
+    }
+    dispatcher.finish().await;
+    let log = script.log();
+    assert_in_order_per_key(&log, &key_of);
+    assert_eq!(most_held, room, "the producer was ahead");
+    assert_eq!(log.max_in_flight, concurrency);
 }
