@@ -1,8 +1,10 @@
 //! Concurrency with order: `concurrency` workers take units from one ready queue, so no worker idles while a
 //! unit could go. Units sharing an ordering key go one after another in arrival order: while a key has a unit
-//! in flight (or in the ready queue), its later units wait in that key's own chain, and the worker that finishes
-//! a unit goes on with the next of its chain. A key with nothing in flight never waits behind another key.
-//! Once the stream stops, units still queued are released instead of sent.
+//! in flight (or in the ready queue), its later units wait in that key's own chain. When that unit ends, the
+//! key's next one goes to the back of the ready queue if other units wait there (the worker carries it on itself
+//! if none do). The keys with work thus take turns: no key's chain keeps a worker while other units are ready,
+//! and a unit waits for a worker no longer than the units ready before it take — at most one per other key,
+//! plus those without a key. Once the stream stops, units still queued are released instead of sent.
 //!
 //! Every queued unit — in the ready queue or in a chain — holds a permit of one semaphore sized
 //! `concurrency × QUEUED_PER_WORKER`: the dispatch waits for room (this is the backpressure, and what keeps memory
@@ -31,37 +33,64 @@ const QUEUED_PER_WORKER: usize = 4;
 /// A queued unit with its room in the queue.
 type Queued = (OwnedSemaphorePermit, DeliveryUnit);
 
-/// The keys with a unit in flight or ready, each with the units of that key that wait behind it, in arrival
-/// order. A key without an entry has nothing in flight.
+/// The keys with a unit in flight or ready, each with its chain. A key without an entry has nothing in flight.
 #[derive(Default)]
-struct Chains(Mutex<HashMap<String, VecDeque<Queued>>>);
+struct Chains(Mutex<HashMap<String, Chain>>);
+
+struct Chain {
+    /// Where the key's next unit goes when its unit in flight ends. Why each busy key holds a sender: the workers
+    /// stop once the ready queue closes, which is when its last sender goes, so this keeps the queue open exactly
+    /// while a chain may still feed it, with no count to keep and no close to order against a chain's last send.
+    /// A sender per worker would keep it open for ever; a weak one would let it close under a running chain.
+    ready: async_channel::Sender<Queued>,
+    /// The key's units that wait behind the one in flight, in arrival order.
+    waiting: VecDeque<Queued>,
+}
 
 impl Chains {
     /// Queues `unit` behind its key's unit in flight; gives it back when the key has none (the key then has one:
-    /// the unit given back, which goes to the ready queue).
-    fn wait_or_go(&self, key: String, unit: Queued) -> Option<Queued> {
+    /// the unit given back, which goes to `ready`).
+    fn wait_or_go(
+        &self,
+        key: String,
+        unit: Queued,
+        ready: &async_channel::Sender<Queued>,
+    ) -> Option<Queued> {
         let mut chains = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match chains.entry(key) {
-            Entry::Occupied(mut waiting) => {
-                waiting.get_mut().push_back(unit);
+            Entry::Occupied(mut chain) => {
+                chain.get_mut().waiting.push_back(unit);
                 None
             }
             Entry::Vacant(free) => {
-                free.insert(VecDeque::new());
+                free.insert(Chain {
+                    ready: ready.clone(),
+                    waiting: VecDeque::new(),
+                });
                 Some(unit)
             }
         }
     }
 
-    /// The next unit of `key`, whose unit in flight just ended; the key is free when none waits.
+    /// The next unit of `key`, whose unit in flight just ended, for the caller to carry on at once when no other
+    /// unit is ready. Otherwise the next unit goes behind the ready ones, so that a worker does not keep to one
+    /// key while other keys' units wait. The key is free when none waits.
     fn next(&self, key: &str) -> Option<Queued> {
         let mut chains = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let waiting = chains.get_mut(key)?;
-        let next = waiting.pop_front();
-        if next.is_none() {
+        let chain = chains.get_mut(key)?;
+        let Some(next) = chain.waiting.pop_front() else {
             chains.remove(key);
+            return None;
+        };
+        if chain.ready.is_empty() {
+            // Through the queue it would cost a send and a wake-up, for the same order.
+            return Some(next);
         }
-        next
+        // The caller, a worker, holds a receiver and the chain a sender: the queue is open.
+        if chain.ready.try_send(next).is_err() {
+            tracing::error!("delivery worker stopped early");
+        }
+        None
     }
 }
 
@@ -140,13 +169,16 @@ impl Dispatcher {
             return Err(unit);
         };
         let queued = match &unit.ordering_key {
-            Some(key) => match self.chains.wait_or_go(key.clone(), (permit, unit)) {
+            Some(key) => match self
+                .chains
+                .wait_or_go(key.clone(), (permit, unit), &self.ready)
+            {
                 Some(queued) => queued,
                 None => return Ok(()),
             },
             None => (permit, unit),
         };
-        // Workers only stop after the sender is dropped, so this cannot fail while `self` lives.
+        // Workers only stop after this sender is dropped, so this cannot fail while `self` lives.
         self.ready.try_send(queued).map_err(|error| {
             tracing::error!("delivery worker stopped early");
             error.into_inner().1
@@ -158,7 +190,7 @@ impl Dispatcher {
         let Dispatcher {
             ready, mut workers, ..
         } = self;
-        // Chains need no sender: a worker goes on with its key's next unit itself.
+        // The queue closes once the busy keys' chains have run dry too.
         drop(ready);
         while let Some(joined) = workers.join_next().await {
             if let Err(error) = joined {
@@ -216,7 +248,7 @@ async fn work<C: Courier>(
             },
             () = courier.idle_end() => continue,
         };
-        // A key's units follow one another on this worker until its chain is empty.
+        // A key's units stay on this worker only while no other unit waits for one.
         loop {
             let (room, unit) = queued;
             // The unit leaves the queue: its room goes back.

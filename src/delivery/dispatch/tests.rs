@@ -30,33 +30,57 @@ fn id(queued: Option<Queued>) -> Option<String> {
 #[tokio::test]
 async fn a_key_goes_at_once_when_free_and_its_later_units_follow_in_order() {
     let room = Arc::new(Semaphore::new(10));
+    let (ready, ready_rx) = async_channel::unbounded();
     let chains = Chains::default();
+    let next_ready = || id(ready_rx.try_recv().ok());
     assert_eq!(
-        id(chains.wait_or_go("t/1".into(), queued(&room, "a1", "t/1").await)),
+        id(chains.wait_or_go("t/1".into(), queued(&room, "a1", "t/1").await, &ready)),
         Some("a1".into())
     );
     assert_eq!(
-        id(chains.wait_or_go("t/2".into(), queued(&room, "b1", "t/2").await)),
+        id(chains.wait_or_go("t/2".into(), queued(&room, "b1", "t/2").await, &ready)),
         Some("b1".into())
     );
-    for later in ["a2", "a3"] {
+    for later in ["a2", "a3", "a4"] {
         assert_eq!(
-            id(chains.wait_or_go("t/1".into(), queued(&room, later, "t/1").await)),
+            id(chains.wait_or_go("t/1".into(), queued(&room, later, "t/1").await, &ready)),
             None
         );
     }
-    assert_eq!(room.available_permits(), 8, "waiting units hold their room");
-    assert_eq!(id(chains.next("t/1")), Some("a2".into()));
-    assert_eq!(id(chains.next("t/2")), None, "t/2 is free again");
+    assert_eq!(room.available_permits(), 7, "waiting units hold their room");
     assert_eq!(
-        id(chains.wait_or_go("t/2".into(), queued(&room, "b2", "t/2").await)),
+        id(chains.next("t/1")),
+        Some("a2".into()),
+        "nothing else is ready"
+    );
+    ready.try_send(queued(&room, "c1", "t/3").await).unwrap();
+    assert_eq!(id(chains.next("t/1")), None, "c1 is ready");
+    assert_eq!(
+        room.available_permits(),
+        7,
+        "a unit made ready keeps its room"
+    );
+    assert_eq!(next_ready(), Some("c1".into()));
+    assert_eq!(next_ready(), Some("a3".into()), "a3 goes after c1");
+    assert_eq!(id(chains.next("t/2")), None);
+    assert_eq!(next_ready(), None, "t/2 is free again");
+    assert_eq!(
+        id(chains.wait_or_go("t/2".into(), queued(&room, "b2", "t/2").await, &ready)),
         Some("b2".into())
     );
-    assert_eq!(id(chains.next("t/1")), Some("a3".into()));
+    assert_eq!(id(chains.next("t/1")), Some("a4".into()));
     assert_eq!(id(chains.next("t/1")), None);
     assert_eq!(
-        id(chains.wait_or_go("t/1".into(), queued(&room, "a4", "t/1").await)),
-        Some("a4".into())
+        id(chains.wait_or_go("t/1".into(), queued(&room, "a5", "t/1").await, &ready)),
+        Some("a5".into())
+    );
+    drop(ready);
+    assert_eq!(id(chains.next("t/1")), None);
+    assert!(!ready_rx.is_closed(), "t/2 may still make a unit ready");
+    assert_eq!(id(chains.next("t/2")), None);
+    assert!(
+        ready_rx.is_closed(),
+        "no chain can make a unit ready any more"
     );
 }
 
@@ -183,7 +207,12 @@ impl Courier for ScriptedCourier {
 impl Chains {
     /// The units waiting in chains.
     fn waiting(&self) -> usize {
-        self.0.lock().unwrap().values().map(VecDeque::len).sum()
+        self.0
+            .lock()
+            .unwrap()
+            .values()
+            .map(|chain| chain.waiting.len())
+            .sum()
     }
 }
 
@@ -332,7 +361,10 @@ async fn random_keys_keep_the_workers_busy() {
 /// and the stream, read in order, moves at that key's pace: the other keys get two workers of eight. That is
 /// the price of bounded memory: using more workers would mean reading further past the hot key's units than
 /// the room holds. The other keys are not starved (each of their units ends soon after the producer offers
-/// it), and the whole run takes no longer than the hot key's units one after another.
+/// it), and the whole run takes no longer than the hot key's units one after another, but for one turn: at
+/// the start a full room is offered at once, half of it other keys' units, and the hot key's next unit, like
+/// any key's, queues behind the units ready before it. The same backlog costs a turn to another key with
+/// more than one unit in it.
 #[tokio::test(start_paused = true)]
 async fn a_hot_key_fills_the_room_and_paces_the_other_keys_without_starving_them() {
     let concurrency = 8;
@@ -360,7 +392,7 @@ async fn a_hot_key_fills_the_room_and_paces_the_other_keys_without_starving_them
             .await
             .is_ok());
         let chains = dispatcher.chains.0.lock().unwrap();
-        let waiting_on_hot = chains.get("hot").map_or(0, VecDeque::len);
+        let waiting_on_hot = chains.get("hot").map_or(0, |chain| chain.waiting.len());
         most_waiting_on_hot = most_waiting_on_hot.max(waiting_on_hot);
     }
     dispatcher.finish().await;
@@ -369,20 +401,18 @@ async fn a_hot_key_fills_the_room_and_paces_the_other_keys_without_starving_them
     assert_eq!(most_waiting_on_hot, concurrency * QUEUED_PER_WORKER);
     let mean = log.mean_in_flight(started);
     assert!((1.9..2.1).contains(&mean), "mean {mean} in flight");
-    assert_eq!(started.elapsed(), latency * (units / 2) as u32);
+    assert_eq!(started.elapsed(), latency * (units / 2 + 1) as u32);
     let slowest_other = (1..units)
         .step_by(2)
         .map(|n| log.ended_at(n) - offered[n])
         .max()
         .unwrap();
-    assert!(slowest_other <= 3 * latency, "{slowest_other:?}");
+    assert!(slowest_other <= 4 * latency, "{slowest_other:?}");
 }
 
 /// Every worker follows a busy key's chain when one more key comes with a single unit: that unit should get
 /// a worker about as soon as the units queued before it have.
 #[tokio::test(start_paused = true)]
-#[ignore = "fails: a worker goes on with its own key's chain before it looks at the ready queue, so a key \
-            that arrives while every worker has a chain waits until a chain runs dry (4.92 s of a 5 s run)"]
 async fn a_key_queued_while_every_worker_follows_a_chain_gets_a_worker() {
     let concurrency = 8;
     let latency = 10 * MS;
@@ -421,8 +451,6 @@ async fn a_key_queued_while_every_worker_follows_a_chain_gets_a_worker() {
 /// One key more than there are workers, in turn: the workers should stay busy, as they do with eight or
 /// sixteen keys.
 #[tokio::test(start_paused = true)]
-#[ignore = "fails: eight workers keep to eight keys' chains while the ninth key's units pile up in the room, \
-            so workers idle (mean 7.08 of 8 in flight, 1.13 s for 1 s of work)"]
 async fn one_key_more_than_the_workers_keeps_them_all_busy() {
     let concurrency = 8;
     let latency = 10 * MS;
