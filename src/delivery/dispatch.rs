@@ -1,8 +1,10 @@
 //! Concurrency with order: `concurrency` workers take units from one ready queue, so no worker idles while a
 //! unit could go. Units sharing an ordering key go one after another in arrival order: while a key has a unit
-//! in flight (or in the ready queue), its later units wait in that key's own chain, and the worker that finishes
-//! a unit goes on with the next of its chain. A key with nothing in flight never waits behind another key.
-//! Once the stream stops, units still queued are released instead of sent.
+//! in flight (or in the ready queue), its later units wait in that key's own chain. When that unit ends, the
+//! key's next one goes to the back of the ready queue if other units wait there (the worker carries it on itself
+//! if none do). The keys with work thus take turns: no key's chain keeps a worker while other units are ready,
+//! and a unit waits for a worker no longer than the units ready before it take — at most one per other key,
+//! plus those without a key. Once the stream stops, units still queued are released instead of sent.
 //!
 //! Every queued unit — in the ready queue or in a chain — holds a permit of one semaphore sized
 //! `concurrency × QUEUED_PER_WORKER`: the dispatch waits for room (this is the backpressure, and what keeps memory
@@ -10,6 +12,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,6 +23,7 @@ use tracing::Instrument;
 use crate::delivery::attempt::{deliver, CallContext, UnitEnd};
 use crate::delivery::report::DeliveryUnit;
 use crate::delivery::sink::ReportSink;
+use crate::groove::GrooveConnection;
 use crate::metrics::DestinationMetrics;
 
 /// Units queued per worker beyond the ones in flight; small, so that memory stays flat and the stream is read
@@ -29,37 +33,64 @@ const QUEUED_PER_WORKER: usize = 4;
 /// A queued unit with its room in the queue.
 type Queued = (OwnedSemaphorePermit, DeliveryUnit);
 
-/// The keys with a unit in flight or ready, each with the units of that key that wait behind it, in arrival
-/// order. A key without an entry has nothing in flight.
+/// The keys with a unit in flight or ready, each with its chain. A key without an entry has nothing in flight.
 #[derive(Default)]
-struct Chains(Mutex<HashMap<String, VecDeque<Queued>>>);
+struct Chains(Mutex<HashMap<String, Chain>>);
+
+struct Chain {
+    /// Where the key's next unit goes when its unit in flight ends. Why each busy key holds a sender: the workers
+    /// stop once the ready queue closes, which is when its last sender goes, so this keeps the queue open exactly
+    /// while a chain may still feed it, with no count to keep and no close to order against a chain's last send.
+    /// A sender per worker would keep it open for ever; a weak one would let it close under a running chain.
+    ready: async_channel::Sender<Queued>,
+    /// The key's units that wait behind the one in flight, in arrival order.
+    waiting: VecDeque<Queued>,
+}
 
 impl Chains {
     /// Queues `unit` behind its key's unit in flight; gives it back when the key has none (the key then has one:
-    /// the unit given back, which goes to the ready queue).
-    fn wait_or_go(&self, key: String, unit: Queued) -> Option<Queued> {
+    /// the unit given back, which goes to `ready`).
+    fn wait_or_go(
+        &self,
+        key: String,
+        unit: Queued,
+        ready: &async_channel::Sender<Queued>,
+    ) -> Option<Queued> {
         let mut chains = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match chains.entry(key) {
-            Entry::Occupied(mut waiting) => {
-                waiting.get_mut().push_back(unit);
+            Entry::Occupied(mut chain) => {
+                chain.get_mut().waiting.push_back(unit);
                 None
             }
             Entry::Vacant(free) => {
-                free.insert(VecDeque::new());
+                free.insert(Chain {
+                    ready: ready.clone(),
+                    waiting: VecDeque::new(),
+                });
                 Some(unit)
             }
         }
     }
 
-    /// The next unit of `key`, whose unit in flight just ended; the key is free when none waits.
+    /// The next unit of `key`, whose unit in flight just ended, for the caller to carry on at once when no other
+    /// unit is ready. Otherwise the next unit goes behind the ready ones, so that a worker does not keep to one
+    /// key while other keys' units wait. The key is free when none waits.
     fn next(&self, key: &str) -> Option<Queued> {
         let mut chains = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let waiting = chains.get_mut(key)?;
-        let next = waiting.pop_front();
-        if next.is_none() {
+        let chain = chains.get_mut(key)?;
+        let Some(next) = chain.waiting.pop_front() else {
             chains.remove(key);
+            return None;
+        };
+        if chain.ready.is_empty() {
+            // Through the queue it would cost a send and a wake-up, for the same order.
+            return Some(next);
         }
-        next
+        // The caller, a worker, holds a receiver and the chain a sender: the queue is open.
+        if chain.ready.try_send(next).is_err() {
+            tracing::error!("delivery worker stopped early");
+        }
+        None
     }
 }
 
@@ -79,20 +110,29 @@ impl Dispatcher {
     pub fn start(context: CallContext, reports: ReportSink, stop: CancellationToken) -> Self {
         let concurrency = context.options.concurrency.max(1) as usize;
         let metrics = context.metrics.clone();
+        Self::start_with(concurrency, metrics, stop.clone(), || GrooveCourier {
+            connection: context.client.connection(),
+            context: context.clone(),
+            reports: reports.clone(),
+            stop: stop.clone(),
+        })
+    }
+
+    /// Starts `concurrency` workers, each with a courier of its own from `courier`.
+    fn start_with<C: Courier>(
+        concurrency: usize,
+        metrics: DestinationMetrics,
+        stop: CancellationToken,
+        mut courier: impl FnMut() -> C,
+    ) -> Self {
         let (ready, ready_rx) = async_channel::unbounded();
         let chains = Arc::new(Chains::default());
         let mut workers = JoinSet::new();
         for _ in 0..concurrency {
             workers.spawn(
-                work(
-                    context.clone(),
-                    ready_rx.clone(),
-                    chains.clone(),
-                    reports.clone(),
-                    stop.clone(),
-                )
-                // The stream's span: its Groove calls are children of it.
-                .in_current_span(),
+                work(courier(), ready_rx.clone(), chains.clone(), metrics.clone())
+                    // The stream's span: its Groove calls are children of it.
+                    .in_current_span(),
             );
         }
         Dispatcher {
@@ -129,13 +169,16 @@ impl Dispatcher {
             return Err(unit);
         };
         let queued = match &unit.ordering_key {
-            Some(key) => match self.chains.wait_or_go(key.clone(), (permit, unit)) {
+            Some(key) => match self
+                .chains
+                .wait_or_go(key.clone(), (permit, unit), &self.ready)
+            {
                 Some(queued) => queued,
                 None => return Ok(()),
             },
             None => (permit, unit),
         };
-        // Workers only stop after the sender is dropped, so this cannot fail while `self` lives.
+        // Workers only stop after this sender is dropped, so this cannot fail while `self` lives.
         self.ready.try_send(queued).map_err(|error| {
             tracing::error!("delivery worker stopped early");
             error.into_inner().1
@@ -147,7 +190,7 @@ impl Dispatcher {
         let Dispatcher {
             ready, mut workers, ..
         } = self;
-        // Chains need no sender: a worker goes on with its key's next unit itself.
+        // The queue closes once the busy keys' chains have run dry too.
         drop(ready);
         while let Some(joined) = workers.join_next().await {
             if let Err(error) = joined {
@@ -157,14 +200,45 @@ impl Dispatcher {
     }
 }
 
-async fn work(
+/// What a worker does with the units it takes: a trait so that tests can run the real workers with scripted
+/// deliveries, and the workers are generic over it so that production makes no dynamic call for it.
+trait Courier: Send + 'static {
+    /// Delivers `unit` (or releases it once the stream stopped) and hands over how it ended.
+    fn carry(&mut self, unit: DeliveryUnit) -> impl Future<Output = ()> + Send;
+
+    /// Ends when something held while idle has to be let go; polled only while the worker waits for a unit.
+    fn idle_end(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Sends units to Groove over the worker's own connection and hands their ends to the stream's sink.
+struct GrooveCourier {
     context: CallContext,
-    ready: async_channel::Receiver<Queued>,
-    chains: Arc<Chains>,
+    connection: GrooveConnection,
     reports: ReportSink,
     stop: CancellationToken,
+}
+
+impl Courier for GrooveCourier {
+    async fn carry(&mut self, unit: DeliveryUnit) {
+        // Once stopped, `deliver` releases the unit before anything of it is sent.
+        match deliver(&self.context, &mut self.connection, unit, &self.stop).await {
+            UnitEnd::Reported(report) => self.reports.report(*report).await,
+            UnitEnd::Released(unit) => self.reports.release(unit).await,
+        }
+    }
+
+    /// Lets go of the idle connection as soon as Groove closes it.
+    fn idle_end(&mut self) -> impl Future<Output = ()> + Send {
+        self.connection.closed()
+    }
+}
+
+async fn work<C: Courier>(
+    mut courier: C,
+    ready: async_channel::Receiver<Queued>,
+    chains: Arc<Chains>,
+    metrics: DestinationMetrics,
 ) {
-    let mut connection = context.client.connection();
     loop {
         let mut queued = tokio::select! {
             biased;
@@ -172,21 +246,16 @@ async fn work(
                 Ok(queued) => queued,
                 Err(_) => return,
             },
-            // Idle: let go of the connection as soon as Groove closes it.
-            () = connection.closed() => continue,
+            () = courier.idle_end() => continue,
         };
-        // A key's units follow one another on this worker until its chain is empty.
+        // A key's units stay on this worker only while no other unit waits for one.
         loop {
             let (room, unit) = queued;
             // The unit leaves the queue: its room goes back.
             drop(room);
-            context.metrics.queued(-(unit.record_ids.len() as i64));
+            metrics.queued(-(unit.record_ids.len() as i64));
             let key = unit.ordering_key.clone();
-            // Once stopped, `deliver` releases the unit before anything of it is sent.
-            match deliver(&context, &mut connection, unit, &stop).await {
-                UnitEnd::Reported(report) => reports.report(*report).await,
-                UnitEnd::Released(unit) => reports.release(unit).await,
-            }
+            courier.carry(unit).await;
             match key.and_then(|key| chains.next(&key)) {
                 Some(next) => queued = next,
                 None => break,
@@ -196,57 +265,4 @@ async fn work(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn unit(id: &str, key: &str) -> DeliveryUnit {
-        DeliveryUnit {
-            record_ids: vec![id.to_string()],
-            records: Vec::new(),
-            calls: Vec::new(),
-            ordering_key: Some(key.to_string()),
-            repeatable: true,
-        }
-    }
-
-    async fn queued(room: &Arc<Semaphore>, id: &str, key: &str) -> Queued {
-        (room.clone().acquire_owned().await.unwrap(), unit(id, key))
-    }
-
-    fn id(queued: Option<Queued>) -> Option<String> {
-        queued.map(|(_, unit)| unit.record_ids[0].clone())
-    }
-
-    #[tokio::test]
-    async fn a_key_goes_at_once_when_free_and_its_later_units_follow_in_order() {
-        let room = Arc::new(Semaphore::new(10));
-        let chains = Chains::default();
-        assert_eq!(
-            id(chains.wait_or_go("t/1".into(), queued(&room, "a1", "t/1").await)),
-            Some("a1".into())
-        );
-        assert_eq!(
-            id(chains.wait_or_go("t/2".into(), queued(&room, "b1", "t/2").await)),
-            Some("b1".into())
-        );
-        for later in ["a2", "a3"] {
-            assert_eq!(
-                id(chains.wait_or_go("t/1".into(), queued(&room, later, "t/1").await)),
-                None
-            );
-        }
-        assert_eq!(room.available_permits(), 8, "waiting units hold their room");
-        assert_eq!(id(chains.next("t/1")), Some("a2".into()));
-        assert_eq!(id(chains.next("t/2")), None, "t/2 is free again");
-        assert_eq!(
-            id(chains.wait_or_go("t/2".into(), queued(&room, "b2", "t/2").await)),
-            Some("b2".into())
-        );
-        assert_eq!(id(chains.next("t/1")), Some("a3".into()));
-        assert_eq!(id(chains.next("t/1")), None);
-        assert_eq!(
-            id(chains.wait_or_go("t/1".into(), queued(&room, "a4", "t/1").await)),
-            Some("a4".into())
-        );
-    }
-}
+mod tests;
