@@ -1,8 +1,8 @@
 //! Several replicas (separate processes) on one PostgreSQL database, delivering to one sandbox: what running
 //! more than one instance promises. A record reaches Groove once whichever replica it is sent through, even
-//! through two at the same moment, a
-//! replica killed mid-stream leaves nothing lost and nothing sent twice (except records answered as maybe
-//! delivered), and a pause on one replica stops streams on the others.
+//! through two at the same moment; a replica killed mid-stream leaves nothing lost and nothing sent twice
+//! (except records answered as maybe delivered); a pause or a new key on one replica holds for streams on the
+//! others; and together the replicas keep to the account's one rate limit.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::child::{ChildOptions, ChildServer};
 use common::flows::{self, active_destination, credential, raw, send, template};
-use common::{start_sandbox, GrpcServer};
+use common::{start_sandbox, GrpcServer, SANDBOX_KEY};
 use groove_destination::proto::{self, Outcome};
 use groove_sandbox::{Faults, SandboxHandle};
 use serde_json::{json, Value};
@@ -410,6 +410,78 @@ async fn pausing_on_one_replica_stops_a_stream_on_another_within_a_second() {
     let summary = answered.summary.unwrap();
     assert!(summary.unanswered > 0, "{summary:?}");
     drop(requests);
+    replicas.stop().await;
+}
+
+/// A key stored through one replica is the one a stream open on another replica sends from then on: a second
+/// after the change, the old key is refused by Groove and every call carries the new one.
+#[tokio::test]
+async fn a_key_changed_on_one_replica_is_sent_by_a_stream_on_another() {
+    const NEW_KEY: &str = "sandbox-new-key-9876543210";
+    let sandbox = start_sandbox().await;
+    let replicas = Replicas::start(2, &sandbox).await;
+    credential(replicas.get(0), "main").await;
+    let name = active_destination(replicas.get(0), "tickets", tickets_config(1)).await;
+    let (requests, mut stream) = flows::open(replicas.get(1), &name).await;
+    requests
+        .send(flows::batch(records(&ids("before", 5))))
+        .await
+        .unwrap();
+    let before = flows::next_results(&mut stream, 5).await;
+    assert!(
+        before.iter().all(|r| r.outcome() == Outcome::Delivered),
+        "{before:?}"
+    );
+
+    // UpdateCredential checks the new key with Groove: both work until the change is made.
+    sandbox.set_api_keys(&[SANDBOX_KEY, NEW_KEY]);
+    replicas
+        .get(0)
+        .credentials()
+        .await
+        .update_credential(proto::UpdateCredentialRequest {
+            name: "credentials/main".into(),
+            api_key: NEW_KEY.into(),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["api_key".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update credential");
+    sandbox.set_api_keys(&[NEW_KEY]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    requests
+        .send(flows::batch(records(&ids("after", 5))))
+        .await
+        .unwrap();
+    let after = flows::next_results(&mut stream, 5).await;
+    assert!(
+        after.iter().all(|r| r.outcome() == Outcome::Delivered),
+        "{after:?}"
+    );
+    drop(requests);
+    let (_, ended) = flows::drain_to_end(&mut stream).await;
+    ended.unwrap();
+    let keys_after: Vec<String> = sandbox
+        .requests()
+        .iter()
+        .filter(|request| request.method == "POST" && request.body.contains("[after-"))
+        .map(|request| {
+            request
+                .header("authorization")
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys_after.len(), 5);
+    assert!(
+        keys_after
+            .iter()
+            .all(|key| key == &format!("Bearer {NEW_KEY}")),
+        "{keys_after:?}"
+    );
     replicas.stop().await;
 }
 
