@@ -150,11 +150,19 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
 }
 
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Failure> {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|err| Failure::new("starting a write transaction", err))?;
+    begin(conn)?;
+    // Whether the open transaction holds a job's work that a later job's failure must not undo.
+    let mut holds_work = false;
     let applied = batch
         .iter_mut()
-        .try_for_each(|job| run_in_savepoint(conn, job.as_mut()))
+        .try_for_each(|job| {
+            if holds_work {
+                run_in_savepoint(conn, job.as_mut())
+            } else {
+                holds_work = run_first(conn, job.as_mut())?;
+                Ok(())
+            }
+        })
         .and_then(|()| {
             conn.execute_batch("COMMIT")
                 .map_err(|err| Failure::new("committing a write transaction", err))
@@ -165,6 +173,34 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), Failur
         }
     }
     applied
+}
+
+fn begin(conn: &Connection) -> Result<(), Failure> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|err| Failure::new("starting a write transaction", err))
+}
+
+/// Runs a job in a transaction that holds no other job's work, without a savepoint: under a savepoint SQLite
+/// first copies every page the job changes into a statement journal (a temporary file once it outgrows 64 KiB),
+/// which for a group of ledger rows costs about as much as writing them. Rolling the whole transaction back
+/// undoes exactly this job's work, and a new one is begun for the jobs after it. Returns whether the
+/// transaction now holds the job's work.
+fn run_first(conn: &Connection, job: &mut dyn Job) -> Result<bool, Failure> {
+    let ok = catch_unwind(AssertUnwindSafe(|| job.run(conn)))
+        .map_err(|panic| Failure::new("running a database write", panic_message(&panic)))?;
+    if conn.is_autocommit() {
+        return Err(Failure::new(
+            "running a database write",
+            "sqlite rolled back the transaction",
+        ));
+    }
+    if ok {
+        return Ok(true);
+    }
+    conn.execute_batch("ROLLBACK")
+        .map_err(|err| Failure::new("rolling back a failed write", err))?;
+    begin(conn)?;
+    Ok(false)
 }
 
 fn run_in_savepoint(conn: &Connection, job: &mut dyn Job) -> Result<(), Failure> {
@@ -246,6 +282,59 @@ mod tests {
         }
         assert_eq!(failed, 100);
         assert_eq!(count(&writer).await.unwrap(), 200);
+    }
+
+    /// A job that inserts `v` and then, if `fail`, returns an error; with the receiver of its result.
+    fn job(v: i64, fail: bool) -> (Box<dyn Job>, oneshot::Receiver<Result<(), StoreError>>) {
+        let (reply, outcome) = oneshot::channel();
+        let work = move |conn: &Connection| {
+            insert(v)(conn)?;
+            if fail {
+                return Err(StoreError::internal("writing", "refused after inserting"));
+            }
+            Ok(())
+        };
+        let job: Box<dyn Job> = Box::new(TypedJob {
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        (job, outcome)
+    }
+
+    #[tokio::test]
+    async fn failing_jobs_undo_only_their_own_work_wherever_they_are_in_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+            .unwrap();
+        // Failing first (no savepoint), after a failure, after a success (in a savepoint), and last.
+        let plan = [
+            (1, true),
+            (2, true),
+            (3, false),
+            (4, true),
+            (5, false),
+            (6, true),
+        ];
+        let (mut batch, outcomes): (Vec<_>, Vec<_>) =
+            plan.iter().map(|&(v, fail)| job(v, fail)).unzip();
+        assert!(run_batch(&conn, &mut batch).is_ok());
+        for job in batch {
+            job.finish(None);
+        }
+        for (outcome, (v, fail)) in outcomes.into_iter().zip(plan) {
+            assert_eq!(outcome.await.unwrap().is_err(), fail, "job {v}");
+        }
+        let kept: Vec<i64> = conn
+            .prepare("SELECT v FROM t ORDER BY v")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, [3, 5]);
+        assert!(conn.is_autocommit());
     }
 
     #[tokio::test]
