@@ -6,11 +6,12 @@
 //! held (from another stream, or earlier in this one) waits until that delivery has ended and its outcome is
 //! stored, and is then answered from the store: a duplicate only if it was delivered.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
@@ -43,6 +44,9 @@ const CLAIMED_ELSEWHERE_RECHECK: Duration = Duration::from_millis(200);
 /// Records of one stream waiting for another delivery of their id; beyond it the stream is not read until
 /// some of them are answered, so memory stays bounded.
 const MAX_WAITING: usize = 1024;
+/// Messages whose ids are being looked up in the store while the intake reads on: a lookup is a round trip to
+/// the store, and one at a time it, not the work, would set the pace of a stream of small messages.
+const LOOKUPS_AHEAD: usize = 4;
 
 /// What the answer to a record that may have been delivered says.
 pub const MAYBE_DELIVERED_REPLAY: &str =
@@ -173,12 +177,14 @@ impl Session {
             stop: &stop,
             planner: Planner::new(self.renderer.clone(), &self.destination.config.batching),
             waiting: FuturesUnordered::new(),
+            lookups: FuturesOrdered::new(),
             handed: &mut handed,
             unsettled: 0,
             received: 0,
         };
         let unreadable = intake.read(input).await;
         let received = intake.received;
+        intake.let_go_of_lookups().await;
         intake.flush_batcher().await;
         // Dropping the intake ends the claim stage's input (records still waiting for another delivery of
         // their id are forgotten with it: unanswered); the stage then lets the workers finish.
@@ -218,6 +224,8 @@ struct Intake<'a> {
     planner: Planner<Candidate>,
     /// Records whose id another delivery holds, each resolving once it is let go.
     waiting: FuturesUnordered<BoxFuture<'static, Candidate>>,
+    /// Records whose ids this delivery holds, with their states as the store tells them, in the order read.
+    lookups: FuturesOrdered<BoxFuture<'static, Lookup>>,
     /// What the claim stage did with the groups sent to it, and those refused by the store.
     handed: &'a mut mpsc::UnboundedReceiver<Handed>,
     /// Groups sent to the claim stage that it has not handed on yet: their units may still come back.
@@ -235,7 +243,11 @@ impl Intake<'_> {
     {
         let mut input_open = true;
         let mut unreadable = None;
-        while input_open || !self.waiting.is_empty() || self.unsettled > 0 {
+        while input_open
+            || !self.waiting.is_empty()
+            || !self.lookups.is_empty()
+            || self.unsettled > 0
+        {
             let deadline = self.planner.next_deadline();
             tokio::select! {
                 biased;
@@ -258,17 +270,22 @@ impl Intake<'_> {
                     // The stage is gone: nothing more comes back.
                     None => self.unsettled = 0,
                 },
-                Some(candidate) = self.waiting.next(), if !self.waiting.is_empty() => {
-                    self.take(vec![candidate]).await;
+                Some(lookup) = self.lookups.next(), if !self.lookups.is_empty() => {
+                    self.place(lookup).await;
                     if !input_open {
                         self.flush_batcher().await;
                     }
                 }
-                message = input.next(), if input_open && self.waiting.len() < MAX_WAITING => match message {
+                Some(candidate) = self.waiting.next(), if !self.waiting.is_empty() => {
+                    self.take(vec![candidate]);
+                }
+                message = input.next(), if input_open
+                    && self.waiting.len() < MAX_WAITING
+                    && self.lookups.len() < LOOKUPS_AHEAD => match message {
                     Some(Ok(records)) => {
                         self.received += records.len() as u64;
                         let candidates = self.check(records).await;
-                        self.take(candidates).await;
+                        self.take(candidates);
                     }
                     Some(Err(why)) if why.abandons_unsent() => {
                         self.stop.stop(why);
@@ -333,9 +350,9 @@ impl Intake<'_> {
         candidates
     }
 
-    /// Claims the candidates' ids, answers those the store already settles, and sends the rest; a candidate
-    /// whose id another delivery holds waits for it.
-    async fn take(&mut self, candidates: Vec<Candidate>) {
+    /// Holds the candidates' ids and starts looking up their states in the store ([`Intake::place`] goes on once
+    /// it has them); a candidate whose id another delivery holds waits for it.
+    fn take(&mut self, candidates: Vec<Candidate>) {
         let session = self.session;
         let destination_id = &session.destination.id;
         let ids: Vec<&str> = candidates.iter().map(|record| record.id.as_str()).collect();
@@ -353,13 +370,34 @@ impl Intake<'_> {
         if taken.is_empty() {
             return;
         }
-        let ids = taken.iter().map(|record| record.id.clone()).collect();
-        let states = match session
-            .shared
-            .store
-            .record_states(destination_id, ids)
-            .await
-        {
+        let store = session.shared.store.clone();
+        let destination_id = destination_id.clone();
+        self.lookups.push_back(Box::pin(async move {
+            let ids = taken.iter().map(|record| record.id.clone()).collect();
+            let states = store.record_states(&destination_id, ids).await;
+            Lookup { taken, states }
+        }));
+    }
+
+    /// Lookups still running when the intake stops reading: their records stay unanswered and their ids are let
+    /// go, so that a replay sends them.
+    async fn let_go_of_lookups(&mut self) {
+        let session = self.session;
+        while let Some(Lookup { taken, .. }) = self.lookups.next().await {
+            let ids: Vec<String> = taken.into_iter().map(|record| record.id).collect();
+            session
+                .shared
+                .in_flight
+                .release(&session.destination.id, &ids);
+        }
+    }
+
+    /// Answers the records the store already settles and sends the rest.
+    async fn place(&mut self, lookup: Lookup) {
+        let session = self.session;
+        let destination_id = &session.destination.id;
+        let Lookup { taken, states } = lookup;
+        let states = match states {
             Ok(states) => states,
             Err(error) => {
                 // Without the store a replay cannot be told apart; sending could duplicate, so don't.
@@ -485,6 +523,12 @@ impl Intake<'_> {
             }
         }
     }
+}
+
+/// Records whose ids a session holds, and what the store says of them.
+struct Lookup {
+    taken: Vec<Candidate>,
+    states: Result<HashMap<String, RecordState>, StoreError>,
 }
 
 /// Whether sending these calls twice is harmless.
