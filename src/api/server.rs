@@ -1,5 +1,5 @@
-//! HTTP/2 settings of the gRPC server: keepalive pings, streams per connection, and the age after which a
-//! connection is asked to go away (GOAWAY), then closed once its grace has passed.
+//! HTTP/2 settings of the gRPC server: keepalive pings, streams per connection, flow-control windows, and the age
+//! after which a connection is asked to go away (GOAWAY), then closed once its grace has passed.
 
 use std::future::Future;
 use std::io;
@@ -12,6 +12,15 @@ use tokio::time::Sleep;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 use tonic::transport::Server;
+
+/// How much a client may send on one stream before the server has read it. HTTP/2's default (64 KiB, under two
+/// messages of a hundred 320-byte records) makes a SendRecords stream wait for a window update between messages,
+/// so the stream, not the work, sets the pace; grpc-go's servers grow their windows to 16 MiB for the same
+/// reason. Unread data is bounded by the connection's window.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// How much a client may send on all of a connection's streams before the server has read it: the most one
+/// connection can make the server buffer.
+const CONNECTION_WINDOW: u32 = 4 << 20;
 
 /// What `--http2-keepalive-interval` and the other server flags say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +41,9 @@ impl ServerOptions {
         let server = server
             .http2_keepalive_interval(self.keepalive_interval)
             .http2_keepalive_timeout(Some(self.keepalive_timeout))
-            .max_concurrent_streams(self.max_concurrent_streams);
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW));
         // Only the age: tonic, given a grace as well, closes at age + grace without sending GOAWAY first, so
         // the grace is kept by `Aged` instead.
         match self.max_connection_age {
