@@ -299,6 +299,13 @@ async fn each_key_keeps_arrival_order_whatever_each_delivery_takes() {
     }
 }
 
+/// `units` units whose keys take turns among `keys` keys.
+fn keys_in_turn(units: usize, keys: usize) -> Vec<Option<String>> {
+    (0..units)
+        .map(|n| Some(format!("t/{}", n % keys)))
+        .collect()
+}
+
 /// Keys in turn, every delivery taking the same time: as many units are in flight as there are workers, or
 /// keys when they are fewer, and each round of units takes one latency.
 #[tokio::test(start_paused = true)]
@@ -307,9 +314,7 @@ async fn as_many_units_are_in_flight_as_workers_or_keys_with_work() {
     let latency = 10 * MS;
     let units = 800;
     for keys in [1, 3, 8, 16, 33, 64] {
-        let key_of: Vec<_> = (0..units)
-            .map(|n| Some(format!("t/{}", n % keys)))
-            .collect();
+        let key_of = keys_in_turn(units, keys);
         let script = Script::new(vec![latency; units]);
         let started = Instant::now();
         run(concurrency, &script, &key_of).await;
@@ -456,9 +461,7 @@ async fn one_key_more_than_the_workers_keeps_them_all_busy() {
     let latency = 10 * MS;
     let units = 800;
     let keys = concurrency + 1;
-    let key_of: Vec<_> = (0..units)
-        .map(|n| Some(format!("t/{}", n % keys)))
-        .collect();
+    let key_of = keys_in_turn(units, keys);
     let script = Script::new(vec![latency; units]);
     let started = Instant::now();
     run(concurrency, &script, &key_of).await;

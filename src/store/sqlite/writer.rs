@@ -186,15 +186,7 @@ fn begin(conn: &Connection) -> Result<(), Failure> {
 /// undoes exactly this job's work, and a new one is begun for the jobs after it. Returns whether the
 /// transaction now holds the job's work.
 fn run_first(conn: &Connection, job: &mut dyn Job) -> Result<bool, Failure> {
-    let ok = catch_unwind(AssertUnwindSafe(|| job.run(conn)))
-        .map_err(|panic| Failure::new("running a database write", panic_message(&panic)))?;
-    if conn.is_autocommit() {
-        return Err(Failure::new(
-            "running a database write",
-            "sqlite rolled back the transaction",
-        ));
-    }
-    if ok {
+    if run_job(conn, job)? {
         return Ok(true);
     }
     conn.execute_batch("ROLLBACK")
@@ -203,19 +195,24 @@ fn run_first(conn: &Connection, job: &mut dyn Job) -> Result<bool, Failure> {
     Ok(false)
 }
 
-fn run_in_savepoint(conn: &Connection, job: &mut dyn Job) -> Result<(), Failure> {
-    conn.execute_batch("SAVEPOINT job")
-        .map_err(|err| Failure::new("starting a savepoint", err))?;
+/// Runs a job inside the open transaction; says whether it succeeded. A panic, or an error that made SQLite
+/// abandon the whole transaction (disk full, I/O), fails the batch: the other jobs' work is gone too.
+fn run_job(conn: &Connection, job: &mut dyn Job) -> Result<bool, Failure> {
     let ok = catch_unwind(AssertUnwindSafe(|| job.run(conn)))
         .map_err(|panic| Failure::new("running a database write", panic_message(&panic)))?;
-    // Some errors (disk full, I/O) make SQLite abandon the whole transaction; the other jobs' work is gone too.
     if conn.is_autocommit() {
         return Err(Failure::new(
             "running a database write",
             "sqlite rolled back the transaction",
         ));
     }
-    let end = if ok {
+    Ok(ok)
+}
+
+fn run_in_savepoint(conn: &Connection, job: &mut dyn Job) -> Result<(), Failure> {
+    conn.execute_batch("SAVEPOINT job")
+        .map_err(|err| Failure::new("starting a savepoint", err))?;
+    let end = if run_job(conn, job)? {
         "RELEASE job"
     } else {
         "ROLLBACK TO job; RELEASE job"
