@@ -86,6 +86,13 @@ impl Replicas {
         }
     }
 
+    /// Credential `main` and the active destination `tickets` creating tickets with `concurrency` calls in
+    /// flight, made through the first replica; returns the destination's name.
+    async fn tickets_destination(&self, concurrency: u32) -> String {
+        credential(self.get(0), "main").await;
+        active_destination(self.get(0), "tickets", tickets_config(concurrency)).await
+    }
+
     fn get(&self, index: usize) -> &ChildServer {
         &self.servers[index]
     }
@@ -147,8 +154,7 @@ fn tickets_config(concurrency: u32) -> proto::DestinationConfig {
 async fn what_one_replica_creates_the_others_read() {
     let sandbox = start_sandbox().await;
     let replicas = Replicas::start(3, &sandbox).await;
-    credential(replicas.get(0), "main").await;
-    let name = active_destination(replicas.get(0), "tickets", tickets_config(4)).await;
+    let name = replicas.tickets_destination(4).await;
 
     for index in 1..3 {
         let read = replicas
@@ -181,8 +187,7 @@ async fn what_one_replica_creates_the_others_read() {
 async fn a_replay_through_another_replica_answers_duplicates_and_creates_nothing() {
     let sandbox = start_sandbox().await;
     let replicas = Replicas::start(3, &sandbox).await;
-    credential(replicas.get(0), "main").await;
-    let name = active_destination(replicas.get(0), "tickets", tickets_config(8)).await;
+    let name = replicas.tickets_destination(8).await;
     let all = ids("r", 120);
 
     let first = send(replicas.get(0), &name, vec![records(&all)])
@@ -207,8 +212,7 @@ async fn a_replay_through_another_replica_answers_duplicates_and_creates_nothing
 async fn records_sent_through_two_replicas_at_once_are_created_once() {
     let sandbox = start_sandbox().await;
     let replicas = Replicas::start(2, &sandbox).await;
-    credential(replicas.get(0), "main").await;
-    let name = active_destination(replicas.get(0), "tickets", tickets_config(4)).await;
+    let name = replicas.tickets_destination(4).await;
     // Slow enough that both replicas look the records up before either has an outcome.
     sandbox.set_faults(Faults {
         latency: Duration::from_millis(20),
@@ -244,8 +248,7 @@ async fn records_sent_through_two_replicas_at_once_are_created_once() {
 async fn updates_sent_through_two_replicas_at_once_are_sent_once() {
     let sandbox = start_sandbox().await;
     let replicas = Replicas::start(2, &sandbox).await;
-    credential(replicas.get(0), "main").await;
-    let tickets = active_destination(replicas.get(0), "tickets", tickets_config(1)).await;
+    let tickets = replicas.tickets_destination(1).await;
     send(replicas.get(0), &tickets, vec![records(&ids("new", 1))])
         .await
         .unwrap();
@@ -298,8 +301,7 @@ async fn updates_sent_through_two_replicas_at_once_are_sent_once() {
 async fn a_replica_killed_mid_stream_loses_nothing_and_creates_nothing_twice() {
     let sandbox = start_sandbox().await;
     let mut replicas = Replicas::start(2, &sandbox).await;
-    credential(replicas.get(0), "main").await;
-    let name = active_destination(replicas.get(0), "tickets", tickets_config(8)).await;
+    let name = replicas.tickets_destination(8).await;
     // Slow enough that the kill lands with calls on the wire.
     sandbox.set_faults(Faults {
         latency: Duration::from_millis(150),
@@ -379,8 +381,7 @@ async fn a_replica_killed_mid_stream_loses_nothing_and_creates_nothing_twice() {
 async fn pausing_on_one_replica_stops_a_stream_on_another_within_a_second() {
     let sandbox = start_sandbox().await;
     let replicas = Replicas::start(2, &sandbox).await;
-    credential(replicas.get(0), "main").await;
-    let name = active_destination(replicas.get(0), "tickets", tickets_config(1)).await;
+    let name = replicas.tickets_destination(1).await;
     sandbox.set_faults(Faults {
         latency: Duration::from_millis(50),
         ..Faults::default()
@@ -420,8 +421,7 @@ async fn a_key_changed_on_one_replica_is_sent_by_a_stream_on_another() {
     const NEW_KEY: &str = "sandbox-new-key-9876543210";
     let sandbox = start_sandbox().await;
     let replicas = Replicas::start(2, &sandbox).await;
-    credential(replicas.get(0), "main").await;
-    let name = active_destination(replicas.get(0), "tickets", tickets_config(1)).await;
+    let name = replicas.tickets_destination(1).await;
     let (requests, mut stream) = flows::open(replicas.get(1), &name).await;
     requests
         .send(flows::batch(records(&ids("before", 5))))
@@ -516,8 +516,7 @@ async fn three_replicas_share_one_rate_limit() {
     const PER_REPLICA: usize = 400;
     let sandbox = start_sandbox().await;
     let replicas = Replicas::start_alone(3, &sandbox).await;
-    credential(replicas.get(0), "main").await;
-    let name = active_destination(replicas.get(0), "tickets", tickets_config(8)).await;
+    let name = replicas.tickets_destination(8).await;
     sandbox.set_faults(Faults {
         rate_limit: Some(format!("{LIMIT}/1s").parse().unwrap()),
         ..Faults::default()
