@@ -159,6 +159,54 @@ async fn creates_in_flight_at_a_kill_9_are_kept_as_maybe_delivered_and_not_resen
 }
 
 #[tokio::test]
+async fn records_answered_delivered_before_a_kill_9_are_duplicates_after_the_restart() {
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ChildServer::start(dir.path(), &sandbox.base_url()).await;
+    credential(&server, "main").await;
+    let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    let ids: Vec<String> = (0..2_000).map(|index| format!("d-{index}")).collect();
+    let (requests, mut stream) = common::flows::open(&server, &name).await;
+    requests
+        .send(common::flows::batch(
+            ids.iter().map(|id| ticket(id)).collect(),
+        ))
+        .await
+        .unwrap();
+    // The kill lands right after the last of these results arrived, while later calls and commits go on.
+    let before_kill = common::flows::next_results(&mut stream, 300).await;
+    let killed = server.kill_9();
+    assert!(!killed.success(), "{killed}");
+    drop(requests);
+    let delivered_before: Vec<&String> = before_kill
+        .iter()
+        .filter(|result| result.outcome() == Outcome::Delivered)
+        .flat_map(|result| &result.record_ids)
+        .collect();
+    assert!(delivered_before.len() >= 300, "{before_kill:?}");
+
+    server.restart().await;
+    let replay = send(
+        &server,
+        &name,
+        vec![ids.iter().map(|id| ticket(id)).collect()],
+    )
+    .await
+    .unwrap();
+    for id in delivered_before {
+        assert_eq!(replay.of(id).outcome(), Outcome::Duplicate, "{id}");
+    }
+    let tickets = sandbox.stats().count(201);
+    assert!(
+        tickets <= ids.len() as u64,
+        "{tickets} tickets for {} records",
+        ids.len()
+    );
+    let stopped = server.stop().await;
+    assert!(stopped.success(), "{stopped}\n{}", server.log_tail());
+}
+
+#[tokio::test]
 async fn a_second_process_on_the_same_data_dir_is_refused_until_the_first_exits() {
     let sandbox = start_sandbox().await;
     let dir = tempfile::tempdir().unwrap();

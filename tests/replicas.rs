@@ -348,13 +348,12 @@ async fn a_replica_killed_mid_stream_loses_nothing_and_creates_nothing_twice() {
             other => panic!("{id} answered {other:?}: {result:?}"),
         }
     }
-    // A result streams back while its outcome is being committed; a record whose commit the kill cut off is
-    // settled as maybe delivered (its claim outlived the replica), never sent again.
+    // A result streams back only once its outcome is committed: whatever was answered delivered stays so.
     for id in &delivered_before {
-        let outcome = resent.of(id).outcome();
-        assert!(
-            matches!(outcome, Outcome::Duplicate | Outcome::Failed),
-            "{id} was delivered before the kill and is now {outcome:?}"
+        assert_eq!(
+            resent.of(id).outcome(),
+            Outcome::Duplicate,
+            "{id} was delivered before the kill"
         );
     }
     assert!(maybe_delivered > 0, "the kill left nothing in flight");

@@ -1,8 +1,9 @@
 //! Persists outcomes in group commits: delivered ids into the ledger, rejected and failed records into the
 //! failed-records store, and ends the records' claims with them. One task for the whole server; whatever queued
 //! up while the previous commit ran goes into the next one, so the number of transactions stays small however
-//! fast results arrive. A record id is let go in memory only once its outcome is committed, so a stream waiting
-//! for it then finds the outcome in the store.
+//! fast results arrive. A record id is let go in memory, and its result may be sent, only once its outcome is
+//! committed: a stream waiting for the id then finds the outcome in the store, and a record answered delivered
+//! stays known as delivered through a crash.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use crate::store::{
 const QUEUE_CAPACITY: usize = 256;
 /// Most reports in one commit.
 const MAX_GROUP: usize = 512;
-/// How long the recorder gathers outcomes into one commit; bounds the fsyncs to a few hundred per second.
+/// How long the recorder gathers outcomes into one commit when they come together; bounds the fsyncs to a few
+/// hundred per second.
 const GATHER_FOR: std::time::Duration = std::time::Duration::from_millis(2);
 /// Groove's answer kept with a failed record is cut to this many bytes.
 const FAILED_BODY_CAP: usize = 16 * 1024;
@@ -44,6 +46,8 @@ enum Message {
         unrecorded: Vec<(String, String)>,
         /// Ids to let go in memory once committed: (destination id, record ids).
         in_flight: (String, Vec<String>),
+        /// Told once the commit is over.
+        committed: oneshot::Sender<()>,
     },
     /// Records let go unsent: their claims end, and their ids are let go in memory.
     Release {
@@ -52,6 +56,17 @@ enum Message {
     },
     /// Answered once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
+}
+
+/// Resolves once an outcome's commit is over (stored, or given up on after the store kept refusing it).
+pub struct Committed(oneshot::Receiver<()>);
+
+impl Committed {
+    pub async fn wait(self) {
+        // An error means the recorder is gone, which only happens when the server stops: nothing more to wait
+        // for.
+        let _ = self.0.await;
+    }
 }
 
 #[derive(Clone)]
@@ -71,8 +86,9 @@ impl Recorder {
         Recorder { queue }
     }
 
-    /// Queues the outcome of records this server claimed; their claims end once it is committed.
-    pub async fn record(&self, destination_id: &str, report: &DeliveryReport) {
+    /// Queues the outcome of records this server claimed; their claims end once it is committed, which the
+    /// returned [`Committed`] tells.
+    pub async fn record(&self, destination_id: &str, report: &DeliveryReport) -> Committed {
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         let now_ms = crate::delivery::clock::now_ms();
@@ -86,15 +102,18 @@ impl Recorder {
                 .map(|record_id| (destination_id.to_string(), record_id.clone()))
                 .collect()
         };
+        let (committed, when_committed) = oneshot::channel();
         let message = Message::Outcome {
             delivered,
             failed,
             unrecorded,
             in_flight: (destination_id.to_string(), report.record_ids.clone()),
+            committed,
         };
         if self.queue.send(message).await.is_err() {
             tracing::error!(destination = %destination_id, "outcome recorder stopped; outcome not persisted");
         }
+        Committed(when_committed)
     }
 
     /// Lets claimed records go unsent: a later stream sends them.
@@ -124,14 +143,22 @@ async fn run(
     mut receiver: mpsc::Receiver<Message>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut last_group = 0;
     while let Some(first) = receiver.recv().await {
         group.push(first);
-        // Gather for a moment: every commit costs an fsync, and results do not wait for commits.
-        let deadline = tokio::time::Instant::now() + GATHER_FOR;
+        // Results wait for their commit, so gathering costs every result its time; it pays only when outcomes
+        // arrive together, which the last group tells. Alone, a commit goes at once.
+        let gather_for = if last_group > 1 {
+            GATHER_FOR
+        } else {
+            std::time::Duration::ZERO
+        };
+        let deadline = tokio::time::Instant::now() + gather_for;
         while group.len() < MAX_GROUP {
             match receiver.try_recv() {
                 Ok(message) => group.push(message),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if gather_for.is_zero() => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     match tokio::time::timeout_at(deadline, receiver.recv()).await {
                         Ok(Some(message)) => group.push(message),
@@ -140,6 +167,7 @@ async fn run(
                 }
             }
         }
+        last_group = group.len();
         commit(&*store, &in_flight, metrics.as_deref(), group.drain(..)).await;
     }
 }
@@ -154,20 +182,22 @@ async fn commit(
     let mut failed = Vec::new();
     let mut unclaimed: Vec<(String, String)> = Vec::new();
     let mut let_go: Vec<(String, Vec<String>)> = Vec::new();
-    let mut flushes = Vec::new();
+    let mut waiting = Vec::new();
     for message in messages {
         match message {
-            Message::Flush(done) => flushes.push(done),
+            Message::Flush(done) => waiting.push(done),
             Message::Outcome {
                 delivered: mut more_delivered,
                 failed: mut more_failed,
                 mut unrecorded,
                 in_flight,
+                committed,
             } => {
                 delivered.append(&mut more_delivered);
                 failed.append(&mut more_failed);
                 unclaimed.append(&mut unrecorded);
                 let_go.push(in_flight);
+                waiting.push(committed);
             }
             Message::Release {
                 destination_id,
@@ -203,7 +233,7 @@ async fn commit(
     for (destination_id, record_ids) in let_go {
         in_flight.release(&destination_id, &record_ids);
     }
-    for done in flushes {
+    for done in waiting {
         let _ = done.send(());
     }
 }

@@ -135,7 +135,7 @@ impl Session {
         S: Stream<Item = Result<Vec<IncomingRecord>, Interruption>> + Send + Unpin,
     {
         let _open = self.context.metrics.open_stream();
-        let reports = ReportSink::new(
+        let reports = ReportSink::start(
             output.clone(),
             self.shared.recorder.clone(),
             self.shared.webhooks.clone(),
@@ -203,6 +203,7 @@ impl Session {
         }
         watcher.abort();
         self.shared.recorder.flush().await;
+        reports.drain().await;
         let mut summary = reports.summary();
         summary.records_received = received;
         summary.unanswered = received.saturating_sub(summary.answered());

@@ -1,16 +1,22 @@
 //! Where every result of a session goes: counted for the summary, forwarded to the response webhook, queued
-//! for the store (outcomes of deliveries) and sent to the client — called directly by whoever produced it (a
-//! dispatch worker, or the session for records answered without a call), with no task in between.
+//! for the store (outcomes of deliveries) and sent to the client. Whoever produced a result (a dispatch worker,
+//! or the session for records answered without a call) hands it over with no task in between; the session's
+//! answering task then sends the results in the order they were handed over, each only once its outcome is
+//! committed, so that a record answered delivered is found delivered by any replay, even after a crash.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
-use crate::delivery::recorder::Recorder;
+use crate::delivery::recorder::{Committed, Recorder};
 use crate::delivery::report::{DeliveryReport, DeliveryUnit, StreamEvent, Summary};
 use crate::delivery::webhook::{WebhookForwarder, WebhookTarget};
 use crate::metrics::DestinationMetrics;
+
+/// Results handed over and not yet sent (most wait for their outcome's commit); a full queue slows the
+/// session's workers down, so the results of one slow commit or one slow client stay bounded.
+const HELD_RESULTS: usize = 1024;
 
 #[derive(Clone)]
 pub(crate) struct ReportSink {
@@ -18,20 +24,34 @@ pub(crate) struct ReportSink {
 }
 
 struct Inner {
+    held: mpsc::Sender<Held>,
+    recorder: Recorder,
+    destination_id: String,
+    summary: Arc<Mutex<Summary>>,
+}
+
+enum Held {
+    /// A result, sent once its outcome is committed (`None`: nothing to commit).
+    Result(Option<Committed>, Box<DeliveryReport>),
+    /// Answered once every result before it is sent.
+    Drained(oneshot::Sender<()>),
+}
+
+/// The answering task's side: what it needs to send a result.
+struct Answering {
     output: mpsc::Sender<StreamEvent>,
     /// Cleared when the client is gone; delivery and recording go on regardless.
-    client_listening: AtomicBool,
-    recorder: Recorder,
+    client_listening: bool,
     webhooks: WebhookForwarder,
-    destination_id: String,
     destination_name: String,
     webhook: Option<Arc<WebhookTarget>>,
-    summary: Mutex<Summary>,
+    summary: Arc<Mutex<Summary>>,
     metrics: DestinationMetrics,
 }
 
 impl ReportSink {
-    pub fn new(
+    /// Starts the session's answering task, which ends once every clone of the sink is dropped.
+    pub fn start(
         output: mpsc::Sender<StreamEvent>,
         recorder: Recorder,
         webhooks: WebhookForwarder,
@@ -42,54 +62,42 @@ impl ReportSink {
     ) -> Self {
         let webhook =
             webhook_url.and_then(|url| WebhookTarget::new(url, &destination_name, metrics.clone()));
+        let summary = Arc::new(Mutex::new(Summary::default()));
+        let (held, receiver) = mpsc::channel(HELD_RESULTS);
+        let answering = Answering {
+            output,
+            client_listening: true,
+            webhooks,
+            destination_name,
+            webhook,
+            summary: summary.clone(),
+            metrics,
+        };
+        tokio::spawn(answering.run(receiver).in_current_span());
         ReportSink {
             inner: Arc::new(Inner {
-                output,
-                client_listening: AtomicBool::new(true),
+                held,
                 recorder,
-                webhooks,
                 destination_id,
-                destination_name,
-                webhook,
-                summary: Mutex::new(Summary::default()),
-                metrics,
+                summary,
             }),
         }
     }
 
-    /// Takes the outcome of records this session claimed: it is stored, and their claims end. Waits while the
-    /// store's or the client's queue is full: that is the backpressure.
+    /// Takes the outcome of records this session claimed: it is stored, their claims end, and the client hears
+    /// it once it is committed. Waits while the store's queue or the results held are full: that is the
+    /// backpressure.
     pub async fn report(&self, report: DeliveryReport) {
         let inner = &*self.inner;
-        inner.recorder.record(&inner.destination_id, &report).await;
-        self.answer(report).await;
+        let committed = inner.recorder.record(&inner.destination_id, &report).await;
+        self.hold(Held::Result(Some(committed), Box::new(report)))
+            .await;
     }
 
     /// Takes a result that changes nothing in the store (an invalid record, a duplicate, a replay of a record
     /// that may have been delivered); the session holds no claim on it.
     pub async fn answer(&self, report: DeliveryReport) {
-        let inner = &*self.inner;
-        inner
-            .summary
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .count(&report);
-        inner
-            .metrics
-            .records(report.outcome, report.record_ids.len());
-        if let Some(webhook) = &inner.webhook {
-            inner.webhooks.submit(webhook, &report);
-        }
-        if inner.client_listening.load(Ordering::Relaxed)
-            && inner
-                .output
-                .send(StreamEvent::Report(Box::new(report)))
-                .await
-                .is_err()
-            && inner.client_listening.swap(false, Ordering::Relaxed)
-        {
-            tracing::info!(destination = %inner.destination_name, "client went away; recording what is in flight");
-        }
+        self.hold(Held::Result(None, Box::new(report))).await;
     }
 
     /// Lets a claimed unit go unsent: no result, and a later stream sends it.
@@ -101,12 +109,59 @@ impl ReportSink {
             .await;
     }
 
-    /// The counts so far.
+    /// Waits until every result handed over so far is sent (or dropped, the client being gone).
+    pub async fn drain(&self) {
+        let (done, wait) = oneshot::channel();
+        self.hold(Held::Drained(done)).await;
+        let _ = wait.await;
+    }
+
+    /// The counts of the results sent so far.
     pub fn summary(&self) -> Summary {
         self.inner
             .summary
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    async fn hold(&self, held: Held) {
+        if self.inner.held.send(held).await.is_err() {
+            tracing::error!(destination = %self.inner.destination_id, "the answering task stopped; result not sent");
+        }
+    }
+}
+
+impl Answering {
+    async fn run(mut self, mut held: mpsc::Receiver<Held>) {
+        while let Some(next) = held.recv().await {
+            match next {
+                Held::Result(committed, report) => {
+                    if let Some(committed) = committed {
+                        committed.wait().await;
+                    }
+                    self.send(report).await;
+                }
+                Held::Drained(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, report: Box<DeliveryReport>) {
+        self.summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .count(&report);
+        self.metrics
+            .records(report.outcome, report.record_ids.len());
+        if let Some(webhook) = &self.webhook {
+            self.webhooks.submit(webhook, &report);
+        }
+        if self.client_listening && self.output.send(StreamEvent::Report(report)).await.is_err() {
+            self.client_listening = false;
+            tracing::info!(destination = %self.destination_name, "client went away; recording what is in flight");
+        }
     }
 }
