@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use foldhash::fast::RandomState;
+
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
@@ -19,9 +21,13 @@ pub struct InFlight {
 
 /// A destination's ids in flight, each with the senders that wake its waiters when dropped, and the gauge
 /// that shows how many there are.
+///
+/// Every id a stream reads is hashed twice here (held, then let go), so the hasher is foldhash rather than
+/// SipHash. Clients choose the ids, but foldhash is seeded at random per process and the table holds only the
+/// ids in flight, which the streams' queues bound, so colliding ids could slow it only so far.
 #[derive(Default)]
 struct Held {
-    ids: HashMap<String, Vec<oneshot::Sender<()>>>,
+    ids: HashMap<String, Vec<oneshot::Sender<()>>, RandomState>,
     gauge: Option<Gauge>,
 }
 
@@ -59,7 +65,7 @@ impl InFlight {
         let held = ids
             .entry(destination_id.to_string())
             .or_insert_with(|| Held {
-                ids: HashMap::new(),
+                ids: HashMap::default(),
                 gauge: self
                     .metrics
                     .as_ref()
