@@ -188,12 +188,16 @@ impl DeliveryService for Delivery {
             .open_session(&id, &start.destination)
             .await
             .map_err(ApiError::from)?;
+        let detail = start.result_detail();
+        let session = match detail {
+            proto::ResultDetail::OutcomeOnly => session.answering_outcomes_only(),
+            proto::ResultDetail::Full | proto::ResultDetail::Unspecified => session,
+        };
         // The stream's span lives as long as its task, so its Groove calls and its summary are in its trace.
         let stream_id = uuid::Uuid::new_v4().simple().to_string();
         let span = tracing::info_span!("record stream", destination = %start.destination, stream_id = %stream_id);
         span.in_scope(|| tracing::info!(caller = caller.name(), "record stream opened"));
         let (output, events) = mpsc::channel(OUTPUT_BUFFER);
-        let detail = start.result_detail();
         let name = start.destination;
         let started = Instant::now();
         tokio::spawn(

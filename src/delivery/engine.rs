@@ -531,6 +531,7 @@ impl Engine {
             shared: self.shared.clone(),
             destination,
             replays: Replays::Refuse,
+            outcomes_only: false,
             changes,
         })
     }

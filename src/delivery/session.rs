@@ -28,7 +28,7 @@ use crate::delivery::report::{
     DeliveryReport, DeliveryUnit, IncomingRecord, Interruption, PlannedCall, RecordJson,
     StreamEvent, Summary,
 };
-use crate::delivery::sink::ReportSink;
+use crate::delivery::sink::{ReportSink, ResultsOf};
 use crate::delivery::webhook::WebhookForwarder;
 use crate::domain::batching::Batch;
 use crate::domain::destination::{Destination, DestinationState};
@@ -82,6 +82,8 @@ pub struct Session {
     pub(crate) context: CallContext,
     pub(crate) shared: Shared,
     pub(crate) replays: Replays,
+    /// Whether the client is answered outcomes only, so results need not keep the requests sent.
+    pub(crate) outcomes_only: bool,
     /// Changes heard since just before the destination was read for this session.
     pub(crate) changes: Subscription,
 }
@@ -125,6 +127,13 @@ impl Session {
         self
     }
 
+    /// Makes the session keep only what an outcome-only answer shows while its results wait to be sent: a
+    /// batch's request body can be far larger than its result.
+    pub fn answering_outcomes_only(mut self) -> Self {
+        self.outcomes_only = true;
+        self
+    }
+
     /// Delivers what `input` yields, sending a report per unit and, last, the summary (and why the stream
     /// stopped, if it stopped early) to `output`. Returns when every record sent has an outcome committed to
     /// the store. If the client goes away (`output` closes), the server shuts down or the destination stops
@@ -139,10 +148,13 @@ impl Session {
             output.clone(),
             self.shared.recorder.clone(),
             self.shared.webhooks.clone(),
-            self.destination.id.clone(),
-            self.name.clone(),
-            self.destination.config.response_webhook.as_deref(),
-            self.context.metrics.clone(),
+            ResultsOf {
+                destination_id: self.destination.id.clone(),
+                destination_name: self.name.clone(),
+                webhook_url: self.destination.config.response_webhook.as_deref(),
+                metrics: self.context.metrics.clone(),
+                outcomes_only: self.outcomes_only,
+            },
         );
         let stop = Stop::default();
         let watcher = tokio::spawn(

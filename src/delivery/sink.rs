@@ -28,6 +28,8 @@ struct Inner {
     recorder: Recorder,
     destination_id: String,
     summary: Arc<Mutex<Summary>>,
+    /// The client is answered outcomes only: results need not keep the call made.
+    outcomes_only: bool,
 }
 
 enum Held {
@@ -49,17 +51,31 @@ struct Answering {
     metrics: DestinationMetrics,
 }
 
+/// Whose results a sink takes, and what they keep.
+pub(crate) struct ResultsOf<'a> {
+    pub destination_id: String,
+    pub destination_name: String,
+    pub webhook_url: Option<&'a str>,
+    pub metrics: DestinationMetrics,
+    /// The client is answered outcomes only.
+    pub outcomes_only: bool,
+}
+
 impl ReportSink {
     /// Starts the session's answering task, which ends once every clone of the sink is dropped.
     pub fn start(
         output: mpsc::Sender<StreamEvent>,
         recorder: Recorder,
         webhooks: WebhookForwarder,
-        destination_id: String,
-        destination_name: String,
-        webhook_url: Option<&str>,
-        metrics: DestinationMetrics,
+        results_of: ResultsOf<'_>,
     ) -> Self {
+        let ResultsOf {
+            destination_id,
+            destination_name,
+            webhook_url,
+            metrics,
+            outcomes_only,
+        } = results_of;
         let webhook =
             webhook_url.and_then(|url| WebhookTarget::new(url, &destination_name, metrics.clone()));
         let summary = Arc::new(Mutex::new(Summary::default()));
@@ -80,6 +96,7 @@ impl ReportSink {
                 recorder,
                 destination_id,
                 summary,
+                outcomes_only,
             }),
         }
     }
@@ -90,14 +107,14 @@ impl ReportSink {
     pub async fn report(&self, report: DeliveryReport) {
         let inner = &*self.inner;
         let committed = inner.recorder.record(&inner.destination_id, &report).await;
-        self.hold(Held::Result(Some(committed), Box::new(report)))
+        self.hold(Held::Result(Some(committed), self.lighter(report)))
             .await;
     }
 
     /// Takes a result that changes nothing in the store (an invalid record, a duplicate, a replay of a record
     /// that may have been delivered); the session holds no claim on it.
     pub async fn answer(&self, report: DeliveryReport) {
-        self.hold(Held::Result(None, Box::new(report))).await;
+        self.hold(Held::Result(None, self.lighter(report))).await;
     }
 
     /// Lets a claimed unit go unsent: no result, and a later stream sends it.
@@ -123,6 +140,16 @@ impl ReportSink {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Drops what no answer shows before the result waits: the records' JSON (stored by now if kept at all)
+    /// and, for outcome-only answers, the call made.
+    fn lighter(&self, mut report: DeliveryReport) -> Box<DeliveryReport> {
+        report.records = Vec::new();
+        if self.inner.outcomes_only {
+            report.call = None;
+        }
+        Box::new(report)
     }
 
     async fn hold(&self, held: Held) {
