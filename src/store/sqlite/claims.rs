@@ -50,11 +50,18 @@ pub(super) fn insert(conn: &Connection, claims: &[EncodedClaim]) -> Result<(), S
     if claims.is_empty() {
         return Ok(());
     }
+    // An upsert rather than `INSERT OR REPLACE`: a replace may delete a row, which makes SQLite copy each page
+    // the statement changes into a statement journal first, so the statement alone can be undone.
     let mut statement = conn
         .prepare_cached(
-            "INSERT OR REPLACE INTO record_claims (destination_id, record_id, records, request_method,
-                 request_url, claimed_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO record_claims (destination_id, record_id, records, request_method, request_url,
+                 claimed_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (destination_id, record_id) DO UPDATE SET
+                 records = excluded.records,
+                 request_method = excluded.request_method,
+                 request_url = excluded.request_url,
+                 claimed_at_ms = excluded.claimed_at_ms",
         )
         .context(|| "preparing to claim records".to_string())?;
     for claim in claims {
