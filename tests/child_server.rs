@@ -7,6 +7,7 @@ use common::flows::{active_destination, credential, raw, send, template};
 use common::start_sandbox;
 use common::GrpcServer;
 use groove_destination::proto::Outcome;
+use groove_sandbox::SandboxHandle;
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
@@ -18,13 +19,23 @@ fn ticket(id: &str) -> groove_destination::proto::Record {
     )
 }
 
-#[tokio::test]
-async fn a_killed_server_restarts_on_its_data_and_still_decrypts_its_credentials() {
+fn tickets(ids: &[String]) -> Vec<groove_destination::proto::Record> {
+    ids.iter().map(|id| ticket(id)).collect()
+}
+
+/// A sandbox, and a server in a data dir of its own with a credential and an active create-ticket destination.
+async fn tickets_server() -> (SandboxHandle, tempfile::TempDir, ChildServer, String) {
     let sandbox = start_sandbox().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ChildServer::start(dir.path(), &sandbox.base_url()).await;
+    let server = ChildServer::start(dir.path(), &sandbox.base_url()).await;
     credential(&server, "main").await;
     let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    (sandbox, dir, server, name)
+}
+
+#[tokio::test]
+async fn a_killed_server_restarts_on_its_data_and_still_decrypts_its_credentials() {
+    let (sandbox, _dir, mut server, name) = tickets_server().await;
     let first = send(&server, &name, vec![vec![ticket("r-1")]])
         .await
         .unwrap();
@@ -71,11 +82,7 @@ async fn creates_in_flight_at_a_kill_9_are_kept_as_maybe_delivered_and_not_resen
     use groove_destination::proto;
     use groove_sandbox::Faults;
 
-    let sandbox = start_sandbox().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = ChildServer::start(dir.path(), &sandbox.base_url()).await;
-    credential(&server, "main").await;
-    let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    let (sandbox, _dir, mut server, name) = tickets_server().await;
     // Slow enough that the kill lands while every call is on the wire.
     sandbox.set_faults(Faults {
         latency: std::time::Duration::from_secs(3),
@@ -84,9 +91,7 @@ async fn creates_in_flight_at_a_kill_9_are_kept_as_maybe_delivered_and_not_resen
     let ids: Vec<String> = (0..6).map(|index| format!("k-{index}")).collect();
     let (requests, _stream) = common::flows::open(&server, &name).await;
     requests
-        .send(common::flows::batch(
-            ids.iter().map(|id| ticket(id)).collect(),
-        ))
+        .send(common::flows::batch(tickets(&ids)))
         .await
         .unwrap();
     // The claims are committed before the calls go out; the sandbox records a call once it answers.
@@ -135,13 +140,7 @@ async fn creates_in_flight_at_a_kill_9_are_kept_as_maybe_delivered_and_not_resen
         assert!(failed.maybe_delivered, "{failed:?}");
         assert!(failed.error.contains("server stopped"), "{}", failed.error);
     }
-    let replay = send(
-        &server,
-        &name,
-        vec![ids.iter().map(|id| ticket(id)).collect()],
-    )
-    .await
-    .unwrap();
+    let replay = send(&server, &name, vec![tickets(&ids)]).await.unwrap();
     for id in &ids {
         assert_eq!(replay.of(id).outcome(), Outcome::Failed, "{id}");
         assert_eq!(replay.of(id).attempts, 0, "{id}");
@@ -160,17 +159,11 @@ async fn creates_in_flight_at_a_kill_9_are_kept_as_maybe_delivered_and_not_resen
 
 #[tokio::test]
 async fn records_answered_delivered_before_a_kill_9_are_duplicates_after_the_restart() {
-    let sandbox = start_sandbox().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = ChildServer::start(dir.path(), &sandbox.base_url()).await;
-    credential(&server, "main").await;
-    let name = active_destination(&server, "tickets", template("create_ticket", &[])).await;
+    let (sandbox, _dir, mut server, name) = tickets_server().await;
     let ids: Vec<String> = (0..2_000).map(|index| format!("d-{index}")).collect();
     let (requests, mut stream) = common::flows::open(&server, &name).await;
     requests
-        .send(common::flows::batch(
-            ids.iter().map(|id| ticket(id)).collect(),
-        ))
+        .send(common::flows::batch(tickets(&ids)))
         .await
         .unwrap();
     // The kill lands right after the last of these results arrived, while later calls and commits go on.
@@ -186,13 +179,7 @@ async fn records_answered_delivered_before_a_kill_9_are_duplicates_after_the_res
     assert!(delivered_before.len() >= 300, "{before_kill:?}");
 
     server.restart().await;
-    let replay = send(
-        &server,
-        &name,
-        vec![ids.iter().map(|id| ticket(id)).collect()],
-    )
-    .await
-    .unwrap();
+    let replay = send(&server, &name, vec![tickets(&ids)]).await.unwrap();
     for id in delivered_before {
         assert_eq!(replay.of(id).outcome(), Outcome::Duplicate, "{id}");
     }
