@@ -376,6 +376,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_lone_outcome_is_committed_at_once_and_outcomes_that_came_together_are_gathered() {
+        use crate::store::{SecretBox, SqliteStore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), SecretBox::generate().unwrap()).unwrap());
+        let recorder = Recorder::start(store, Arc::new(InFlight::default()), None);
+        let delivered = |id: &str| DeliveryReport::unsent(id.to_string(), Outcome::Delivered, "");
+        // Paused time moves only when every task waits for a timer: a commit that does not gather takes none.
+        let began = tokio::time::Instant::now();
+        recorder.record("d", &delivered("a")).await.wait().await;
+        assert_eq!(began.elapsed(), Duration::ZERO);
+
+        // Queued before the recorder runs again, so they share a commit; the next one is then gathered for.
+        let first = recorder.record("d", &delivered("b")).await;
+        let second = recorder.record("d", &delivered("c")).await;
+        first.wait().await;
+        second.wait().await;
+        assert_eq!(began.elapsed(), Duration::ZERO);
+        recorder.record("d", &delivered("e")).await.wait().await;
+        assert_eq!(began.elapsed(), GATHER_FOR);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_failing_store_is_retried_with_backoff() {
         assert_eq!(persist_failing(0).await, (1, Duration::ZERO));
         let (writes, waited) = persist_failing(3).await;
