@@ -413,6 +413,23 @@ async fn pausing_on_one_replica_stops_a_stream_on_another_within_a_second() {
     replicas.stop().await;
 }
 
+/// Sends five records named `prefix-N` through an open stream and waits until each is answered delivered.
+async fn deliver_five(
+    requests: &tokio::sync::mpsc::Sender<proto::SendRecordsRequest>,
+    stream: &mut tonic::Streaming<proto::SendRecordsResponse>,
+    prefix: &str,
+) {
+    requests
+        .send(flows::batch(records(&ids(prefix, 5))))
+        .await
+        .unwrap();
+    let results = flows::next_results(stream, 5).await;
+    assert!(
+        results.iter().all(|r| r.outcome() == Outcome::Delivered),
+        "{results:?}"
+    );
+}
+
 /// A key stored through one replica is the one a stream open on another replica sends from then on: a second
 /// after the change, the old key is refused by Groove and every call carries the new one.
 #[tokio::test]
@@ -422,15 +439,7 @@ async fn a_key_changed_on_one_replica_is_sent_by_a_stream_on_another() {
     let replicas = Replicas::start(2, &sandbox).await;
     let name = replicas.tickets_destination(1).await;
     let (requests, mut stream) = flows::open(replicas.get(1), &name).await;
-    requests
-        .send(flows::batch(records(&ids("before", 5))))
-        .await
-        .unwrap();
-    let before = flows::next_results(&mut stream, 5).await;
-    assert!(
-        before.iter().all(|r| r.outcome() == Outcome::Delivered),
-        "{before:?}"
-    );
+    deliver_five(&requests, &mut stream, "before").await;
 
     // UpdateCredential checks the new key with Groove: both work until the change is made.
     sandbox.set_api_keys(&[SANDBOX_KEY, NEW_KEY]);
@@ -451,15 +460,7 @@ async fn a_key_changed_on_one_replica_is_sent_by_a_stream_on_another() {
     sandbox.set_api_keys(&[NEW_KEY]);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    requests
-        .send(flows::batch(records(&ids("after", 5))))
-        .await
-        .unwrap();
-    let after = flows::next_results(&mut stream, 5).await;
-    assert!(
-        after.iter().all(|r| r.outcome() == Outcome::Delivered),
-        "{after:?}"
-    );
+    deliver_five(&requests, &mut stream, "after").await;
     drop(requests);
     let (_, ended) = flows::drain_to_end(&mut stream).await;
     ended.unwrap();
