@@ -35,6 +35,15 @@ impl CallLine for BookLine {
             }
         })
     }
+
+    fn note_unspaced<'a>(&'a self, credential_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(error) = self.0.note_unspaced(credential_id).await {
+                tracing::warn!(%error, credential = %credential_id,
+                    "cannot tell the shared call line of a first call; calling without telling it");
+            }
+        })
+    }
 }
 
 /// Runs until the change feed is gone: tells the other replicas of each pause a pacer here begins, and pauses
@@ -82,12 +91,14 @@ async fn announce(changes: &dyn ChangeFeed, throttle: Throttle) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+
+    use std::sync::{Mutex, PoisonError};
 
     use tokio::time::Instant;
 
     use super::*;
-    use crate::store::{LocalChanges, StoreError};
+    use crate::groove::pacer::LineClock;
+    use crate::store::{LocalChanges, StoreError, UNSPACED_MEMORY};
 
     /// Wall-clock milliseconds `ahead` from now, as a throttle event carries them.
     fn unix_ms_in(ahead: Duration) -> i64 {
@@ -100,29 +111,46 @@ mod tests {
         .unwrap_or(i64::MAX)
     }
 
-    /// The line as the shared store keeps it, in this process.
-    #[derive(Debug, Default)]
-    struct Book {
-        next: Mutex<Option<Instant>>,
+    /// [`PaceBook`] over a [`LineClock`] in this process, on tokio's clock (paused in tests).
+    #[derive(Debug)]
+    struct MemoryPaceBook(Mutex<LineClock>);
+
+    impl Default for MemoryPaceBook {
+        fn default() -> Self {
+            MemoryPaceBook(Mutex::new(LineClock::new(UNSPACED_MEMORY)))
+        }
     }
 
-    impl PaceBook for Book {
+    impl PaceBook for MemoryPaceBook {
         fn reserve<'a>(
             &'a self,
             _credential_id: &'a str,
             gap: Duration,
         ) -> BoxFuture<'a, Result<Duration, StoreError>> {
             let now = Instant::now();
-            let mut next = self.next.lock().unwrap();
-            let slot = next.map_or(now, |next| next.max(now));
-            *next = Some(slot + gap);
+            let slot = self
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reserve(now, gap);
             Box::pin(async move { Ok(slot - now) })
+        }
+
+        fn note_unspaced<'a>(
+            &'a self,
+            _credential_id: &'a str,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .note_unspaced(Instant::now());
+            Box::pin(async { Ok(()) })
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn replicas_calls_form_one_line_spaced_for_the_account() {
-        let book: Arc<dyn PaceBook> = Arc::new(Book::default());
+        let book: Arc<dyn PaceBook> = Arc::new(MemoryPaceBook::default());
         let replicas: Vec<PacerRegistry> = (0..3)
             .map(|_| PacerRegistry::shared(None, Arc::new(BookLine(book.clone()))))
             .collect();
@@ -161,7 +189,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_shared_pacer_keeps_one_call_out_until_its_first_answer() {
-        let book: Arc<dyn PaceBook> = Arc::new(Book::default());
+        let book: Arc<dyn PaceBook> = Arc::new(MemoryPaceBook::default());
         let registry = PacerRegistry::shared(None, Arc::new(BookLine(book)));
         let pacer = registry.pacer("k1", None);
         let first = pacer.acquire().await;
@@ -173,6 +201,41 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_millis(10), pacer.acquire()).await;
         assert!(third.is_ok(), "unpaced after the first answer");
         drop(second);
+    }
+
+    /// Replicas starting together each send a first call without a slot; the line counts them, so the first
+    /// call sent with a slot leaves one account gap after the others for each of them.
+    #[tokio::test(start_paused = true)]
+    async fn first_calls_without_a_slot_push_the_line_back() {
+        let book: Arc<dyn PaceBook> = Arc::new(MemoryPaceBook::default());
+        let replicas: Vec<PacerRegistry> = (0..3)
+            .map(|_| PacerRegistry::shared(None, Arc::new(BookLine(book.clone()))))
+            .collect();
+        let pacers: Vec<_> = replicas
+            .iter()
+            .map(|registry| registry.pacer("k1", None))
+            .collect();
+        let began = Instant::now();
+        let mut first_calls = Vec::new();
+        for pacer in &pacers {
+            first_calls.push(pacer.acquire().await);
+        }
+        assert!(first_calls.iter().all(|permit| permit.sent_at() == began));
+        // 50 calls a window of one second: the account's gap is a fiftieth of it, and a little margin.
+        for (permit, remaining) in first_calls.into_iter().zip([49, 48, 47]) {
+            let headers = [
+                ("X-RateLimit-Limit".to_string(), "50".to_string()),
+                ("X-RateLimit-Remaining".to_string(), remaining.to_string()),
+                ("X-RateLimit-Reset".to_string(), "1".to_string()),
+            ];
+            permit.observe(201, &headers);
+        }
+        let next = pacers[0].acquire().await;
+        let waited = next.sent_at() - began;
+        assert!(
+            waited >= Duration::from_millis(60) && waited <= Duration::from_millis(70),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -30,7 +30,10 @@
 //!   spacings before the call, whichever replica made the calls in between: each replica learns the window's
 //!   length from its own calls alone.
 //! - Until its first answer a shared pacer keeps one call in flight, so that a replica joining a busy account
-//!   learns where the account stands before it spends anything rather than after a burst of refusals.
+//!   learns where the account stands before it spends anything rather than after a burst of refusals. That
+//!   call takes no slot, its spacing being unknown, but the line is told of it ([`CallLine::note_unspaced`])
+//!   and places the next slot one spacing further: replicas starting together send one such call each, all
+//!   counted in the window they open.
 //! - A pause a pacer begins on its own refusal is announced ([`PacerRegistry::throttles`]) so that the other
 //!   replicas' pacers pause too ([`Pacer::pause_until`]).
 
@@ -111,6 +114,11 @@ pub trait CallLine: Send + Sync + std::fmt::Debug {
         credential_id: &'a str,
         gap: Duration,
     ) -> BoxFuture<'a, Option<Duration>>;
+
+    /// Tells the line that a call of `credential_id` leaves now without a slot, before anything told its
+    /// pacer the account's spacing; the line charges it to the next slot taken with a gap. A line that cannot
+    /// be reached logs why.
+    fn note_unspaced<'a>(&'a self, credential_id: &'a str) -> BoxFuture<'a, ()>;
 }
 
 /// A pause a pacer began because Groove refused one of its calls for the rate.
@@ -213,7 +221,8 @@ impl Pacer {
                         release,
                     };
                     // Still holding the turn: the next caller takes its slot after this one.
-                    if let Some(slot) = self.wait_for_line().await {
+                    let probe = self.probing.load(Ordering::Relaxed);
+                    if let Some(slot) = self.wait_for_line(probe).await {
                         // The slot, not the moment this task woke: a late wake-up then shows in the round
                         // trips, and so in the margin kept before each window's end.
                         permit.release.at = slot;
@@ -240,11 +249,20 @@ impl Pacer {
     }
 
     /// Takes this call's slot in the account's line and waits for it; returns the slot. Without a line, or
-    /// before anything tells the account's spacing, there is nothing to wait for.
-    async fn wait_for_line(&self) -> Option<Instant> {
+    /// before anything tells the account's spacing, there is nothing to wait for; a `probe` (a call before
+    /// this pacer's first answer) is then still counted by the line, which other replicas may be filling.
+    async fn wait_for_line(&self, probe: bool) -> Option<Instant> {
         let (credential_id, line) = self.line.as_ref()?;
         let gap = self.lock().account_gap();
         if gap.is_zero() {
+            if probe
+                && tokio::time::timeout(LINE_TIMEOUT, line.note_unspaced(credential_id))
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(credential = %credential_id,
+                    "the shared call line did not answer in time; calling without telling it");
+            }
             return None;
         }
         match tokio::time::timeout(LINE_TIMEOUT, line.reserve(credential_id, gap)).await {
@@ -1129,6 +1147,48 @@ fn leading_number(value: &str) -> Option<f64> {
         .filter(|number| number.is_finite())
 }
 
+/// A [`CallLine`]'s arithmetic on one clock, as the shared store keeps it: for tests of pacers that take slots.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct LineClock {
+    next: Option<Instant>,
+    unspaced: u32,
+    /// How long after the line's latest slot or note an unspaced call is still charged.
+    memory: Duration,
+}
+
+#[cfg(test)]
+impl LineClock {
+    pub(crate) fn new(memory: Duration) -> Self {
+        LineClock {
+            next: None,
+            unspaced: 0,
+            memory,
+        }
+    }
+
+    /// The slot a reservation at `now` with `gap` takes.
+    pub(crate) fn reserve(&mut self, now: Instant, gap: Duration) -> Instant {
+        let slot = self
+            .next
+            .map_or(now, |next| (next + gap * self.unspaced).max(now));
+        self.next = Some(slot + gap);
+        self.unspaced = 0;
+        slot
+    }
+
+    /// An unspaced call leaving at `now`.
+    pub(crate) fn note_unspaced(&mut self, now: Instant) {
+        let next = self.next.unwrap_or(now);
+        self.unspaced = if next + self.memory < now {
+            1
+        } else {
+            self.unspaced + 1
+        };
+        self.next = Some(next.max(now));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cmp::Reverse;
@@ -1499,6 +1559,8 @@ mod tests {
         limit: u32,
         window: Duration,
         t0: Instant,
+        /// The wall clock at `t0`.
+        wall_t0: SystemTime,
         started: Option<Instant>,
         count: u32,
         /// Sends `X-RateLimit-*`; without them only a 429's `Retry-After` tells anything.
@@ -1507,7 +1569,7 @@ mod tests {
 
     impl FakeGroove {
         fn wall(&self, at: Instant) -> SystemTime {
-            wall_base() + at.saturating_duration_since(self.t0)
+            self.wall_t0 + at.saturating_duration_since(self.t0)
         }
 
         fn call(&mut self, now: Instant) -> (u16, Vec<(String, String)>) {
@@ -1570,6 +1632,9 @@ mod tests {
         /// Replicas sharing the account, taking their calls' slots from one line when more than one; worker
         /// `w` is replica `w % replicas`'s. A pause one begins is heard by the others at once.
         replicas: usize,
+        /// The wall clock when the run begins: its fraction of a second decides how far the whole-second
+        /// Reset of the first window is from the window's real end.
+        wall_t0: SystemTime,
     }
 
     impl Scenario {
@@ -1585,6 +1650,7 @@ mod tests {
                 change: None,
                 headers: true,
                 replicas: 1,
+                wall_t0: wall_base(),
             }
         }
     }
@@ -1620,6 +1686,7 @@ mod tests {
             limit: scenario.limit,
             window: scenario.window,
             t0,
+            wall_t0: scenario.wall_t0,
             started: None,
             count: 0,
             headers: scenario.headers,
@@ -1633,9 +1700,9 @@ mod tests {
                 state
             })
             .collect();
-        // The shared line's next free slot; each replica's turn is held until its latest slot; a replica in a
-        // line keeps one call out until its first answer.
-        let mut line_next = t0;
+        // The shared line; each replica's turn is held until its latest slot; a replica in a line keeps one
+        // call out until its first answer, which takes no slot but is noted.
+        let mut line = LineClock::new(SECOND);
         let mut turn_held_until: Vec<Option<Instant>> = vec![None; replicas];
         let mut answered = vec![!in_line; replicas];
         let mut events = BinaryHeap::new();
@@ -1649,7 +1716,7 @@ mod tests {
         }
         let (lo, hi) = scenario.latency;
         let latency = |rng: &mut StdRng| lo + (hi - lo).mul_f64(rng.random::<f64>());
-        let mut lines = vec![VecDeque::new(); replicas];
+        let mut waiting = vec![VecDeque::new(); replicas];
         let mut in_flights = vec![0u32; replicas];
         let mut next_wakes: Vec<Option<Instant>> = vec![None; replicas];
         let mut calls: Vec<Option<Call>> = vec![None; scenario.workers];
@@ -1671,7 +1738,7 @@ mod tests {
             }
             let replica = worker % replicas;
             match kind {
-                READY => lines[replica].push_back(worker),
+                READY => waiting[replica].push_back(worker),
                 ARRIVE => {
                     if let Some((release, _, _)) = calls[worker].take() {
                         let (status, answer) = groove.call(now);
@@ -1712,23 +1779,24 @@ mod tests {
                 _ => {}
             }
             for (replica, state) in states.iter_mut().enumerate() {
-                let line = &mut lines[replica];
+                let queue = &mut waiting[replica];
                 let in_flight = &mut in_flights[replica];
                 if turn_held_until[replica].is_some_and(|until| until > now) {
                     continue;
                 }
-                while let Some(&worker) = line.front() {
+                while let Some(&worker) = queue.front() {
                     if !answered[replica] && *in_flight > 0 {
                         break;
                     }
                     match state.try_release(now, if scenario.permits { *in_flight } else { 0 }) {
                         Ok(mut release) => {
-                            line.pop_front();
+                            queue.pop_front();
                             *in_flight += 1;
-                            if in_line {
-                                let slot = line_next.max(now);
-                                line_next = slot + state.account_gap();
-                                release.at = slot;
+                            let gap = state.account_gap();
+                            if in_line && !gap.is_zero() {
+                                release.at = line.reserve(now, gap);
+                            } else if in_line && !answered[replica] {
+                                line.note_unspaced(now);
                             }
                             results.releases.push(release.at);
                             calls[worker] = Some((release, 0, Vec::new()));
@@ -1852,6 +1920,29 @@ mod tests {
             workers: 24,
             ..Scenario::sandbox(50, SECOND)
         });
+    }
+
+    /// Replicas starting together each send one call before they know the account's spacing. When the
+    /// first window's Reset is rounded up least (the run begins just before a whole second), the calls sent
+    /// after those still fit the window.
+    #[test]
+    fn replicas_starting_together_do_not_overrun_the_first_window() {
+        for fraction_ms in [990, 995, 999] {
+            let scenario = Scenario {
+                replicas: 3,
+                workers: 24,
+                run_for: 5 * SECOND,
+                wall_t0: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + fraction_ms),
+                ..Scenario::sandbox(50, SECOND)
+            };
+            for seed in 1..=5 {
+                let results = simulate(&scenario, seed);
+                assert_eq!(
+                    results.refused, 0,
+                    "wall clock at .{fraction_ms}, seed {seed}: {results:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -36,7 +36,7 @@ use crate::domain::destination::Destination;
 pub use changes::{Change, ChangeFeed, LocalChanges, Subscription};
 pub use data_dir::{DataDirError, DataDirLock, LOCK_FILE};
 pub use error::{StoreError, CREDENTIAL, DESTINATION};
-pub use pace_book::PaceBook;
+pub use pace_book::{PaceBook, UNSPACED_MEMORY};
 pub use page::{Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use postgres::{redact_database_url, PgChangeFeed, PgPaceBook, PostgresStore, ReplicaOptions};
 pub use records::{

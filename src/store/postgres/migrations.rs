@@ -31,6 +31,11 @@ pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_pace_book",
         include_str!("migrations/0005_pace_book.sql"),
     ),
+    (
+        6,
+        "0006_pace_book_unspaced",
+        include_str!("migrations/0006_pace_book_unspaced.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations (and the secret key check) across processes: any fixed

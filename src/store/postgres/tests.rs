@@ -706,3 +706,36 @@ async fn replicas_take_slots_one_gap_apart_from_one_line() {
         "an idle line owes nothing"
     );
 }
+
+/// First calls that left without a slot push the next slot one gap back each, while they are recent; one
+/// noted longer than the memory after the line's latest slot or note is forgotten by the next note.
+#[tokio::test]
+async fn unspaced_calls_are_charged_to_the_next_slot() {
+    use crate::store::{PaceBook, UNSPACED_MEMORY};
+
+    let database = TestDatabase::create().await;
+    let first = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap()
+        .pace_book();
+    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+        .await
+        .unwrap()
+        .pace_book();
+    let gap = Duration::from_millis(200);
+    for book in [&first, &second, &first] {
+        book.note_unspaced("k1").await.unwrap();
+    }
+    let wait = second.reserve("k1", gap).await.unwrap();
+    assert!(wait > gap * 5 / 2 && wait <= gap * 3, "{wait:?}");
+    let wait = first.reserve("k1", gap).await.unwrap();
+    assert!(wait > gap * 7 / 2 && wait <= gap * 4, "{wait:?}");
+
+    // Past the memory after the line's latest slot, and again after the next note: that note is forgotten.
+    tokio::time::sleep(gap * 6 + UNSPACED_MEMORY).await;
+    first.note_unspaced("k1").await.unwrap();
+    tokio::time::sleep(UNSPACED_MEMORY + gap / 2).await;
+    second.note_unspaced("k1").await.unwrap();
+    let wait = first.reserve("k1", gap).await.unwrap();
+    assert!(wait > gap / 2 && wait <= gap, "{wait:?}");
+}
