@@ -97,7 +97,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::groove::pacer::LineClock;
+    use crate::groove::pacer::{LineClock, Pacer};
     use crate::store::{LocalChanges, StoreError, UNSPACED_MEMORY};
 
     /// Wall-clock milliseconds `ahead` from now, as a throttle event carries them.
@@ -148,17 +148,23 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn replicas_calls_form_one_line_spaced_for_the_account() {
+    /// Three replicas' registries over one line, and each one's pacer for credential `k1`.
+    fn three_replicas_in_one_line(max_rate: Option<f64>) -> (Vec<PacerRegistry>, Vec<Arc<Pacer>>) {
         let book: Arc<dyn PaceBook> = Arc::new(MemoryPaceBook::default());
         let replicas: Vec<PacerRegistry> = (0..3)
             .map(|_| PacerRegistry::shared(None, Arc::new(BookLine(book.clone()))))
             .collect();
-        // Ten calls a second for the account: each replica alone would make ten a second too.
-        let pacers: Vec<_> = replicas
+        let pacers = replicas
             .iter()
-            .map(|registry| registry.pacer("k1", Some(10.0)))
+            .map(|registry| registry.pacer("k1", max_rate))
             .collect();
+        (replicas, pacers)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replicas_calls_form_one_line_spaced_for_the_account() {
+        // Ten calls a second for the account: each replica alone would make ten a second too.
+        let (_replicas, pacers) = three_replicas_in_one_line(Some(10.0));
         let began = Instant::now();
         let calls = pacers.iter().map(|pacer| async move {
             let mut released = Vec::new();
@@ -207,14 +213,7 @@ mod tests {
     /// call sent with a slot leaves one account gap after the others for each of them.
     #[tokio::test(start_paused = true)]
     async fn first_calls_without_a_slot_push_the_line_back() {
-        let book: Arc<dyn PaceBook> = Arc::new(MemoryPaceBook::default());
-        let replicas: Vec<PacerRegistry> = (0..3)
-            .map(|_| PacerRegistry::shared(None, Arc::new(BookLine(book.clone()))))
-            .collect();
-        let pacers: Vec<_> = replicas
-            .iter()
-            .map(|registry| registry.pacer("k1", None))
-            .collect();
+        let (_replicas, pacers) = three_replicas_in_one_line(None);
         let began = Instant::now();
         let mut first_calls = Vec::new();
         for pacer in &pacers {

@@ -670,6 +670,17 @@ async fn a_claim_on_a_record_delivered_meanwhile_is_refused() {
     assert_eq!(claimed, ["r2"]);
 }
 
+/// The call lines of two replicas on one database.
+async fn two_pace_books(database: &TestDatabase) -> (PgPaceBook, PgPaceBook) {
+    let open = || async {
+        PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
+            .await
+            .unwrap()
+            .pace_book()
+    };
+    (open().await, open().await)
+}
+
 /// The call line hands out slots one gap apart to every replica, in the database's time, per credential; a
 /// line left idle starts again at now rather than owing the slots it did not use.
 #[tokio::test]
@@ -677,14 +688,7 @@ async fn replicas_take_slots_one_gap_apart_from_one_line() {
     use crate::store::PaceBook;
 
     let database = TestDatabase::create().await;
-    let first = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
-        .await
-        .unwrap()
-        .pace_book();
-    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
-        .await
-        .unwrap()
-        .pace_book();
+    let (first, second) = two_pace_books(&database).await;
     let gap = Duration::from_millis(200);
     let waits = [
         first.reserve("k1", gap).await.unwrap(),
@@ -714,14 +718,7 @@ async fn unspaced_calls_are_charged_to_the_next_slot() {
     use crate::store::{PaceBook, UNSPACED_MEMORY};
 
     let database = TestDatabase::create().await;
-    let first = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
-        .await
-        .unwrap()
-        .pace_book();
-    let second = PostgresStore::open_with(database.url(), secrets(), NO_RENEWAL)
-        .await
-        .unwrap()
-        .pace_book();
+    let (first, second) = two_pace_books(&database).await;
     let gap = Duration::from_millis(200);
     for book in [&first, &second, &first] {
         book.note_unspaced("k1").await.unwrap();
