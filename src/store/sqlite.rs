@@ -6,6 +6,7 @@
 //! Likewise, record outcomes are checked and encoded before they are queued, so the writer thread, which every
 //! write waits on, only runs SQL.
 
+mod checkpointer;
 pub(super) mod claims;
 mod connection;
 pub(super) mod credentials;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use rusqlite::TransactionBehavior;
 
+use self::checkpointer::{Checkpointer, WRITER_BACKSTOP_PAGES};
 use self::readers::Readers;
 use self::writer::Writer;
 use super::data_dir;
@@ -89,9 +91,12 @@ impl SqliteStore {
         key_check::verify_or_record(&tx, &secrets, &path.display().to_string())?;
         tx.commit()
             .context(|| "recording the secret key check".to_string())?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_BACKSTOP_PAGES)
+            .context(|| "setting wal_autocheckpoint".to_string())?;
+        let checkpointer = Checkpointer::spawn(connection::open_writer(&path)?)?;
         Ok(SqliteStore {
             readers: Readers::new(path.clone()),
-            writer: Writer::spawn(conn)?,
+            writer: Writer::spawn(conn, Some(checkpointer))?,
             secrets: Arc::new(secrets),
             path,
         })

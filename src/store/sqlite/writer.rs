@@ -14,6 +14,7 @@ use std::thread;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpointer::Checkpointer;
 use crate::store::error::{Context, StoreError};
 
 /// Jobs queued beyond this make callers wait (backpressure instead of unbounded memory).
@@ -28,11 +29,16 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn spawn(conn: Connection) -> Result<Writer, StoreError> {
+    /// Starts the thread on `conn`; `checkpointer`, when given, is told of every commit and checkpoints in
+    /// its place (see `checkpointer.rs`).
+    pub(super) fn spawn(
+        conn: Connection,
+        checkpointer: Option<Checkpointer>,
+    ) -> Result<Writer, StoreError> {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         thread::Builder::new()
             .name("store-writer".to_string())
-            .spawn(move || run(conn, queue))
+            .spawn(move || run(conn, queue, checkpointer))
             .context(|| "starting the database writer thread".to_string())?;
         Ok(Writer { jobs })
     }
@@ -125,7 +131,11 @@ impl Failure {
     }
 }
 
-fn run(conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
+fn run(
+    conn: Connection,
+    mut queue: mpsc::Receiver<Box<dyn Job>>,
+    checkpointer: Option<Checkpointer>,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -135,6 +145,9 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
             }
         }
         let failure = run_batch(&conn, &mut batch).err();
+        if let (None, Some(checkpointer)) = (&failure, &checkpointer) {
+            checkpointer.committed();
+        }
         if let Some(failure) = &failure {
             tracing::warn!(
                 jobs = batch.len(),
@@ -239,7 +252,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.db")).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")
             .unwrap();
-        (dir, Writer::spawn(conn).unwrap())
+        (dir, Writer::spawn(conn, None).unwrap())
     }
 
     fn insert(v: i64) -> impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static {
