@@ -453,13 +453,13 @@ impl Store for SqliteStore {
                     continue;
                 };
                 loop {
-                    let (id, bound) = (destination_id.clone(), bound.clone());
-                    let deleted = self
+                    let id = destination_id.clone();
+                    let step = self
                         .writer
-                        .write(move |conn| ledger::prune_through(conn, &id, &bound, PRUNE_STEP))
+                        .write(move |conn| ledger::prune_through(conn, &id, bound, PRUNE_STEP))
                         .await?;
-                    removed += deleted;
-                    if deleted < u64::from(PRUNE_STEP) {
+                    removed += step.removed;
+                    if !step.more {
                         break;
                     }
                 }

@@ -4,7 +4,7 @@
 
 mod claims;
 pub(in crate::store) mod crud;
-mod records;
+pub(in crate::store) mod records;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,6 +92,15 @@ impl Harness {
                 .expect("ending the leases");
         }
         self.reopen().await
+    }
+
+    /// Delivered record ids the destination's ledger holds, whatever tables the store keeps them in.
+    pub(in crate::store) async fn delivered_count(&self, destination_id: &str) -> i64 {
+        let table = match &self.backend {
+            Backend::Sqlite(_) => "delivered_ids",
+            Backend::Postgres(_) => "delivered_records",
+        };
+        self.count(table, destination_id).await
     }
 
     /// Rows of `table` that belong to the destination.

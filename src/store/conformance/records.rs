@@ -10,7 +10,7 @@ use crate::domain::record::RecordEncoding;
 use crate::store::{StoredRequest, LEDGER_BODY_CAP};
 
 /// The delivered part of `record_states`: what most of these tests are about.
-trait LedgerLookup {
+pub(in crate::store) trait LedgerLookup {
     fn ledger_lookup<'a>(
         &'a self,
         destination_id: &'a str,
@@ -220,15 +220,16 @@ pub(super) async fn prune_removes_entries_older_than_the_cutoff(h: Harness) {
 
 pub(super) async fn prune_keeps_the_most_recent_entries_of_each_destination(h: Harness) {
     let store = store_with_destinations(&h).await;
-    // Entries of `a` come in pairs delivered in the same millisecond: the record id breaks the tie.
+    // Entries of `a` come in pairs delivered in the same millisecond with the same answer, as a batch's records
+    // are: a store may keep such entries together, so the limits below fall between pairs.
     let mut entries: Vec<LedgerEntry> = (0..20)
         .map(|i| delivered("a", &format!("r{i:02}"), i / 2))
         .collect();
     entries.extend((0..3).map(|i| delivered("b", &format!("r{i}"), i)));
     store.record_outcomes(entries, vec![]).await.unwrap();
 
-    let removed = store.ledger_prune(i64::MIN, 5).await.unwrap();
-    assert_eq!(removed, 15);
+    let removed = store.ledger_prune(i64::MIN, 6).await.unwrap();
+    assert_eq!(removed, 14);
     let all: Vec<String> = (0..20).map(|i| format!("r{i:02}")).collect();
     let mut kept: Vec<String> = store
         .ledger_lookup("a", all)
@@ -237,14 +238,14 @@ pub(super) async fn prune_keeps_the_most_recent_entries_of_each_destination(h: H
         .into_keys()
         .collect();
     kept.sort();
-    assert_eq!(kept, ids(&["r15", "r16", "r17", "r18", "r19"]));
-    assert_eq!(h.count("delivered_records", "b").await, 3);
+    assert_eq!(kept, ids(&["r14", "r15", "r16", "r17", "r18", "r19"]));
+    assert_eq!(h.delivered_count("b").await, 3);
 
-    // Both rules at once: an entry goes if either says so. For `a` the count rule reaches further (r15-r17),
+    // Both rules at once: an entry goes if either says so. For `a` the count rule reaches further (r14-r17),
     // for `b` the age rule (all of it).
-    assert_eq!(store.ledger_prune(8, 2).await.unwrap(), 6);
-    assert_eq!(h.count("delivered_records", "a").await, 2);
-    assert_eq!(h.count("delivered_records", "b").await, 0);
+    assert_eq!(store.ledger_prune(8, 2).await.unwrap(), 7);
+    assert_eq!(h.delivered_count("a").await, 2);
+    assert_eq!(h.delivered_count("b").await, 0);
 }
 
 pub(super) async fn prune_works_through_large_ledgers_in_steps(h: Harness) {
@@ -256,7 +257,7 @@ pub(super) async fn prune_works_through_large_ledgers_in_steps(h: Harness) {
     store.record_outcomes(entries, vec![]).await.unwrap();
     let removed = store.ledger_prune(i64::MIN, 0).await.unwrap();
     assert_eq!(removed, total as u64);
-    assert_eq!(h.count("delivered_records", "a").await, 0);
+    assert_eq!(h.delivered_count("a").await, 0);
 }
 
 pub(super) async fn deleting_a_destination_deletes_its_ledger_and_failed_records(h: Harness) {
@@ -272,10 +273,10 @@ pub(super) async fn deleting_a_destination_deletes_its_ledger_and_failed_records
     }
     store.delete_destination("a", None).await.unwrap();
 
-    for table in ["delivered_records", "failed_records"] {
-        assert_eq!(h.count(table, "a").await, 0, "{table}");
-        assert_eq!(h.count(table, "b").await, 1, "{table}");
-    }
+    assert_eq!(h.delivered_count("a").await, 0);
+    assert_eq!(h.delivered_count("b").await, 1);
+    assert_eq!(h.count("failed_records", "a").await, 0);
+    assert_eq!(h.count("failed_records", "b").await, 1);
     // A destination deleted while its records were in flight: their outcomes have nowhere to go, and must not
     // take the outcomes of other destinations in the same batch down with them.
     store
@@ -285,10 +286,10 @@ pub(super) async fn deleting_a_destination_deletes_its_ledger_and_failed_records
         )
         .await
         .unwrap();
-    for table in ["delivered_records", "failed_records"] {
-        assert_eq!(h.count(table, "a").await, 0, "{table}");
-        assert_eq!(h.count(table, "b").await, 2, "{table}");
-    }
+    assert_eq!(h.delivered_count("a").await, 0);
+    assert_eq!(h.delivered_count("b").await, 2);
+    assert_eq!(h.count("failed_records", "a").await, 0);
+    assert_eq!(h.count("failed_records", "b").await, 2);
     assert!(matches!(
         store
             .list_failed_records(
@@ -563,7 +564,7 @@ pub(super) async fn failed_records_are_fetched_by_id(h: Harness) {
 pub(super) async fn a_hundred_thousand_entries_in_a_hundred_calls(h: Harness) {
     let store = store_with_destinations(&h).await;
     record_concurrently(&store, 100, 1000).await;
-    assert_eq!(h.count("delivered_records", "a").await, 100_000);
+    assert_eq!(h.delivered_count("a").await, 100_000);
 }
 
 async fn record_concurrently(store: &Arc<dyn Store>, calls: usize, per_call: usize) {

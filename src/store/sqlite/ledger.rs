@@ -1,5 +1,9 @@
-//! SQL for the `delivered_records` ledger: written in bulk by the writer thread, looked up a message at a time
+//! SQL for the delivered-records ledger: written in bulk by the writer thread, looked up a message at a time
 //! by readers, trimmed by retention.
+//!
+//! Entries that share their answer (destination, status, body, attempts and time; a batch's records always
+//! do) are stored as one `delivered_groups` row, and each record id as a key in `delivered_ids` pointing at its
+//! group. Retention therefore works a group at a time.
 
 use std::collections::HashMap;
 
@@ -8,9 +12,6 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use super::per_record::{is_missing_destination, padded_chunks, placeholders};
 use crate::store::error::{Context, StoreError};
 use crate::store::records::{LedgerEntry, LEDGER_BODY_CAP};
-
-const COLUMNS: &str =
-    "destination_id, record_id, http_status, response_body, attempts, delivered_at_ms";
 
 /// Cuts the response body to what the ledger keeps. Done before the entry reaches the writer thread, which
 /// every write waits on.
@@ -25,39 +26,61 @@ pub(super) fn record(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), S
     if entries.is_empty() {
         return Ok(());
     }
-    let mut statement = conn
-        .prepare_cached(&format!(
-            "INSERT INTO delivered_records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (destination_id, record_id) DO UPDATE SET
-                 http_status = excluded.http_status,
-                 response_body = excluded.response_body,
-                 attempts = excluded.attempts,
-                 delivered_at_ms = excluded.delivered_at_ms"
-        ))
-        .context(|| "preparing to record delivered records".to_string())?;
-    for entry in entries {
-        let inserted = statement.execute(params![
-            entry.destination_id,
-            entry.record_id,
-            entry.http_status,
-            entry.response_body,
-            entry.attempts,
-            entry.delivered_at_ms,
+    let preparing = || "preparing to record delivered records".to_string();
+    let mut insert_group = conn
+        .prepare_cached(
+            "INSERT INTO delivered_groups (destination_id, http_status, response_body, attempts,
+                 delivered_at_ms, record_count, record_ids)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .context(preparing)?;
+    let mut insert_id = conn
+        .prepare_cached(
+            "INSERT INTO delivered_ids (destination_id, record_id, group_id) VALUES (?1, ?2, ?3)
+             ON CONFLICT (destination_id, record_id) DO UPDATE SET group_id = excluded.group_id",
+        )
+        .context(preparing)?;
+    for group in entries.chunk_by(same_answer) {
+        let first = &group[0];
+        let failed = |err| {
+            StoreError::internal(
+                format!(
+                    "recording delivered record {} of destination destinations/{}",
+                    first.record_id, first.destination_id
+                ),
+                err,
+            )
+        };
+        let inserted = insert_group.execute(params![
+            first.destination_id,
+            first.http_status,
+            first.response_body,
+            first.attempts,
+            first.delivered_at_ms,
+            group.len() as i64,
+            encode_ids(group.iter().map(|entry| entry.record_id.as_str())),
         ]);
         match inserted {
-            Err(err) if !is_missing_destination(&err) => {
-                return Err(StoreError::internal(
-                    format!(
-                        "recording delivered record {} of destination destinations/{}",
-                        entry.record_id, entry.destination_id
-                    ),
-                    err,
-                ))
-            }
-            _ => {}
+            Ok(_) => {}
+            Err(err) if is_missing_destination(&err) => continue,
+            Err(err) => return Err(failed(err)),
+        }
+        let group_id = conn.last_insert_rowid();
+        for entry in group {
+            insert_id
+                .execute(params![entry.destination_id, entry.record_id, group_id])
+                .map_err(failed)?;
         }
     }
     Ok(())
+}
+
+fn same_answer(a: &LedgerEntry, b: &LedgerEntry) -> bool {
+    a.destination_id == b.destination_id
+        && a.http_status == b.http_status
+        && a.attempts == b.attempts
+        && a.delivered_at_ms == b.delivered_at_ms
+        && a.response_body == b.response_body
 }
 
 /// The entries of those `record_ids` the destination has delivered, by record id.
@@ -72,8 +95,10 @@ pub(super) fn lookup(
     for chunk in padded_chunks(record_ids) {
         let rows = conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM delivered_records
-                 WHERE destination_id = ? AND record_id IN ({})",
+                "SELECT ids.record_id, groups.http_status, groups.response_body, groups.attempts,
+                     groups.delivered_at_ms
+                 FROM delivered_ids AS ids JOIN delivered_groups AS groups ON groups.id = ids.group_id
+                 WHERE ids.destination_id = ? AND ids.record_id IN ({})",
                 placeholders(chunk.len())
             ))
             .and_then(|mut statement| {
@@ -84,31 +109,35 @@ pub(super) fn lookup(
             })
             .context(context)?;
         for row in rows {
-            let entry = row.into_entry()?;
+            let entry = row.into_entry(destination_id)?;
             found.insert(entry.record_id.clone(), entry);
         }
     }
     Ok(found)
 }
 
-/// Where retention cuts a destination's ledger: the latest entry, in (delivered_at_ms, record_id) order, that
-/// is older than `older_than_ms` or not among the `max_entries` most recent. `None` when nothing goes.
+/// A group's position in retention order: `(delivered_at_ms, group id)`.
+pub(super) type GroupPosition = (i64, i64);
+
+/// Where retention cuts a destination's ledger: the latest group, in (delivered_at_ms, id) order, that is older
+/// than `older_than_ms` or lies wholly outside the `max_entries` most recent entries. `None` when nothing goes.
 ///
-/// Both rules remove a prefix of that order, so one bound covers both and the deletes can walk the age index.
+/// A group is kept or removed whole, so the count rule keeps at least `max_entries` entries: more by part of
+/// the group it would otherwise cut through. Both rules remove a prefix of that order, so one bound covers both.
 pub(super) fn prune_bound(
     conn: &Connection,
     destination_id: &str,
     older_than_ms: i64,
     max_entries: u64,
-) -> Result<Option<(i64, String)>, StoreError> {
+) -> Result<Option<GroupPosition>, StoreError> {
     let context = || {
         format!("finding expired delivered records of destination destinations/{destination_id}")
     };
-    let by_age: Option<(i64, String)> = conn
+    let by_age: Option<GroupPosition> = conn
         .prepare_cached(
-            "SELECT delivered_at_ms, record_id FROM delivered_records
+            "SELECT delivered_at_ms, id FROM delivered_groups
              WHERE destination_id = ?1 AND delivered_at_ms < ?2
-             ORDER BY delivered_at_ms DESC, record_id DESC LIMIT 1",
+             ORDER BY delivered_at_ms DESC, id DESC LIMIT 1",
         )
         .and_then(|mut statement| {
             statement
@@ -118,58 +147,137 @@ pub(super) fn prune_bound(
                 .optional()
         })
         .context(context)?;
-    // Beyond i64::MAX no destination can hold more than the limit.
-    let by_count: Option<(i64, String)> = match i64::try_from(max_entries) {
-        Err(_) => None,
-        Ok(keep) => conn
-            .prepare_cached(
-                "SELECT delivered_at_ms, record_id FROM delivered_records
-                 WHERE destination_id = ?1
-                 ORDER BY delivered_at_ms DESC, record_id DESC LIMIT 1 OFFSET ?2",
-            )
-            .and_then(|mut statement| {
-                statement
-                    .query_row(params![destination_id, keep], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })
-                    .optional()
-            })
-            .context(context)?,
-    };
+    let by_count = first_group_beyond(conn, destination_id, max_entries).context(context)?;
     Ok(by_age.max(by_count))
 }
 
-/// Deletes up to `limit` of the destination's entries at or before `bound`, oldest first; returns how many.
-/// Bounded so that one retention pass never holds the writer, and the deliveries queued behind it, for long.
+/// The newest group that starts after the `keep` most recent entries, walking the age index from its end.
+fn first_group_beyond(
+    conn: &Connection,
+    destination_id: &str,
+    keep: u64,
+) -> rusqlite::Result<Option<GroupPosition>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT delivered_at_ms, id, record_count FROM delivered_groups
+         WHERE destination_id = ?1
+         ORDER BY delivered_at_ms DESC, id DESC",
+    )?;
+    let mut rows = statement.query(params![destination_id])?;
+    let mut kept: u64 = 0;
+    while let Some(row) = rows.next()? {
+        if kept >= keep {
+            return Ok(Some((row.get(0)?, row.get(1)?)));
+        }
+        let count: i64 = row.get(2)?;
+        kept = kept.saturating_add(u64::try_from(count).unwrap_or(0));
+    }
+    Ok(None)
+}
+
+/// What one retention step did.
+pub(super) struct PruneStep {
+    /// Entries removed.
+    pub(super) removed: u64,
+    /// Whether the step stopped at its budget, so groups at or before the bound may remain.
+    pub(super) more: bool,
+}
+
+/// Removes the destination's groups at or before `bound`, oldest first, until about `budget` entries went
+/// (at least one group). Bounded so that one retention pass never holds the writer, and the deliveries queued
+/// behind it, for long.
 pub(super) fn prune_through(
     conn: &Connection,
     destination_id: &str,
-    bound: &(i64, String),
-    limit: u32,
-) -> Result<u64, StoreError> {
-    let deleted = conn
+    bound: GroupPosition,
+    budget: u32,
+) -> Result<PruneStep, StoreError> {
+    let context = || {
+        format!("removing expired delivered records of destination destinations/{destination_id}")
+    };
+    let mut select = conn
         .prepare_cached(
-            "DELETE FROM delivered_records
-             WHERE destination_id = ?1 AND record_id IN (
-                 SELECT record_id FROM delivered_records
-                 WHERE destination_id = ?1 AND (delivered_at_ms, record_id) <= (?2, ?3)
-                 ORDER BY delivered_at_ms, record_id
-                 LIMIT ?4)",
+            "SELECT id, record_ids FROM delivered_groups
+             WHERE destination_id = ?1 AND (delivered_at_ms, id) <= (?2, ?3)
+             ORDER BY delivered_at_ms, id",
         )
-        .and_then(|mut statement| {
-            statement.execute(params![destination_id, bound.0, bound.1, limit])
-        })
-        .context(|| {
-            format!(
-                "removing expired delivered records of destination destinations/{destination_id}"
-            )
-        })?;
-    Ok(deleted as u64)
+        .context(context)?;
+    let mut delete_id = conn
+        .prepare_cached(
+            "DELETE FROM delivered_ids WHERE destination_id = ?1 AND record_id = ?2 AND group_id = ?3",
+        )
+        .context(context)?;
+    let mut delete_group = conn
+        .prepare_cached("DELETE FROM delivered_groups WHERE id = ?1")
+        .context(context)?;
+    let mut groups = Vec::new();
+    let mut listed: u64 = 0;
+    let mut more = false;
+    {
+        let mut rows = select
+            .query(params![destination_id, bound.0, bound.1])
+            .context(context)?;
+        while let Some(row) = rows.next().context(context)? {
+            if listed >= u64::from(budget) {
+                more = true;
+                break;
+            }
+            let (group_id, record_ids): (i64, Vec<u8>) =
+                (row.get(0).context(context)?, row.get(1).context(context)?);
+            let ids = decode_ids(&record_ids).ok_or_else(|| {
+                StoreError::corrupt(
+                    format!(
+                        "delivered group {group_id} of destination destinations/{destination_id}"
+                    ),
+                    "record ids cut short",
+                )
+            })?;
+            listed += ids.len() as u64;
+            groups.push((group_id, ids));
+        }
+    }
+    let mut removed: u64 = 0;
+    for (group_id, ids) in groups {
+        for record_id in ids {
+            removed += delete_id
+                .execute(params![destination_id, record_id, group_id])
+                .context(context)? as u64;
+        }
+        delete_group.execute(params![group_id]).context(context)?;
+    }
+    Ok(PruneStep { removed, more })
+}
+
+/// A group's record ids, each as a big-endian u32 byte length and its bytes (the form the migration from
+/// one row per entry can write in SQL).
+fn encode_ids<'a>(ids: impl Iterator<Item = &'a str> + Clone) -> Vec<u8> {
+    let size = ids.clone().map(|id| 4 + id.len()).sum();
+    let mut encoded = Vec::with_capacity(size);
+    for id in ids {
+        // Record ids are far shorter than 4 GiB: the request size limit bounds them.
+        encoded.extend_from_slice(&(id.len() as u32).to_be_bytes());
+        encoded.extend_from_slice(id.as_bytes());
+    }
+    encoded
+}
+
+/// The ids [`encode_ids`] wrote; `None` when the bytes are not such a list.
+fn decode_ids(mut encoded: &[u8]) -> Option<Vec<String>> {
+    let mut ids = Vec::new();
+    while !encoded.is_empty() {
+        let (length, rest) = encoded.split_first_chunk::<4>()?;
+        let length = usize::try_from(u32::from_be_bytes(*length)).ok()?;
+        if rest.len() < length {
+            return None;
+        }
+        let (id, rest) = rest.split_at(length);
+        ids.push(String::from_utf8(id.to_vec()).ok()?);
+        encoded = rest;
+    }
+    Some(ids)
 }
 
 /// A row as SQLite returns it, before the range checks that can find it corrupt.
 struct StoredRow {
-    destination_id: String,
     record_id: String,
     http_status: i64,
     response_body: Vec<u8>,
@@ -180,20 +288,19 @@ struct StoredRow {
 impl StoredRow {
     fn read(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
         Ok(StoredRow {
-            destination_id: row.get(0)?,
-            record_id: row.get(1)?,
-            http_status: row.get(2)?,
-            response_body: row.get(3)?,
-            attempts: row.get(4)?,
-            delivered_at_ms: row.get(5)?,
+            record_id: row.get(0)?,
+            http_status: row.get(1)?,
+            response_body: row.get(2)?,
+            attempts: row.get(3)?,
+            delivered_at_ms: row.get(4)?,
         })
     }
 
-    fn into_entry(self) -> Result<LedgerEntry, StoreError> {
+    fn into_entry(self, destination_id: &str) -> Result<LedgerEntry, StoreError> {
         let what = || {
             format!(
-                "delivered record {} of destination destinations/{}",
-                self.record_id, self.destination_id
+                "delivered record {} of destination destinations/{destination_id}",
+                self.record_id
             )
         };
         let http_status = u16::try_from(self.http_status).map_err(|_| {
@@ -202,7 +309,7 @@ impl StoredRow {
         let attempts = u32::try_from(self.attempts)
             .map_err(|_| StoreError::corrupt(what(), format!("attempts {}", self.attempts)))?;
         Ok(LedgerEntry {
-            destination_id: self.destination_id,
+            destination_id: destination_id.to_string(),
             record_id: self.record_id,
             http_status,
             response_body: self.response_body,
@@ -211,3 +318,6 @@ impl StoredRow {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -30,6 +30,10 @@ const MIGRATIONS: &[Migration] = &[
         name: "0004_credential_refusal",
         sql: include_str!("migrations/0004_credential_refusal.sql"),
     },
+    Migration {
+        name: "0005_delivered_groups",
+        sql: include_str!("migrations/0005_delivered_groups.sql"),
+    },
 ];
 
 /// The schema version this build writes.
@@ -38,6 +42,11 @@ pub(super) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// Brings the schema up to [`SCHEMA_VERSION`], each migration in its own transaction so a failure leaves the
 /// database at the last complete version. Refuses a database from a newer build rather than misreading it.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// Brings the schema up to `target`: all of it in the service, an older version in tests of later migrations.
+pub(super) fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), StoreError> {
     let current = user_version(conn)?;
     if current > SCHEMA_VERSION {
         return Err(StoreError::corrupt(
@@ -47,7 +56,8 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             ),
         ));
     }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    let pending = MIGRATIONS.iter().enumerate().take(target as usize);
+    for (index, migration) in pending.skip(current as usize) {
         let version = index as u32 + 1;
         let context = || format!("applying migration {}", migration.name);
         // Immediate: take the write lock up front, so a second process opening the same file waits instead of

@@ -1,0 +1,231 @@
+//! How the SQLite store keeps its ledger: entries that share an answer in one group, retention a group at a
+//! time. What every store does with the ledger is tested in `store::conformance`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::store::conformance::crud::{destination, new_credential};
+use crate::store::conformance::records::LedgerLookup;
+use crate::store::sqlite::tests::{open, raw};
+use crate::store::{Store, PRUNE_STEP};
+
+/// A batch's entries: the same answer (status, no body, attempts, time) for every record.
+fn batch(
+    destination_id: &str,
+    record_ids: impl IntoIterator<Item = String>,
+    at_ms: i64,
+) -> Vec<LedgerEntry> {
+    record_ids
+        .into_iter()
+        .map(|record_id| LedgerEntry {
+            destination_id: destination_id.to_string(),
+            record_id,
+            http_status: 201,
+            response_body: Vec::new(),
+            attempts: 1,
+            delivered_at_ms: at_ms,
+        })
+        .collect()
+}
+
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+async fn store_with_destination(dir: &Path) -> Arc<dyn Store> {
+    let store = open(dir);
+    store
+        .create_credential(new_credential("main"))
+        .await
+        .unwrap();
+    store
+        .create_destination(destination("a", "main"))
+        .await
+        .unwrap();
+    store
+}
+
+fn rows(dir: &Path, table: &str) -> i64 {
+    raw(dir)
+        .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+            row.get(0)
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_is_one_group_and_each_of_its_records_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_destination(dir.path()).await;
+    let mut entries = batch("a", numbered("r", 0..1000), 7);
+    let mut single = batch("a", ["one".to_string()], 7);
+    single[0].response_body = b"{\"ticket\":{}}".to_vec();
+    entries.extend(single.clone());
+    entries.extend(batch("a", numbered("s", 0..3), 8));
+    store.record_outcomes(entries, vec![]).await.unwrap();
+
+    assert_eq!(rows(dir.path(), "delivered_groups"), 3);
+    assert_eq!(rows(dir.path(), "delivered_ids"), 1004);
+    let mut wanted = numbered("r", 0..1000);
+    wanted.extend(["one".to_string(), "s2".to_string(), "unknown".to_string()]);
+    let found = store.ledger_lookup("a", wanted).await.unwrap();
+    assert_eq!(found.len(), 1002);
+    assert_eq!(found["r999"], batch("a", ["r999".to_string()], 7)[0]);
+    assert_eq!(found["one"], single[0]);
+    assert_eq!(found["s2"].delivered_at_ms, 8);
+}
+
+#[tokio::test]
+async fn the_count_rule_keeps_a_group_it_would_cut_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_destination(dir.path()).await;
+    for (at_ms, prefix) in [(1, "x"), (2, "y"), (3, "z")] {
+        store
+            .record_outcomes(batch("a", numbered(prefix, 0..10), at_ms), vec![])
+            .await
+            .unwrap();
+    }
+    // 15 to keep: z and y hold 20, so only x goes.
+    assert_eq!(store.ledger_prune(i64::MIN, 15).await.unwrap(), 10);
+    assert_eq!(rows(dir.path(), "delivered_groups"), 2);
+    assert!(store
+        .ledger_lookup("a", numbered("x", 0..10))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .ledger_lookup("a", numbered("y", 0..10))
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    // Exactly at a group's edge: nothing is cut.
+    assert_eq!(store.ledger_prune(i64::MIN, 20).await.unwrap(), 0);
+    assert_eq!(store.ledger_prune(i64::MIN, 10).await.unwrap(), 10);
+    assert_eq!(rows(dir.path(), "delivered_ids"), 10);
+}
+
+#[tokio::test]
+async fn a_record_delivered_again_outlives_its_first_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_destination(dir.path()).await;
+    store
+        .record_outcomes(batch("a", numbered("r", 0..2), 1), vec![])
+        .await
+        .unwrap();
+    let mut again = batch("a", ["r1".to_string()], 5);
+    again[0].attempts = 2;
+    store.record_outcomes(again.clone(), vec![]).await.unwrap();
+
+    // The first group still lists r1, but removing it only removes the key still pointing at it.
+    assert_eq!(store.ledger_prune(3, u64::MAX).await.unwrap(), 1);
+    let found = store.ledger_lookup("a", numbered("r", 0..2)).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found["r1"], again[0]);
+    assert_eq!(rows(dir.path(), "delivered_groups"), 1);
+}
+
+#[tokio::test]
+async fn retention_steps_through_groups_larger_than_a_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_destination(dir.path()).await;
+    let large = PRUNE_STEP as usize * 2 + 1;
+    store
+        .record_outcomes(batch("a", numbered("big", 0..large), 1), vec![])
+        .await
+        .unwrap();
+    for at_ms in 2..5 {
+        store
+            .record_outcomes(
+                batch("a", numbered(&format!("t{at_ms}-"), 0..3), at_ms),
+                vec![],
+            )
+            .await
+            .unwrap();
+    }
+    let removed = store.ledger_prune(i64::MIN, 0).await.unwrap();
+    assert_eq!(removed, large as u64 + 9);
+    assert_eq!(rows(dir.path(), "delivered_groups"), 0);
+    assert_eq!(rows(dir.path(), "delivered_ids"), 0);
+}
+
+#[tokio::test]
+async fn a_damaged_id_list_is_reported_when_retention_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_destination(dir.path()).await;
+    store
+        .record_outcomes(batch("a", numbered("r", 0..2), 1), vec![])
+        .await
+        .unwrap();
+    raw(dir.path())
+        .execute("UPDATE delivered_groups SET record_ids = x'00000009'", [])
+        .unwrap();
+    let err = store
+        .ledger_prune(i64::MIN, 0)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is corrupt"), "{err}");
+    assert_eq!(rows(dir.path(), "delivered_ids"), 2);
+}
+
+#[test]
+fn ids_survive_encoding_and_cut_lists_are_refused() {
+    let ids = ["r1", "", "ünïcödé", "a-much-longer-record-id-0123456789"];
+    let encoded = encode_ids(ids.iter().copied());
+    assert_eq!(decode_ids(&encoded).unwrap(), ids);
+    assert_eq!(decode_ids(&[]).unwrap(), Vec::<String>::new());
+    for cut in 1..encoded.len() {
+        if let Some(decoded) = decode_ids(&encoded[..cut]) {
+            // Only a cut at an id's end reads, and then as the ids before it.
+            assert_eq!(decoded, ids[..decoded.len()], "cut at {cut}");
+        }
+    }
+    assert!(decode_ids(&[0, 0, 0, 2, b'a']).is_none());
+    assert!(decode_ids(&[0, 0, 0, 1, 0xff]).is_none());
+}
+
+#[test]
+fn the_migration_turns_each_entry_into_a_group_of_its_own() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    conn.pragma_update(None, "foreign_keys", true).unwrap();
+    super::super::migrations::migrate_to(&mut conn, 4).unwrap();
+    conn.execute_batch(
+        "INSERT INTO credentials (id, display_name, api_key_hint, api_key_sealed, create_time_ms,
+             update_time_ms) VALUES ('main', '', '', x'00', 0, 0);
+         INSERT INTO destinations (id, display_name, credential_id, state, config_json, revision,
+             create_time_ms, update_time_ms) VALUES ('a', '', 'main', 'active', '{}', 1, 0, 0);",
+    )
+    .unwrap();
+    let ids = ["r1", "", "ünïcödé"];
+    for (at_ms, id) in ids.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO delivered_records VALUES ('a', ?1, 201, x'7b7d', 1, ?2)",
+            rusqlite::params![id, at_ms as i64],
+        )
+        .unwrap();
+    }
+    super::super::migrations::migrate(&mut conn).unwrap();
+
+    let wanted: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    let found = lookup(&conn, "a", &wanted).unwrap();
+    assert_eq!(found.len(), 3);
+    assert_eq!(found["ünïcödé"].delivered_at_ms, 2);
+    assert_eq!(found[""].response_body, b"{}");
+    let groups: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM delivered_groups WHERE record_count = 1",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(groups, 3);
+    // Retention reads the migrated id lists.
+    let bound = prune_bound(&conn, "a", i64::MAX, u64::MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(prune_through(&conn, "a", bound, 10).unwrap().removed, 3);
+}
