@@ -109,6 +109,32 @@ pub(super) async fn a_batch_is_one_claim_that_ends_with_its_records(h: Harness) 
     assert!(kept.iter().all(|entry| entry.maybe_delivered));
 }
 
+pub(super) async fn a_claim_ends_among_many_open_ones(h: Harness) {
+    let store = store_with_destinations(&h).await;
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i:02}")).collect();
+    store
+        .claim_records(keys.iter().map(|id| claim("a", id)).collect())
+        .await
+        .unwrap();
+    // Fewer records end than claims are open, and theirs are the last claims in key order.
+    store
+        .record_outcomes(vec![delivered("a", "k19", 10)], vec![])
+        .await
+        .unwrap();
+    store
+        .release_claims(vec![("a".to_string(), "k18".to_string())])
+        .await
+        .unwrap();
+    assert_eq!(h.count("record_claims", "a").await, 18);
+    // More records end than claims are open, most of them never claimed.
+    let mut ending: Vec<LedgerEntry> = (0..100)
+        .map(|i| delivered("a", &format!("unclaimed{i}"), 11))
+        .collect();
+    ending.extend(keys[..18].iter().map(|id| delivered("a", id, 11)));
+    store.record_outcomes(ending, vec![]).await.unwrap();
+    assert_eq!(h.count("record_claims", "a").await, 0);
+}
+
 pub(super) async fn record_states_tell_delivered_from_maybe_delivered(h: Harness) {
     let store = store_with_destinations(&h).await;
     let mut ambiguous = failed("a", "maybe", 10);

@@ -201,6 +201,7 @@ conformance_tests! {
  records::failed_record_pages_end_at_their_byte_bound_and_go_on_from_there,
  claims::a_claim_ends_with_its_outcome_or_its_release,
  claims::a_batch_is_one_claim_that_ends_with_its_records,
+ claims::a_claim_ends_among_many_open_ones,
  claims::record_states_tell_delivered_from_maybe_delivered,
  claims::maybe_delivered_stays_set_until_the_record_is_delivered,
  claims::failed_records_are_listed_by_outcome_and_ambiguity_and_deleted,

@@ -1,10 +1,12 @@
 //! SQL for `record_claims`: claims on the records of calls that must not be repeated blindly, written before
 //! the call, ended with the records' outcome, and turned into failed records when a process left them behind.
 
-use rusqlite::{params, params_from_iter, Connection, Row};
+use std::collections::HashSet;
+
+use rusqlite::{params, Connection, Row};
 
 use super::failed_records::EncodedFailure;
-use super::per_record::{is_missing_destination, padded_chunks, placeholders};
+use super::per_record::is_missing_destination;
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
 use crate::store::error::{Context, StoreError};
@@ -96,35 +98,52 @@ pub(super) fn end<'a>(
     records: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), StoreError> {
     // Most records never had a claim (updates need none), and the table holds only what is in flight: one
-    // probe spares the deletes.
+    // probe spares the rest.
     if !any(conn)? {
         return Ok(());
     }
-    // One statement per destination and chunk of ids: a batch's hundred records, all but one without a claim of
-    // their own, cost one statement rather than a hundred.
-    let mut by_destination: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut by_destination: Vec<(&str, Vec<&str>)> = Vec::new();
     for (destination_id, record_id) in records {
         match by_destination.last_mut() {
-            Some((current, ids)) if *current == destination_id => ids.push(record_id.to_string()),
-            _ => by_destination.push((destination_id, vec![record_id.to_string()])),
+            Some((current, ids)) if *current == destination_id => ids.push(record_id),
+            _ => by_destination.push((destination_id, vec![record_id])),
         }
     }
+    let mut delete = conn
+        .prepare_cached("DELETE FROM record_claims WHERE destination_id = ?1 AND record_id = ?2")
+        .context(|| "preparing to end record claims".to_string())?;
     for (destination_id, record_ids) in &by_destination {
-        for chunk in padded_chunks(record_ids) {
-            conn.prepare_cached(&format!(
-                "DELETE FROM record_claims WHERE destination_id = ? AND record_id IN ({})",
-                placeholders(chunk.len())
-            ))
-            .and_then(|mut statement| {
-                let values = std::iter::once(*destination_id).chain(chunk.iter().copied());
-                statement.execute(params_from_iter(values))
-            })
-            .context(|| {
-                format!("ending record claims of destination destinations/{destination_id}")
-            })?;
+        let context =
+            || format!("ending record claims of destination destinations/{destination_id}");
+        // A destination's open claims are its calls in flight, as a rule far fewer than the records of a
+        // batch ending: their keys are read once and matched here, sparing a b-tree probe per record. Should
+        // the destination hold more claims than there are records, each record is probed instead.
+        let open = open_keys(conn, destination_id, record_ids.len() + 1).context(context)?;
+        let probe_each = open.len() > record_ids.len();
+        for record_id in record_ids {
+            if probe_each || open.contains(*record_id) {
+                delete
+                    .execute(params![destination_id, record_id])
+                    .context(context)?;
+            }
         }
     }
     Ok(())
+}
+
+/// Up to `limit` keys of the destination's open claims.
+fn open_keys(
+    conn: &Connection,
+    destination_id: &str,
+    limit: usize,
+) -> rusqlite::Result<HashSet<String>> {
+    let mut statement = conn
+        .prepare_cached("SELECT record_id FROM record_claims WHERE destination_id = ?1 LIMIT ?2")?;
+    let keys = statement.query_map(
+        params![destination_id, i64::try_from(limit).unwrap_or(i64::MAX)],
+        |row| row.get(0),
+    )?;
+    keys.collect()
 }
 
 fn any(conn: &Connection) -> Result<bool, StoreError> {
