@@ -89,7 +89,8 @@ pub struct Settings {
     )]
     pub ledger_retention_hours: u64,
 
-    /// Most delivered record ids remembered per destination; the oldest are forgotten first.
+    /// Most delivered record ids remembered per destination; the oldest are forgotten first (the embedded
+    /// store forgets a batch's ids together, so it may keep up to one batch more).
     #[arg(
         long,
         env = "GROOVE_DESTINATION_LEDGER_MAX_PER_DESTINATION",

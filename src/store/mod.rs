@@ -257,7 +257,8 @@ pub trait Store: Send + Sync {
 
     /// Applies ledger retention to every destination: removes entries delivered before `older_than_ms`, and
     /// those beyond the `max_entries_per_destination` most recently delivered. Returns how many it removed.
-    /// `i64::MIN` or `u64::MAX` turns the respective rule off.
+    /// `i64::MIN` or `u64::MAX` turns the respective rule off. A store may keep entries that share their
+    /// answer (a batch's) together, and so keep up to one such group beyond the count.
     ///
     /// Removes in bounded steps, so deliveries' writes are not held up behind one long transaction; entries
     /// recorded while it runs are left for the next call.
