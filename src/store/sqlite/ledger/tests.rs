@@ -46,6 +46,10 @@ async fn store_with_destination(dir: &Path) -> Arc<dyn Store> {
     store
 }
 
+async fn record(store: &Arc<dyn Store>, delivered: Vec<LedgerEntry>) {
+    store.record_outcomes(delivered, vec![]).await.unwrap();
+}
+
 fn rows(dir: &Path, table: &str) -> i64 {
     raw(dir)
         .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
@@ -63,7 +67,7 @@ async fn a_batch_is_one_group_and_each_of_its_records_reads_back() {
     single[0].response_body = b"{\"ticket\":{}}".to_vec();
     entries.extend(single.clone());
     entries.extend(batch("a", numbered("s", 0..3), 8));
-    store.record_outcomes(entries, vec![]).await.unwrap();
+    record(&store, entries).await;
 
     assert_eq!(rows(dir.path(), "delivered_groups"), 3);
     assert_eq!(rows(dir.path(), "delivered_ids"), 1004);
@@ -81,10 +85,7 @@ async fn the_count_rule_keeps_a_group_it_would_cut_through() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_destination(dir.path()).await;
     for (at_ms, prefix) in [(1, "x"), (2, "y"), (3, "z")] {
-        store
-            .record_outcomes(batch("a", numbered(prefix, 0..10), at_ms), vec![])
-            .await
-            .unwrap();
+        record(&store, batch("a", numbered(prefix, 0..10), at_ms)).await;
     }
     // 15 to keep: z and y hold 20, so only x goes.
     assert_eq!(store.ledger_prune(i64::MIN, 15).await.unwrap(), 10);
@@ -112,13 +113,10 @@ async fn the_count_rule_keeps_a_group_it_would_cut_through() {
 async fn a_record_delivered_again_outlives_its_first_group() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_destination(dir.path()).await;
-    store
-        .record_outcomes(batch("a", numbered("r", 0..2), 1), vec![])
-        .await
-        .unwrap();
+    record(&store, batch("a", numbered("r", 0..2), 1)).await;
     let mut again = batch("a", ["r1".to_string()], 5);
     again[0].attempts = 2;
-    store.record_outcomes(again.clone(), vec![]).await.unwrap();
+    record(&store, again.clone()).await;
 
     // The first group still lists r1, but removing it only removes the key still pointing at it.
     assert_eq!(store.ledger_prune(3, u64::MAX).await.unwrap(), 1);
@@ -133,18 +131,13 @@ async fn retention_steps_through_groups_larger_than_a_step() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_destination(dir.path()).await;
     let large = PRUNE_STEP as usize * 2 + 1;
-    store
-        .record_outcomes(batch("a", numbered("big", 0..large), 1), vec![])
-        .await
-        .unwrap();
+    record(&store, batch("a", numbered("big", 0..large), 1)).await;
     for at_ms in 2..5 {
-        store
-            .record_outcomes(
-                batch("a", numbered(&format!("t{at_ms}-"), 0..3), at_ms),
-                vec![],
-            )
-            .await
-            .unwrap();
+        record(
+            &store,
+            batch("a", numbered(&format!("t{at_ms}-"), 0..3), at_ms),
+        )
+        .await;
     }
     let removed = store.ledger_prune(i64::MIN, 0).await.unwrap();
     assert_eq!(removed, large as u64 + 9);
@@ -156,10 +149,7 @@ async fn retention_steps_through_groups_larger_than_a_step() {
 async fn a_damaged_id_list_is_reported_when_retention_reaches_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_destination(dir.path()).await;
-    store
-        .record_outcomes(batch("a", numbered("r", 0..2), 1), vec![])
-        .await
-        .unwrap();
+    record(&store, batch("a", numbered("r", 0..2), 1)).await;
     raw(dir.path())
         .execute("UPDATE delivered_groups SET record_ids = x'00000009'", [])
         .unwrap();
