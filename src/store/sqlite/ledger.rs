@@ -40,17 +40,17 @@ pub(super) fn record(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), S
              ON CONFLICT (destination_id, record_id) DO UPDATE SET group_id = excluded.group_id",
         )
         .context(preparing)?;
+    let failed = |entry: &LedgerEntry, err| {
+        StoreError::internal(
+            format!(
+                "recording delivered record {} of destination destinations/{}",
+                entry.record_id, entry.destination_id
+            ),
+            err,
+        )
+    };
     for group in entries.chunk_by(same_answer) {
         let first = &group[0];
-        let failed = |err| {
-            StoreError::internal(
-                format!(
-                    "recording delivered record {} of destination destinations/{}",
-                    first.record_id, first.destination_id
-                ),
-                err,
-            )
-        };
         let inserted = insert_group.execute(params![
             first.destination_id,
             first.http_status,
@@ -63,13 +63,13 @@ pub(super) fn record(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), S
         match inserted {
             Ok(_) => {}
             Err(err) if is_missing_destination(&err) => continue,
-            Err(err) => return Err(failed(err)),
+            Err(err) => return Err(failed(first, err)),
         }
         let group_id = conn.last_insert_rowid();
         for entry in group {
             insert_id
                 .execute(params![entry.destination_id, entry.record_id, group_id])
-                .map_err(failed)?;
+                .map_err(|err| failed(entry, err))?;
         }
     }
     Ok(())
