@@ -10,6 +10,7 @@ mod checkpointer;
 pub(super) mod claims;
 mod connection;
 pub(super) mod credentials;
+mod delivered_filter;
 mod destinations;
 pub(super) mod failed_records;
 pub(super) mod key_check;
@@ -34,6 +35,7 @@ use futures::future::BoxFuture;
 use rusqlite::TransactionBehavior;
 
 use self::checkpointer::{Checkpointer, WRITER_BACKSTOP_PAGES};
+use self::delivered_filter::{DeliveredFilter, Generation};
 use self::readers::Readers;
 use self::writer::Writer;
 use super::data_dir;
@@ -57,6 +59,7 @@ pub struct SqliteStore {
     secrets: Arc<SecretBox>,
     writer: Writer,
     readers: Arc<Readers>,
+    delivered: Arc<DeliveredFilter>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -98,8 +101,36 @@ impl SqliteStore {
             readers: Readers::new(path.clone()),
             writer: Writer::spawn(conn, Some(checkpointer))?,
             secrets: Arc::new(secrets),
+            delivered: Arc::default(),
             path,
         })
+    }
+
+    /// Builds the filter of delivered ids now, if one is due; whether it did.
+    #[cfg(test)]
+    pub(super) async fn build_delivered_filter_now(&self) -> bool {
+        if !self.delivered.start_build() {
+            return false;
+        }
+        build_delivered_filter(
+            self.writer.clone(),
+            Arc::clone(&self.readers),
+            Arc::clone(&self.delivered),
+        )
+        .await;
+        true
+    }
+
+    /// Starts building the filter of delivered ids in the background when one is due (see
+    /// `delivered_filter.rs`); until it is in use, duplicate checks look every id up.
+    fn build_delivered_filter_if_due(&self) {
+        if self.delivered.start_build() {
+            tokio::spawn(build_delivered_filter(
+                self.writer.clone(),
+                Arc::clone(&self.readers),
+                Arc::clone(&self.delivered),
+            ));
+        }
     }
 
     /// Path of the database file.
@@ -122,6 +153,43 @@ impl SqliteStore {
 }
 
 /// `<database>-wal` or `<database>-shm`: the side files SQLite keeps next to a database in WAL mode.
+/// Sizes a new filter, has the writer announce it, fills it from a scan of the ledger, and has the writer swap it
+/// in. The order is what keeps the filter from missing an id: see `delivered_filter.rs`.
+async fn build_delivered_filter(
+    writer: Writer,
+    readers: Arc<Readers>,
+    filter: Arc<DeliveredFilter>,
+) {
+    let built = async {
+        let next = Generation::sized_for(readers.read(ledger::count_ids).await?);
+        let (announcing, announced) = (Arc::clone(&filter), Arc::clone(&next));
+        writer
+            .write(move |_| {
+                announcing.announce(announced);
+                Ok(())
+            })
+            .await?;
+        readers
+            .read(move |conn| {
+                ledger::scan_ids(conn, |destination_id, record_id| {
+                    next.add_scanned(destination_id, record_id)
+                })
+            })
+            .await?;
+        let swapping = Arc::clone(&filter);
+        writer
+            .write(move |_| {
+                swapping.swap_in();
+                Ok(())
+            })
+            .await
+    };
+    if let Err(error) = built.await {
+        tracing::warn!(%error, "cannot build the filter of delivered record ids; duplicate checks look every id up");
+        filter.abandon();
+    }
+}
+
 fn side_file(database: &Path, suffix: &str) -> PathBuf {
     let mut name = database.as_os_str().to_os_string();
     name.push(suffix);
@@ -353,9 +421,15 @@ impl Store for SqliteStore {
                 .into_iter()
                 .map(failed_records::encode)
                 .collect::<Result<Vec<_>, _>>()?;
+            let filter = Arc::clone(&self.delivered);
             self.writer
                 .write(move |conn| {
                     ledger::record(conn, &delivered)?;
+                    filter.add(
+                        delivered
+                            .iter()
+                            .map(|entry| (entry.destination_id.as_str(), entry.record_id.as_str())),
+                    );
                     failed_records::resolve(conn, &delivered)?;
                     failed_records::upsert(conn, &failed)?;
                     let delivered_keys = delivered
@@ -412,10 +486,17 @@ impl Store for SqliteStore {
                 return Ok(HashMap::new());
             }
             let destination_id = destination_id.to_string();
+            self.build_delivered_filter_if_due();
+            let filter = Arc::clone(&self.delivered);
             self.readers
                 .read(move |conn| {
+                    let maybe_delivered: Vec<String> = filter
+                        .maybe_delivered(&destination_id, &record_ids)
+                        .into_iter()
+                        .cloned()
+                        .collect();
                     let mut states: HashMap<String, RecordState> =
-                        ledger::lookup(conn, &destination_id, &record_ids)?
+                        ledger::lookup(conn, &destination_id, &maybe_delivered)?
                             .into_iter()
                             .map(|(record_id, entry)| (record_id, RecordState::Delivered(entry)))
                             .collect();

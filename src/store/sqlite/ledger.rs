@@ -116,6 +116,35 @@ pub(super) fn lookup(
     Ok(found)
 }
 
+/// How many ids the ledger holds, all destinations together.
+pub(super) fn count_ids(conn: &Connection) -> Result<u64, StoreError> {
+    conn.prepare_cached("SELECT count(*) FROM delivered_ids")
+        .and_then(|mut statement| statement.query_row([], |row| row.get::<_, i64>(0)))
+        .map(|count| u64::try_from(count).unwrap_or(0))
+        .context(|| "counting delivered records".to_string())
+}
+
+/// Calls `each` with the destination and record id of every id in the ledger.
+pub(super) fn scan_ids(
+    conn: &Connection,
+    mut each: impl FnMut(&str, &str),
+) -> Result<(), StoreError> {
+    let context = || "reading the ids of delivered records".to_string();
+    let mut statement = conn
+        .prepare("SELECT destination_id, record_id FROM delivered_ids")
+        .context(context)?;
+    let mut rows = statement.query([]).context(context)?;
+    while let Some(row) = rows.next().context(context)? {
+        let destination_id = row.get_ref(0).and_then(|value| Ok(value.as_str()?));
+        let record_id = row.get_ref(1).and_then(|value| Ok(value.as_str()?));
+        each(
+            destination_id.context(context)?,
+            record_id.context(context)?,
+        );
+    }
+    Ok(())
+}
+
 /// A group's position in retention order: `(delivered_at_ms, group id)`.
 pub(super) type GroupPosition = (i64, i64);
 
