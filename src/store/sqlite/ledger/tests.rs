@@ -8,7 +8,7 @@ use super::*;
 use crate::store::conformance::crud::{destination, new_credential};
 use crate::store::conformance::records::LedgerLookup;
 use crate::store::sqlite::tests::{open, raw};
-use crate::store::{Store, PRUNE_STEP};
+use crate::store::{SecretBox, SqliteStore, Store, PRUNE_STEP};
 
 /// A batch's entries: the same answer (status, no body, attempts, time) for every record.
 fn batch(
@@ -34,7 +34,13 @@ fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
 }
 
 async fn store_with_destination(dir: &Path) -> Arc<dyn Store> {
-    let store = open(dir);
+    sqlite_with_destination(dir).await
+}
+
+/// The store as its own type, for what only tests of the SQLite store may call.
+async fn sqlite_with_destination(dir: &Path) -> Arc<SqliteStore> {
+    let secrets = SecretBox::load_or_create(dir).unwrap();
+    let store = Arc::new(SqliteStore::open(dir, secrets).unwrap());
     store
         .create_credential(new_credential("main"))
         .await
@@ -165,17 +171,8 @@ async fn a_damaged_id_list_is_reported_when_retention_reaches_it() {
 #[tokio::test]
 async fn duplicate_checks_go_through_the_filter_once_it_is_built() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = crate::store::SecretBox::load_or_create(dir.path()).unwrap();
-    let sqlite = Arc::new(crate::store::SqliteStore::open(dir.path(), secrets).unwrap());
+    let sqlite = sqlite_with_destination(dir.path()).await;
     let store: Arc<dyn Store> = sqlite.clone();
-    store
-        .create_credential(new_credential("main"))
-        .await
-        .unwrap();
-    store
-        .create_destination(destination("a", "main"))
-        .await
-        .unwrap();
     record(&store, batch("a", numbered("before", 0..500), 1)).await;
     assert!(sqlite.build_delivered_filter_now().await);
     assert!(
