@@ -152,7 +152,6 @@ impl SqliteStore {
     }
 }
 
-/// `<database>-wal` or `<database>-shm`: the side files SQLite keeps next to a database in WAL mode.
 /// Sizes a new filter, has the writer announce it, fills it from a scan of the ledger, and has the writer swap it
 /// in. The order is what keeps the filter from missing an id: see `delivered_filter.rs`.
 async fn build_delivered_filter(
@@ -190,6 +189,7 @@ async fn build_delivered_filter(
     }
 }
 
+/// `<database>-wal` or `<database>-shm`: the side files SQLite keeps next to a database in WAL mode.
 fn side_file(database: &Path, suffix: &str) -> PathBuf {
     let mut name = database.as_os_str().to_os_string();
     name.push(suffix);
