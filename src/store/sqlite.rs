@@ -28,6 +28,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -112,12 +113,7 @@ impl SqliteStore {
         if !self.delivered.start_build() {
             return false;
         }
-        build_delivered_filter(
-            self.writer.clone(),
-            Arc::clone(&self.readers),
-            Arc::clone(&self.delivered),
-        )
-        .await;
+        self.delivered_filter_build().await;
         true
     }
 
@@ -125,12 +121,17 @@ impl SqliteStore {
     /// `delivered_filter.rs`); until it is in use, duplicate checks look every id up.
     fn build_delivered_filter_if_due(&self) {
         if self.delivered.start_build() {
-            tokio::spawn(build_delivered_filter(
-                self.writer.clone(),
-                Arc::clone(&self.readers),
-                Arc::clone(&self.delivered),
-            ));
+            tokio::spawn(self.delivered_filter_build());
         }
+    }
+
+    /// A build of the filter of delivered ids, for a caller that has claimed it with `start_build`.
+    fn delivered_filter_build(&self) -> impl Future<Output = ()> + Send + 'static {
+        build_delivered_filter(
+            self.writer.clone(),
+            Arc::clone(&self.readers),
+            Arc::clone(&self.delivered),
+        )
     }
 
     /// Path of the database file.

@@ -37,7 +37,8 @@ const MAX_CAPACITY: u64 = 1 << 25;
 /// The filter in use, and the one being built.
 pub(super) struct DeliveredFilter {
     current: ArcSwap<Generation>,
-    /// Set and cleared by writer jobs only, so the writer thread sees a consistent pair.
+    /// Set and swapped in by writer jobs, so the writer thread sees a consistent pair. A failed build clears it
+    /// from elsewhere; the writer then adds to the filter in use alone, which is all there is.
     next: Mutex<Option<Arc<Generation>>>,
     building: AtomicBool,
 }
