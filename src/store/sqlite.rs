@@ -13,6 +13,7 @@ pub(super) mod credentials;
 mod delivered_filter;
 mod destinations;
 pub(super) mod failed_records;
+mod failure_free;
 pub(super) mod key_check;
 mod ledger;
 mod migrations;
@@ -37,6 +38,7 @@ use rusqlite::TransactionBehavior;
 
 use self::checkpointer::{Checkpointer, WRITER_BACKSTOP_PAGES};
 use self::delivered_filter::{DeliveredFilter, Generation};
+use self::failure_free::FailureFree;
 use self::readers::Readers;
 use self::writer::Writer;
 use super::data_dir;
@@ -61,6 +63,7 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Arc<Readers>,
     delivered: Arc<DeliveredFilter>,
+    failure_free: Arc<FailureFree>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -98,9 +101,11 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_BACKSTOP_PAGES)
             .context(|| "setting wal_autocheckpoint".to_string())?;
         let checkpointer = Checkpointer::spawn(connection::open_writer(&path)?)?;
+        let writer = Writer::spawn(conn, Some(checkpointer))?;
         Ok(SqliteStore {
             readers: Readers::new(path.clone()),
-            writer: Writer::spawn(conn, Some(checkpointer))?,
+            failure_free: Arc::new(FailureFree::new(writer.transactions_ended())),
+            writer,
             secrets: Arc::new(secrets),
             delivered: Arc::default(),
             path,
@@ -423,6 +428,7 @@ impl Store for SqliteStore {
                 .map(failed_records::encode)
                 .collect::<Result<Vec<_>, _>>()?;
             let filter = Arc::clone(&self.delivered);
+            let failure_free = Arc::clone(&self.failure_free);
             self.writer
                 .write(move |conn| {
                     ledger::record(conn, &delivered)?;
@@ -432,6 +438,7 @@ impl Store for SqliteStore {
                             .map(|entry| (entry.destination_id.as_str(), entry.record_id.as_str())),
                     );
                     failed_records::resolve(conn, &delivered)?;
+                    failure_free.storing(failed.iter().map(|failure| failure.key().0));
                     failed_records::upsert(conn, &failed)?;
                     let delivered_keys = delivered
                         .iter()
@@ -470,8 +477,10 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         let error = error.to_string();
+        let failure_free = Arc::clone(&self.failure_free);
         Box::pin(self.writer.write(move |conn| {
             let failures = claims::take_all_as_failures(conn, &error, now_ms)?;
+            failure_free.storing(failures.iter().map(|failure| failure.key().0));
             failed_records::upsert(conn, &failures)?;
             Ok(failures.len() as u64)
         }))
@@ -486,16 +495,22 @@ impl Store for SqliteStore {
             if record_ids.is_empty() {
                 return Ok(HashMap::new());
             }
-            let destination_id = destination_id.to_string();
             self.build_delivered_filter_if_due();
-            let filter = Arc::clone(&self.delivered);
+            let maybe_delivered: Vec<String> = self
+                .delivered
+                .maybe_delivered(destination_id, &record_ids)
+                .into_iter()
+                .cloned()
+                .collect();
+            // Nothing to look up: the answer is known without a hand-off to a reader thread.
+            if maybe_delivered.is_empty() && self.failure_free.is_free(destination_id) {
+                return Ok(HashMap::new());
+            }
+            let destination_id = destination_id.to_string();
+            let failure_free = Arc::clone(&self.failure_free);
+            let start = failure_free.read_starts();
             self.readers
                 .read(move |conn| {
-                    let maybe_delivered: Vec<String> = filter
-                        .maybe_delivered(&destination_id, &record_ids)
-                        .into_iter()
-                        .cloned()
-                        .collect();
                     let mut states: HashMap<String, RecordState> =
                         ledger::lookup(conn, &destination_id, &maybe_delivered)?
                             .into_iter()
@@ -503,12 +518,15 @@ impl Store for SqliteStore {
                             .collect();
                     // A record that was delivered after an ambiguous failure left the failed list then; one that
                     // is in both is not possible, and if it were, delivered is the stronger fact.
-                    for record_id in
-                        failed_records::maybe_delivered(conn, &destination_id, &record_ids)?
-                    {
-                        states
-                            .entry(record_id)
-                            .or_insert(RecordState::MaybeDelivered);
+                    match failed_records::maybe_delivered(conn, &destination_id, &record_ids)? {
+                        None => failure_free.found_none(&destination_id, start),
+                        Some(record_ids) => {
+                            for record_id in record_ids {
+                                states
+                                    .entry(record_id)
+                                    .or_insert(RecordState::MaybeDelivered);
+                            }
+                        }
                     }
                     Ok(states)
                 })

@@ -323,15 +323,16 @@ pub(super) fn get(
     Ok(found)
 }
 
-/// Those of `record_ids` that are failed records of the destination which may have been delivered.
+/// Those of `record_ids` that are failed records of the destination which may have been delivered; `None` when
+/// the destination has no failed records at all.
 pub(super) fn maybe_delivered(
     conn: &Connection,
     destination_id: &str,
     record_ids: &[String],
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Option<Vec<String>>, StoreError> {
     // Most destinations have no failed records at all: one probe then spares the lookups.
     if !has_failed_records(conn, destination_id)? {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let mut found = Vec::new();
     for chunk in padded_chunks(record_ids) {
@@ -352,7 +353,7 @@ pub(super) fn maybe_delivered(
             })?;
         found.extend(rows);
     }
-    Ok(found)
+    Ok(Some(found))
 }
 
 /// Deletes those of `record_ids` that are failed records of the destination; returns how many.

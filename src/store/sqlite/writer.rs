@@ -9,6 +9,8 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 use rusqlite::Connection;
@@ -26,6 +28,7 @@ const MAX_JOBS_PER_COMMIT: usize = 256;
 #[derive(Clone)]
 pub(super) struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
+    ended: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -36,11 +39,20 @@ impl Writer {
         checkpointer: Option<Checkpointer>,
     ) -> Result<Writer, StoreError> {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let ended = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&ended);
         thread::Builder::new()
             .name("store-writer".to_string())
-            .spawn(move || run(conn, queue, checkpointer))
+            .spawn(move || run(conn, queue, checkpointer, &counted))
             .context(|| "starting the database writer thread".to_string())?;
-        Ok(Writer { jobs })
+        Ok(Writer { jobs, ended })
+    }
+
+    /// How many write transactions have ended, committed or rolled back, counted after each. A job runs in
+    /// transaction number `ended + 1`; a read that starts after the count showed `n` sees whatever
+    /// transactions up to `n` committed.
+    pub(super) fn transactions_ended(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.ended)
     }
 
     /// Runs `work` inside a write transaction and returns its result once that transaction has committed.
@@ -135,6 +147,7 @@ fn run(
     conn: Connection,
     mut queue: mpsc::Receiver<Box<dyn Job>>,
     checkpointer: Option<Checkpointer>,
+    ended: &AtomicU64,
 ) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
@@ -145,6 +158,7 @@ fn run(
             }
         }
         let failure = run_batch(&conn, &mut batch).err();
+        ended.fetch_add(1, Ordering::Release);
         if let (None, Some(checkpointer)) = (&failure, &checkpointer) {
             checkpointer.committed();
         }

@@ -8,7 +8,7 @@ use super::*;
 use crate::store::conformance::crud::{destination, new_credential};
 use crate::store::conformance::records::LedgerLookup;
 use crate::store::sqlite::tests::{open, raw};
-use crate::store::{SecretBox, SqliteStore, Store, PRUNE_STEP};
+use crate::store::{RecordState, SecretBox, SqliteStore, Store, PRUNE_STEP};
 
 /// A batch's entries: the same answer (status, no body, attempts, time) for every record.
 fn batch(
@@ -213,6 +213,115 @@ async fn duplicate_checks_go_through_the_filter_once_it_is_built() {
         .await
         .unwrap();
     assert_eq!(found.len(), 2);
+}
+
+/// The states the store reports for these ids of destination `a`, sorted.
+async fn states(store: &Arc<dyn Store>, record_ids: &[&str]) -> Vec<(String, &'static str)> {
+    let ids = record_ids.iter().map(|id| id.to_string()).collect();
+    let mut states: Vec<_> = store
+        .record_states("a", ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, state)| {
+            let state = match state {
+                RecordState::Delivered(_) => "delivered",
+                RecordState::MaybeDelivered => "maybe delivered",
+                RecordState::ClaimedElsewhere => "claimed elsewhere",
+            };
+            (id, state)
+        })
+        .collect();
+    states.sort();
+    states
+}
+
+/// A failed record that may have been delivered, written behind the store's back.
+fn hide_failed_record(dir: &Path, record_id: &str) {
+    raw(dir)
+        .execute(
+            "INSERT INTO failed_records (destination_id, record_id, record_json, outcome, http_status,
+                 response_headers, response_body, error, attempts, first_failure_ms, last_failure_ms,
+                 maybe_delivered, record_encoding)
+             VALUES ('a', ?1, x'7b7d', 'failed', 0, '[]', x'', 'reset', 1, 1, 1, 1, 'raw_json')",
+            [record_id],
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_checks_read_nothing_for_a_destination_known_to_have_no_failed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite_with_destination(dir.path()).await;
+    let store: Arc<dyn Store> = sqlite.clone();
+    record(&store, batch("a", numbered("r", 0..3), 1)).await;
+    assert!(sqlite.build_delivered_filter_now().await);
+
+    // The first check reads, and finds no failed records: from then on the destination is known to have none.
+    assert_eq!(states(&store, &["fresh"]).await, []);
+    hide_failed_record(dir.path(), "hidden");
+    assert_eq!(
+        states(&store, &["hidden", "fresh"]).await,
+        [],
+        "proof that the check did not read: a row written behind the store's back is not seen"
+    );
+    // An id the filter may hold is still looked up, and the failed records with it.
+    assert_eq!(
+        states(&store, &["hidden", "r1"]).await,
+        [
+            ("hidden".to_string(), "maybe delivered"),
+            ("r1".to_string(), "delivered")
+        ]
+    );
+
+    // Failed records stored by the store itself end it at once.
+    raw(dir.path())
+        .execute("DELETE FROM failed_records", [])
+        .unwrap();
+    assert_eq!(states(&store, &["fresh"]).await, []);
+    hide_failed_record(dir.path(), "hidden");
+    assert_eq!(states(&store, &["hidden"]).await, []);
+    let mut failure = crate::store::conformance::records::failed("a", "reset", 2);
+    failure.maybe_delivered = true;
+    store.record_outcomes(vec![], vec![failure]).await.unwrap();
+    assert_eq!(
+        states(&store, &["hidden", "reset", "fresh"]).await,
+        [
+            ("hidden".to_string(), "maybe delivered"),
+            ("reset".to_string(), "maybe delivered")
+        ]
+    );
+
+    // So do the failed records an orphaned claim becomes.
+    raw(dir.path())
+        .execute("DELETE FROM failed_records", [])
+        .unwrap();
+    assert_eq!(states(&store, &["fresh"]).await, []);
+    hide_failed_record(dir.path(), "hidden");
+    assert_eq!(states(&store, &["hidden"]).await, []);
+    store
+        .claim_records(vec![crate::store::RecordClaim {
+            destination_id: "a".to_string(),
+            records: vec![crate::store::ClaimedRecord {
+                record_id: "orphan".to_string(),
+                record_json: b"{}".to_vec(),
+                record_encoding: crate::domain::record::RecordEncoding::RawJson,
+            }],
+            request_method: "POST".to_string(),
+            request_url: "https://api.groovehq.com/v1/tickets".to_string(),
+            claimed_at_ms: 3,
+            repeatable: false,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.fail_orphaned_claims("stopped", 4).await.unwrap(), 1);
+    assert_eq!(
+        states(&store, &["hidden", "orphan"]).await,
+        [
+            ("hidden".to_string(), "maybe delivered"),
+            ("orphan".to_string(), "maybe delivered")
+        ]
+    );
 }
 
 #[test]
