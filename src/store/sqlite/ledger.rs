@@ -80,7 +80,15 @@ fn same_answer(a: &LedgerEntry, b: &LedgerEntry) -> bool {
         && a.http_status == b.http_status
         && a.attempts == b.attempts
         && a.delivered_at_ms == b.delivered_at_ms
-        && a.response_body == b.response_body
+        && same_bytes(&a.response_body, &b.response_body)
+}
+
+/// Byte equality that never hands `memcmp` an empty slice. A batch's entries all have empty bodies, whose
+/// pointers are dangling; glibc's AVX-512 `memcmp` reads them with a masked load, and a masked load of an
+/// unmapped address takes the processor's slow fault-suppression path, even with nothing to load: in a
+/// profile, the comparisons of empty bodies cost as much as the ledger's other work on them together.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
 }
 
 /// The entries of those `record_ids` the destination has delivered, by record id.
@@ -338,7 +346,7 @@ impl StoredRow {
         let attempts = u32::try_from(self.attempts)
             .map_err(|_| StoreError::corrupt(what(), format!("attempts {}", self.attempts)))?;
         Ok(LedgerEntry {
-            destination_id: destination_id.to_string(),
+            destination_id: destination_id.into(),
             record_id: self.record_id,
             http_status,
             response_body: self.response_body,
