@@ -1,6 +1,7 @@
 //! Record ids being delivered right now, in this process: one delivery per (destination, record id) at a time,
 //! and a way for another copy of the id to wait until that delivery has ended.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -73,14 +74,15 @@ impl InFlight {
             });
         let claims = record_ids
             .iter()
-            .map(|id| match held.ids.get_mut(*id) {
-                Some(waiters) => {
+            // One hash per id: nearly every id is new, so its key is built before the look-up.
+            .map(|id| match held.ids.entry((*id).to_string()) {
+                Entry::Occupied(mut waiters) => {
                     let (wake, wait) = oneshot::channel();
-                    waiters.push(wake);
+                    waiters.get_mut().push(wake);
                     Claim::Held(wait)
                 }
-                None => {
-                    held.ids.insert((*id).to_string(), Vec::new());
+                Entry::Vacant(vacant) => {
+                    vacant.insert(Vec::new());
                     Claim::Taken
                 }
             })

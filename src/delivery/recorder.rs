@@ -288,8 +288,9 @@ fn collect(
                 (Some(answer), 1) => &answer.body[..answer.body.len().min(LEDGER_BODY_CAP)],
                 _ => &[][..],
             };
+            let destination: Arc<str> = Arc::from(destination_id);
             delivered.extend(report.record_ids.iter().map(|record_id| LedgerEntry {
-                destination_id: destination_id.to_string(),
+                destination_id: Arc::clone(&destination),
                 record_id: record_id.clone(),
                 http_status: status,
                 response_body: body.to_vec(),

@@ -6,6 +6,8 @@
 //! it is in flight leaves a trace. Failed records keep what an operator needs to see why a record did not go
 //! through and to send it again, and whether Groove may hold it already.
 
+use std::sync::Arc;
+
 use crate::domain::outcome::Outcome;
 use crate::domain::record::RecordEncoding;
 
@@ -23,7 +25,8 @@ pub const MAX_FAILED_RECORD_IDS: u32 = 10_000;
 /// A record a destination has delivered, and Groove's answer to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerEntry {
-    pub destination_id: String,
+    /// Shared by the entries of one delivery, which are many for a batch.
+    pub destination_id: Arc<str>,
     /// The caller-chosen record id, unique within the destination.
     pub record_id: String,
     pub http_status: u16,

@@ -435,14 +435,14 @@ impl Store for SqliteStore {
                     filter.add(
                         delivered
                             .iter()
-                            .map(|entry| (entry.destination_id.as_str(), entry.record_id.as_str())),
+                            .map(|entry| (&*entry.destination_id, entry.record_id.as_str())),
                     );
                     failed_records::resolve(conn, &delivered)?;
                     failure_free.storing(failed.iter().map(|failure| failure.key().0));
                     failed_records::upsert(conn, &failed)?;
                     let delivered_keys = delivered
                         .iter()
-                        .map(|entry| (entry.destination_id.as_str(), entry.record_id.as_str()));
+                        .map(|entry| (&*entry.destination_id, entry.record_id.as_str()));
                     let failed_keys = failed.iter().map(failed_records::EncodedFailure::key);
                     claims::end(conn, delivered_keys.chain(failed_keys))
                 })

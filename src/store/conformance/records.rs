@@ -59,7 +59,7 @@ pub(in crate::store) fn delivered(
     delivered_at_ms: i64,
 ) -> LedgerEntry {
     LedgerEntry {
-        destination_id: destination_id.to_string(),
+        destination_id: destination_id.into(),
         record_id: record_id.to_string(),
         http_status: 201,
         response_body: format!(r#"{{"ticket":{{"number":"{record_id}"}}}}"#).into_bytes(),

@@ -204,7 +204,7 @@ impl<'a> Part<'a> {
         let delivered = self
             .delivered
             .iter()
-            .map(|entry| (entry.destination_id.as_str(), entry.record_id.as_str()));
+            .map(|entry| (&*entry.destination_id, entry.record_id.as_str()));
         let failed = self.failed.iter().map(|failure| failure.key());
         let released = self
             .released
@@ -223,7 +223,7 @@ impl<'a> Part<'a> {
         segment.ended.extend(
             self.delivered
                 .iter()
-                .map(|entry| (entry.destination_id.as_str(), entry.record_id.as_str())),
+                .map(|entry| (&*entry.destination_id, entry.record_id.as_str())),
         );
         segment
             .ended
@@ -323,10 +323,7 @@ async fn write_segment(
     ended.sort_unstable();
     ended.dedup();
     let (ended_destinations, ended_records): (Vec<&str>, Vec<&str>) = ended.into_iter().unzip();
-    let delivered_destinations: Vec<&str> = delivered
-        .iter()
-        .map(|e| e.destination_id.as_str())
-        .collect();
+    let delivered_destinations: Vec<&str> = delivered.iter().map(|e| &*e.destination_id).collect();
     let delivered_records: Vec<&str> = delivered.iter().map(|e| e.record_id.as_str()).collect();
 
     let mut refused = claims::insert(tx, owner, &claims).await?;

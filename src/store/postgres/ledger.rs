@@ -27,7 +27,7 @@ pub(super) async fn record(
     if entries.is_empty() {
         return Ok(());
     }
-    let destination_ids: Vec<&str> = entries.iter().map(|e| e.destination_id.as_str()).collect();
+    let destination_ids: Vec<&str> = entries.iter().map(|e| &*e.destination_id).collect();
     let record_ids: Vec<&str> = entries.iter().map(|e| e.record_id.as_str()).collect();
     let statuses: Vec<i32> = entries.iter().map(|e| i32::from(e.http_status)).collect();
     let bodies: Vec<&[u8]> = entries.iter().map(|e| e.response_body.as_slice()).collect();
@@ -169,7 +169,7 @@ fn from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
         response_body: row.get(3),
         attempts,
         delivered_at_ms: row.get(5),
-        destination_id,
+        destination_id: destination_id.into(),
         record_id,
     })
 }

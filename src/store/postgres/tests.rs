@@ -174,7 +174,7 @@ fn failure(record_id: &str, attempts: u32, maybe_delivered: bool) -> FailedRecor
 
 fn delivery(record_id: &str, status: u16) -> LedgerEntry {
     LedgerEntry {
-        destination_id: "a".to_string(),
+        destination_id: "a".into(),
         record_id: record_id.to_string(),
         http_status: status,
         response_body: Vec::new(),
@@ -283,7 +283,7 @@ async fn outcomes_racing_a_destination_delete_are_skipped_not_failed() {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 let mut in_b = delivery(&format!("r{i}"), 201);
-                in_b.destination_id = "b".to_string();
+                in_b.destination_id = "b".into();
                 store
                     .record_outcomes(vec![delivery(&format!("r{i}"), 201), in_b], vec![])
                     .await
@@ -644,7 +644,7 @@ async fn a_claim_on_a_record_delivered_meanwhile_is_refused() {
         .unwrap();
     first.claim_records(vec![create_claim("r1")]).await.unwrap();
     let delivered = LedgerEntry {
-        destination_id: "a".to_string(),
+        destination_id: "a".into(),
         record_id: "r1".to_string(),
         http_status: 201,
         response_body: b"{}".to_vec(),

@@ -371,7 +371,7 @@ async fn a_database_of_release_0_1_0_reads_in_full() {
             .unwrap();
         for entry in ledger_entries()
             .into_iter()
-            .filter(|entry| entry.destination_id == destination)
+            .filter(|entry| *entry.destination_id == *destination)
         {
             assert_eq!(
                 states.get(&entry.record_id),

@@ -145,7 +145,7 @@ pub(super) fn resolve(conn: &Connection, delivered: &[LedgerEntry]) -> Result<()
     let mut last_checked: Option<(&str, bool)> = None;
     for entry in delivered {
         let has_failures = match last_checked {
-            Some((destination_id, has_failures)) if destination_id == entry.destination_id => {
+            Some((destination_id, has_failures)) if destination_id == &*entry.destination_id => {
                 has_failures
             }
             _ => {

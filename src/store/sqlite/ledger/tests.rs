@@ -19,7 +19,7 @@ fn batch(
     record_ids
         .into_iter()
         .map(|record_id| LedgerEntry {
-            destination_id: destination_id.to_string(),
+            destination_id: destination_id.into(),
             record_id,
             http_status: 201,
             response_body: Vec::new(),
