@@ -3,10 +3,10 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use foldhash::fast::RandomState;
-
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
@@ -17,18 +17,22 @@ use crate::metrics::Metrics;
 #[derive(Default)]
 pub struct InFlight {
     ids: Mutex<HashMap<String, Held>>,
+    /// Hashes the ids into their keys in [`Held`].
+    keys: RandomState,
     metrics: Option<Arc<Metrics>>,
 }
 
 /// A destination's ids in flight, each with the senders that wake its waiters when dropped, and the gauge
 /// that shows how many there are.
 ///
-/// Every id a stream reads is hashed twice here (held, then let go), so the hasher is foldhash rather than
-/// SipHash. Clients choose the ids, but foldhash is seeded at random per process and the table holds only the
-/// ids in flight, which the streams' queues bound, so colliding ids could slow it only so far.
+/// Every id a stream reads passes through here twice (held, then let go), so an id is kept as a 64-bit hash of
+/// it rather than a copy, and the hasher is foldhash rather than SipHash. Two ids with the same hash are taken
+/// for one: the second waits until the first is let go, and is then looked up in the store like any copy that
+/// waited, so a collision costs time, never a wrong answer. Clients choose the ids, but foldhash is seeded at
+/// random per process, and the table holds only the ids in flight, which the streams' queues bound.
 #[derive(Default)]
 struct Held {
-    ids: HashMap<String, Vec<oneshot::Sender<()>>, RandomState>,
+    ids: HashMap<u64, Vec<oneshot::Sender<()>>, RandomState>,
     gauge: Option<Gauge>,
 }
 
@@ -53,6 +57,7 @@ impl InFlight {
     pub fn with_metrics(metrics: Option<Arc<Metrics>>) -> Self {
         InFlight {
             ids: Mutex::default(),
+            keys: RandomState::default(),
             metrics,
         }
     }
@@ -74,8 +79,7 @@ impl InFlight {
             });
         let claims = record_ids
             .iter()
-            // One hash per id: nearly every id is new, so its key is built before the look-up.
-            .map(|id| match held.ids.entry((*id).to_string()) {
+            .map(|id| match held.ids.entry(self.keys.hash_one(id)) {
                 Entry::Occupied(mut waiters) => {
                     let (wake, wait) = oneshot::channel();
                     waiters.get_mut().push(wake);
@@ -100,7 +104,7 @@ impl InFlight {
         if let Some(held) = ids.get_mut(destination_id) {
             for id in record_ids {
                 // Dropping the senders is the wake-up.
-                held.ids.remove(id);
+                held.ids.remove(&self.keys.hash_one(id.as_str()));
             }
             held.show_count();
             if held.ids.is_empty() {

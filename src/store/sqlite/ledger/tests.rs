@@ -249,6 +249,19 @@ fn hide_failed_record(dir: &Path, record_id: &str) {
         .unwrap();
 }
 
+/// Clears the failed records, lets a check find none (the destination is free again), then hides a failed
+/// record that may have been delivered, which a check no longer sees.
+async fn free_again_with_a_hidden_failure(store: &Arc<dyn Store>, dir: &Path) {
+    raw(dir).execute("DELETE FROM failed_records", []).unwrap();
+    assert_eq!(states(store, &["fresh"]).await, []);
+    hide_failed_record(dir, "hidden");
+    assert_eq!(states(store, &["hidden"]).await, []);
+}
+
+fn maybe_delivered(record_id: &str) -> (String, &'static str) {
+    (record_id.to_string(), "maybe delivered")
+}
+
 #[tokio::test]
 async fn duplicate_checks_read_nothing_for_a_destination_known_to_have_no_failed_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,37 +281,21 @@ async fn duplicate_checks_read_nothing_for_a_destination_known_to_have_no_failed
     // An id the filter may hold is still looked up, and the failed records with it.
     assert_eq!(
         states(&store, &["hidden", "r1"]).await,
-        [
-            ("hidden".to_string(), "maybe delivered"),
-            ("r1".to_string(), "delivered")
-        ]
+        [maybe_delivered("hidden"), ("r1".to_string(), "delivered")]
     );
 
     // Failed records stored by the store itself end it at once.
-    raw(dir.path())
-        .execute("DELETE FROM failed_records", [])
-        .unwrap();
-    assert_eq!(states(&store, &["fresh"]).await, []);
-    hide_failed_record(dir.path(), "hidden");
-    assert_eq!(states(&store, &["hidden"]).await, []);
+    free_again_with_a_hidden_failure(&store, dir.path()).await;
     let mut failure = crate::store::conformance::records::failed("a", "reset", 2);
     failure.maybe_delivered = true;
     store.record_outcomes(vec![], vec![failure]).await.unwrap();
     assert_eq!(
         states(&store, &["hidden", "reset", "fresh"]).await,
-        [
-            ("hidden".to_string(), "maybe delivered"),
-            ("reset".to_string(), "maybe delivered")
-        ]
+        [maybe_delivered("hidden"), maybe_delivered("reset")]
     );
 
     // So do the failed records an orphaned claim becomes.
-    raw(dir.path())
-        .execute("DELETE FROM failed_records", [])
-        .unwrap();
-    assert_eq!(states(&store, &["fresh"]).await, []);
-    hide_failed_record(dir.path(), "hidden");
-    assert_eq!(states(&store, &["hidden"]).await, []);
+    free_again_with_a_hidden_failure(&store, dir.path()).await;
     store
         .claim_records(vec![crate::store::RecordClaim {
             destination_id: "a".to_string(),
@@ -317,10 +314,7 @@ async fn duplicate_checks_read_nothing_for_a_destination_known_to_have_no_failed
     assert_eq!(store.fail_orphaned_claims("stopped", 4).await.unwrap(), 1);
     assert_eq!(
         states(&store, &["hidden", "orphan"]).await,
-        [
-            ("hidden".to_string(), "maybe delivered"),
-            ("orphan".to_string(), "maybe delivered")
-        ]
+        [maybe_delivered("hidden"), maybe_delivered("orphan")]
     );
 }
 
