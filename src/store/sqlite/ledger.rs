@@ -5,11 +5,15 @@
 //! do) are stored as one `delivered_groups` row, and each record id as a key in `delivered_ids` pointing at its
 //! group. Retention therefore works a group at a time.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use super::per_record::{is_missing_destination, padded_chunks, placeholders};
+use super::per_record::{
+    is_missing_destination, padded_chunks, placeholders, CHUNK_SIZES, LARGEST_CHUNK,
+};
 use crate::store::error::{Context, StoreError};
 use crate::store::records::{LedgerEntry, LEDGER_BODY_CAP};
 
@@ -32,12 +36,6 @@ pub(super) fn record(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), S
             "INSERT INTO delivered_groups (destination_id, http_status, response_body, attempts,
                  delivered_at_ms, record_count, record_ids)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .context(preparing)?;
-    let mut insert_id = conn
-        .prepare_cached(
-            "INSERT INTO delivered_ids (destination_id, record_id, group_id) VALUES (?1, ?2, ?3)
-             ON CONFLICT (destination_id, record_id) DO UPDATE SET group_id = excluded.group_id",
         )
         .context(preparing)?;
     let failed = |entry: &LedgerEntry, err| {
@@ -66,13 +64,55 @@ pub(super) fn record(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), S
             Err(err) => return Err(failed(first, err)),
         }
         let group_id = conn.last_insert_rowid();
-        for entry in group {
-            insert_id
-                .execute(params![entry.destination_id, entry.record_id, group_id])
-                .map_err(|err| failed(entry, err))?;
+        let record_ids: Vec<&str> = group.iter().map(|entry| entry.record_id.as_str()).collect();
+        for (chunk, ids) in padded_chunks(&record_ids)
+            .iter()
+            .zip(group.chunks(LARGEST_CHUNK))
+        {
+            insert_keys(conn, &first.destination_id, group_id, chunk)
+                .map_err(|err| failed(&ids[0], err))?;
         }
     }
     Ok(())
+}
+
+/// Points the ids' keys at their group, many rows to a statement: a statement per id cost about as much in
+/// SQLite's per-statement work as in its b-tree. An id listed twice (the padding) is simply pointed twice.
+fn insert_keys(
+    conn: &Connection,
+    destination_id: &str,
+    group_id: i64,
+    record_ids: &[&str],
+) -> rusqlite::Result<usize> {
+    let mut statement = conn.prepare_cached(&insert_keys_sql(record_ids.len()))?;
+    statement.raw_bind_parameter(1, destination_id)?;
+    statement.raw_bind_parameter(2, group_id)?;
+    for (i, record_id) in record_ids.iter().enumerate() {
+        statement.raw_bind_parameter(i + 3, record_id)?;
+    }
+    statement.raw_execute()
+}
+
+/// The statement inserting `rows` keys. The statement cache is looked up by the statement's text, so the text
+/// of each chunk size is built once; any other size (never one of `padded_chunks`) is built when asked for.
+fn insert_keys_sql(rows: usize) -> Cow<'static, str> {
+    static BUILT: OnceLock<Vec<String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| CHUNK_SIZES.iter().map(|&size| keys_sql(size)).collect());
+    match CHUNK_SIZES.iter().position(|&size| size == rows) {
+        Some(index) => Cow::Borrowed(built[index].as_str()),
+        None => Cow::Owned(keys_sql(rows)),
+    }
+}
+
+fn keys_sql(rows: usize) -> String {
+    let values = (0..rows)
+        .map(|i| format!("(?1, ?{}, ?2)", i + 3))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO delivered_ids (destination_id, record_id, group_id) VALUES {values}
+         ON CONFLICT (destination_id, record_id) DO UPDATE SET group_id = excluded.group_id"
+    )
 }
 
 fn same_answer(a: &LedgerEntry, b: &LedgerEntry) -> bool {
