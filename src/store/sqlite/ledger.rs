@@ -11,9 +11,7 @@ use std::sync::OnceLock;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use super::per_record::{
-    is_missing_destination, padded_chunks, placeholders, CHUNK_SIZES, LARGEST_CHUNK,
-};
+use super::per_record::{is_missing_destination, padded_chunks, placeholders};
 use crate::store::error::{Context, StoreError};
 use crate::store::records::{LedgerEntry, LEDGER_BODY_CAP};
 
@@ -64,43 +62,61 @@ pub(super) fn record(conn: &Connection, entries: &[LedgerEntry]) -> Result<(), S
             Err(err) => return Err(failed(first, err)),
         }
         let group_id = conn.last_insert_rowid();
-        let record_ids: Vec<&str> = group.iter().map(|entry| entry.record_id.as_str()).collect();
-        for (chunk, ids) in padded_chunks(&record_ids)
-            .iter()
-            .zip(group.chunks(LARGEST_CHUNK))
-        {
+        let mut rest = group;
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(key_rows(rest.len()));
             insert_keys(conn, &first.destination_id, group_id, chunk)
-                .map_err(|err| failed(&ids[0], err))?;
+                .map_err(|err| failed(&chunk[0], err))?;
+            rest = after;
         }
     }
     Ok(())
 }
 
-/// Points the ids' keys at their group, many rows to a statement: a statement per id cost about as much in
-/// SQLite's per-statement work as in its b-tree. An id listed twice (the padding) is simply pointed twice.
+/// Most keys one statement inserts.
+const MOST_KEY_ROWS: usize = 512;
+
+/// How many of `remaining` keys the next statement inserts: all of them up to [`MOST_KEY_ROWS`], else the
+/// largest power of two below, so a group takes at most one statement per bit of its size and only ten
+/// statement texts are ever built. Not padded to a few sizes the way lookups are: a padded row is a full
+/// upsert, and a record delivered alone (one key) would pay for fifteen.
+fn key_rows(remaining: usize) -> usize {
+    if remaining >= MOST_KEY_ROWS {
+        MOST_KEY_ROWS
+    } else {
+        1 << remaining.ilog2()
+    }
+}
+
+/// Points the entries' ids at their group, many rows to a statement: a statement per id cost about as much in
+/// SQLite's per-statement work as in its b-tree.
 fn insert_keys(
     conn: &Connection,
     destination_id: &str,
     group_id: i64,
-    record_ids: &[&str],
+    entries: &[LedgerEntry],
 ) -> rusqlite::Result<usize> {
-    let mut statement = conn.prepare_cached(&insert_keys_sql(record_ids.len()))?;
+    let mut statement = conn.prepare_cached(&insert_keys_sql(entries.len()))?;
     statement.raw_bind_parameter(1, destination_id)?;
     statement.raw_bind_parameter(2, group_id)?;
-    for (i, record_id) in record_ids.iter().enumerate() {
-        statement.raw_bind_parameter(i + 3, record_id)?;
+    for (i, entry) in entries.iter().enumerate() {
+        statement.raw_bind_parameter(i + 3, entry.record_id.as_str())?;
     }
     statement.raw_execute()
 }
 
-/// The statement inserting `rows` keys. The statement cache is looked up by the statement's text, so the text
-/// of each chunk size is built once; any other size (never one of `padded_chunks`) is built when asked for.
+/// The statement inserting `rows` keys, `rows` a power of two up to [`MOST_KEY_ROWS`]. The statement cache is
+/// looked up by the statement's text, so each text is built once.
 fn insert_keys_sql(rows: usize) -> Cow<'static, str> {
     static BUILT: OnceLock<Vec<String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| CHUNK_SIZES.iter().map(|&size| keys_sql(size)).collect());
-    match CHUNK_SIZES.iter().position(|&size| size == rows) {
-        Some(index) => Cow::Borrowed(built[index].as_str()),
-        None => Cow::Owned(keys_sql(rows)),
+    let built = BUILT.get_or_init(|| {
+        (0..=MOST_KEY_ROWS.ilog2())
+            .map(|bit| keys_sql(1 << bit))
+            .collect()
+    });
+    match built.get(rows.ilog2() as usize) {
+        Some(text) if rows.is_power_of_two() => Cow::Borrowed(text.as_str()),
+        _ => Cow::Owned(keys_sql(rows)),
     }
 }
 

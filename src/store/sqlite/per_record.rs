@@ -4,13 +4,12 @@
 /// Placeholder counts of the `IN (…)` statements. Lists are padded up to one of these sizes rather than
 /// prepared at their own length, so a query has at most three statements to cache instead of one per length.
 /// The largest (plus the destination id) stays under 999, the lowest limit on variables a SQLite build may have.
-pub(super) const CHUNK_SIZES: [usize; 3] = [16, 128, 512];
+const CHUNK_SIZES: [usize; 3] = [16, 128, 512];
 /// The largest of [`CHUNK_SIZES`]: every chunk but the last holds this many ids.
-pub(super) const LARGEST_CHUNK: usize = CHUNK_SIZES[CHUNK_SIZES.len() - 1];
+const LARGEST_CHUNK: usize = CHUNK_SIZES[CHUNK_SIZES.len() - 1];
 
 /// Splits `ids` into chunks whose lengths are all in [`CHUNK_SIZES`], padding the last by repeating its last id:
-/// an id listed twice in `IN (…)` matches once, and an upsert of it twice ends as once, so the padding changes
-/// no result.
+/// an id listed twice in `IN (…)` matches once, so the padding changes no result.
 pub(super) fn padded_chunks<S: AsRef<str>>(ids: &[S]) -> Vec<Vec<&str>> {
     ids.chunks(LARGEST_CHUNK)
         .map(|chunk| {

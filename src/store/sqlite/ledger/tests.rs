@@ -375,3 +375,25 @@ fn the_migration_turns_each_entry_into_a_group_of_its_own() {
         .unwrap();
     assert_eq!(prune_through(&conn, "a", bound, 10).unwrap().removed, 3);
 }
+
+#[test]
+fn a_group_s_keys_take_a_statement_per_bit_of_its_size_and_are_never_padded() {
+    for size in [1, 3, 16, 200, 511, 512, 1000, 1537] {
+        let mut statements = Vec::new();
+        let mut remaining = size;
+        while remaining > 0 {
+            let rows = key_rows(remaining);
+            statements.push(rows);
+            remaining -= rows;
+        }
+        assert_eq!(statements.iter().sum::<usize>(), size, "{statements:?}");
+        assert!(statements
+            .iter()
+            .all(|&rows| rows.is_power_of_two() && rows <= MOST_KEY_ROWS));
+        let bits = (size % MOST_KEY_ROWS).count_ones() as usize;
+        assert_eq!(statements.len(), size / MOST_KEY_ROWS + bits, "{size}");
+        assert!(statements
+            .iter()
+            .all(|&rows| matches!(insert_keys_sql(rows), Cow::Borrowed(_))));
+    }
+}
