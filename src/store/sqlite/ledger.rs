@@ -78,8 +78,8 @@ const MOST_KEY_ROWS: usize = 512;
 
 /// How many of `remaining` keys the next statement inserts: [`MOST_KEY_ROWS`] while that many remain, then the
 /// largest power of two not above what remains, so a group takes one statement per bit of its size past the
-/// full ones and only ten statement texts are ever built. Not padded to a few sizes the way lookups are: a padded row is a full
-/// upsert, and a record delivered alone (one key) would pay for fifteen.
+/// full ones and only ten statement texts are ever built. Not padded to a few sizes the way lookups are: a
+/// padded row is a full upsert, and a record delivered alone (one key) would pay for fifteen.
 fn key_rows(remaining: usize) -> usize {
     if remaining >= MOST_KEY_ROWS {
         MOST_KEY_ROWS

@@ -5,19 +5,18 @@
 /// prepared at their own length, so a query has at most three statements to cache instead of one per length.
 /// The largest (plus the destination id) stays under 999, the lowest limit on variables a SQLite build may have.
 const CHUNK_SIZES: [usize; 3] = [16, 128, 512];
-/// The largest of [`CHUNK_SIZES`]: every chunk but the last holds this many ids.
-const LARGEST_CHUNK: usize = CHUNK_SIZES[CHUNK_SIZES.len() - 1];
 
 /// Splits `ids` into chunks whose lengths are all in [`CHUNK_SIZES`], padding the last by repeating its last id:
 /// an id listed twice in `IN (…)` matches once, so the padding changes no result.
-pub(super) fn padded_chunks<S: AsRef<str>>(ids: &[S]) -> Vec<Vec<&str>> {
-    ids.chunks(LARGEST_CHUNK)
+pub(super) fn padded_chunks(ids: &[String]) -> Vec<Vec<&str>> {
+    let largest = CHUNK_SIZES[CHUNK_SIZES.len() - 1];
+    ids.chunks(largest)
         .map(|chunk| {
             let size = CHUNK_SIZES
                 .into_iter()
                 .find(|&size| size >= chunk.len())
-                .unwrap_or(LARGEST_CHUNK);
-            let mut padded: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
+                .unwrap_or(largest);
+            let mut padded: Vec<&str> = chunk.iter().map(String::as_str).collect();
             if let Some(&last) = padded.last() {
                 padded.resize(size, last);
             }
@@ -65,7 +64,7 @@ mod tests {
         assert_eq!(padded.len(), 1);
         assert_eq!(padded[0].len(), 16);
         assert!(padded[0][1..].iter().all(|&id| id == "b"));
-        assert!(padded_chunks::<String>(&[]).is_empty());
+        assert!(padded_chunks(&[]).is_empty());
     }
 
     #[test]
