@@ -6,9 +6,10 @@
 //! and a unit waits for a worker no longer than the units ready before it take — at most one per other key,
 //! plus those without a key. Once the stream stops, units still queued are released instead of sent.
 //!
-//! Every queued unit — in the ready queue or in a chain — holds a permit of one semaphore sized
-//! `concurrency × QUEUED_PER_WORKER`: the dispatch waits for room (this is the backpressure, and what keeps memory
-//! flat), and the room goes back when a worker takes the unit.
+//! Every queued unit — in the ready queue or in a chain — holds room in one semaphore: the dispatch waits for room
+//! (this is the backpressure, and what keeps memory flat), and the room goes back when a worker takes the unit.
+//! The room holds `concurrency × QUEUED_PER_WORKER` units, or more of them when they carry few records and no
+//! ordering key (see [`Room`]).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +30,46 @@ use crate::metrics::DestinationMetrics;
 /// Units queued per worker beyond the ones in flight; small, so that memory stays flat and the stream is read
 /// only as fast as Groove answers.
 const QUEUED_PER_WORKER: usize = 4;
+
+/// Single-record units without an ordering key the room holds at the least, whatever the concurrency. Creates
+/// are claimed before they are queued, and a claim waits for a commit: the units queued must last the workers
+/// through it, or they idle, and at low concurrency `QUEUED_PER_WORKER` units per worker last only a few
+/// milliseconds of fast calls.
+const LEAST_QUEUED_RECORDS: usize = 256;
+
+/// The dispatcher's room, sized so that it holds `concurrency × QUEUED_PER_WORKER` units of any kind, and at
+/// least [`LEAST_QUEUED_RECORDS`] single-record units without an ordering key: such a unit takes a permit per
+/// record, up to `per_unit`, which every other unit takes. Large units (batches, whose bodies weigh most) are so
+/// held to the same count as ever. Keyed units are too: a key's units wait in its chain one after another, and
+/// a deeper room would only make chains longer, and a lone key's wait behind them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Room {
+    /// The semaphore's size.
+    permits: usize,
+    /// What a unit takes at the most, and every keyed unit.
+    per_unit: usize,
+}
+
+impl Room {
+    fn for_concurrency(concurrency: usize) -> Room {
+        let units = concurrency.max(1) * QUEUED_PER_WORKER;
+        let per_unit = LEAST_QUEUED_RECORDS.div_ceil(units).max(1);
+        Room {
+            permits: units * per_unit,
+            per_unit,
+        }
+    }
+
+    /// The permits a unit takes.
+    fn of(&self, unit: &DeliveryUnit) -> u32 {
+        let permits = match unit.ordering_key {
+            Some(_) => self.per_unit,
+            None => unit.record_ids.len().clamp(1, self.per_unit),
+        };
+        // At most `per_unit`, which is at most `LEAST_QUEUED_RECORDS`.
+        permits as u32
+    }
+}
 
 /// A queued unit with its room in the queue.
 type Queued = (OwnedSemaphorePermit, DeliveryUnit);
@@ -98,6 +139,7 @@ pub struct Dispatcher {
     ready: async_channel::Sender<Queued>,
     /// Room for queued units; the channel and the chains are unbounded themselves.
     room: Arc<Semaphore>,
+    room_size: Room,
     chains: Arc<Chains>,
     workers: JoinSet<()>,
     stop: CancellationToken,
@@ -135,9 +177,11 @@ impl Dispatcher {
                     .in_current_span(),
             );
         }
+        let room_size = Room::for_concurrency(concurrency);
         Dispatcher {
             ready,
-            room: Arc::new(Semaphore::new(concurrency * QUEUED_PER_WORKER)),
+            room: Arc::new(Semaphore::new(room_size.permits)),
+            room_size,
             chains,
             workers,
             stop,
@@ -162,7 +206,7 @@ impl Dispatcher {
         let permit = tokio::select! {
             biased;
             () = self.stop.cancelled() => return Err(unit),
-            permit = self.room.clone().acquire_owned() => permit,
+            permit = self.room.clone().acquire_many_owned(self.room_size.of(&unit)) => permit,
         };
         // The semaphore is never closed.
         let Ok(permit) = permit else {

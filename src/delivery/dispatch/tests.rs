@@ -216,6 +216,13 @@ impl Chains {
     }
 }
 
+/// How many of the tests' units the room of `concurrency` workers holds: they carry one record each.
+fn room_for(concurrency: usize, keyed: bool) -> usize {
+    let room = Room::for_concurrency(concurrency);
+    let key = keyed.then_some("t/1");
+    room.permits / room.of(&numbered(0, key)) as usize
+}
+
 fn start(concurrency: usize, script: &Arc<Script>) -> Dispatcher {
     Dispatcher::start_with(
         concurrency,
@@ -481,10 +488,14 @@ async fn one_key_more_than_the_workers_keeps_them_all_busy() {
 #[tokio::test(start_paused = true)]
 async fn a_producer_is_held_back_once_the_room_is_full() {
     let concurrency = 4;
-    let room = concurrency * QUEUED_PER_WORKER;
+    let keyed_room = concurrency * QUEUED_PER_WORKER;
     let units = 100_000;
-    // Unkeyed, all in one key (one in flight, the rest in its chain), and keys in turn.
-    for (keys, in_flight, in_chains) in [(None, 4, 0), (Some(1), 1, room), (Some(1_000), 4, 0)] {
+    // Unkeyed, all in one key (one in flight, the rest in its chain), and keys in turn. Unkeyed single records
+    // fill a larger room.
+    for (keys, in_flight, in_chains) in
+        [(None, 4, 0), (Some(1), 1, keyed_room), (Some(1_000), 4, 0)]
+    {
+        let room = room_for(concurrency, keys.is_some());
         let script = Script::with_gate(vec![MS; units], 0);
         let dispatcher = start(concurrency, &script);
         let free_room = dispatcher.room.clone();
@@ -530,7 +541,7 @@ async fn a_producer_is_held_back_once_the_room_is_full() {
 #[tokio::test(start_paused = true)]
 async fn what_the_dispatcher_holds_stays_within_the_room_while_units_flow() {
     let concurrency = 4;
-    let room = concurrency * QUEUED_PER_WORKER;
+    let room = room_for(concurrency, true);
     let units = 30_000;
     let mut rng = StdRng::seed_from_u64(6);
     let key_of: Vec<_> = (0..units)
@@ -546,7 +557,8 @@ async fn what_the_dispatcher_holds_stays_within_the_room_while_units_flow() {
             .is_ok());
         // Only a dispatch adds to what is held: right after one is when it is most.
         let held = dispatcher.ready.len() + dispatcher.chains.waiting();
-        assert_eq!(held, room - dispatcher.room.available_permits());
+        let taken = dispatcher.room_size.permits - dispatcher.room.available_permits();
+        assert_eq!(held * dispatcher.room_size.per_unit, taken);
         assert!(held <= room);
         assert!(number + 1 - script.log().done <= room + concurrency);
         most_held = most_held.max(held);
@@ -556,4 +568,87 @@ async fn what_the_dispatcher_holds_stays_within_the_room_while_units_flow() {
     assert_in_order_per_key(&log, &key_of);
     assert_eq!(most_held, room, "the producer was ahead");
     assert_eq!(log.max_in_flight, concurrency);
+}
+
+#[test]
+fn the_room_holds_as_many_large_or_keyed_units_as_ever_and_many_more_lone_records() {
+    let batch = |records: usize| {
+        let mut unit = numbered(0, None);
+        unit.record_ids.resize(records, "r".to_string());
+        unit
+    };
+    for concurrency in [1, 2, 8, 32, 64, 200] {
+        let room = Room::for_concurrency(concurrency);
+        let units = concurrency * QUEUED_PER_WORKER;
+        assert_eq!(
+            room.permits / room.of(&batch(1_000)) as usize,
+            units,
+            "batches at concurrency {concurrency}"
+        );
+        assert_eq!(
+            room_for(concurrency, true),
+            units,
+            "keyed units at {concurrency}"
+        );
+        assert_eq!(
+            room_for(concurrency, false),
+            units.max(LEAST_QUEUED_RECORDS),
+            "single records at concurrency {concurrency}"
+        );
+        assert!(room.of(&batch(2)) <= 2 && room.of(&batch(0)) == 1);
+    }
+}
+
+/// Batches of a hundred records hang in flight: the room takes as many of them as `QUEUED_PER_WORKER` allows
+/// each worker, not the many more a room of single records holds.
+#[tokio::test(start_paused = true)]
+async fn large_units_fill_the_room_at_its_unit_count() {
+    let concurrency = 8;
+    let script = Script::with_gate(vec![MS; 1_000], 0);
+    let dispatcher = start(concurrency, &script);
+    let offered = Arc::new(AtomicUsize::new(0));
+    let producer = tokio::spawn({
+        let offered = offered.clone();
+        async move {
+            for number in 0..1_000 {
+                let mut unit = numbered(number, None);
+                unit.record_ids
+                    .extend((1..100).map(|n| format!("{number}-{n}")));
+                assert!(dispatcher.dispatch(unit).await.is_ok());
+                offered.store(number + 1, Ordering::SeqCst);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    assert_eq!(
+        offered.load(Ordering::SeqCst),
+        concurrency * QUEUED_PER_WORKER + concurrency
+    );
+    producer.abort();
+}
+
+/// The producer stops for 20 ms after every 400 units, as the claim stage does while a claim is committed. The
+/// room holds enough single records for the workers to go on meanwhile: no worker idles before the end.
+#[tokio::test(start_paused = true)]
+async fn queued_single_records_last_the_workers_through_a_claim_s_commit() {
+    let concurrency = 8;
+    let latency = MS;
+    let (claims, per_claim) = (5, 400);
+    let units = claims * per_claim;
+    let script = Script::new(vec![latency; units]);
+    let dispatcher = start(concurrency, &script);
+    let started = Instant::now();
+    for number in 0..units {
+        assert!(dispatcher.dispatch(numbered(number, None)).await.is_ok());
+        if (number + 1) % per_claim == 0 {
+            tokio::time::sleep(20 * MS).await;
+        }
+    }
+    dispatcher.finish().await;
+    let ideal = latency * units.div_ceil(concurrency) as u32;
+    assert!(
+        started.elapsed() <= ideal + 2 * latency,
+        "{:?} for {ideal:?} of work",
+        started.elapsed()
+    );
 }
